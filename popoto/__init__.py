@@ -1,0 +1,76 @@
+"""Popoto: a Django-style object mapper for Redis.
+
+Models are classes, fields are class attributes, each instance is a Redis
+hash at ``ClassName:key1:key2``; the ORM keeps secondary indexes in the same
+atomic write and answers queries from them inside Redis.
+"""
+
+from .exceptions import (
+    ConnectionConfigError,
+    DecodeError,
+    KeyMutationError,
+    ModelException,
+    PopotoError,
+    QueryException,
+    UniqueViolation,
+)
+from .fields.field import Field
+from .fields.shortcuts import (
+    AutoKeyField,
+    BooleanField,
+    BytesField,
+    DateField,
+    DatetimeField,
+    DecimalField,
+    DictField,
+    FloatField,
+    IndexedField,
+    IntField,
+    KeyField,
+    ListField,
+    SetField,
+    StringField,
+    TimeField,
+    TupleField,
+    UniqueKeyField,
+)
+from .fields.sorted import SortedField
+from .models.base import Model
+from .models.registry import get_model
+from .query.expressions import Q
+from .redis_db import configure
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoKeyField",
+    "BooleanField",
+    "BytesField",
+    "ConnectionConfigError",
+    "DateField",
+    "DatetimeField",
+    "DecimalField",
+    "DecodeError",
+    "DictField",
+    "Field",
+    "FloatField",
+    "IndexedField",
+    "IntField",
+    "KeyField",
+    "KeyMutationError",
+    "ListField",
+    "Model",
+    "ModelException",
+    "PopotoError",
+    "Q",
+    "QueryException",
+    "SetField",
+    "SortedField",
+    "StringField",
+    "TimeField",
+    "TupleField",
+    "UniqueKeyField",
+    "UniqueViolation",
+    "configure",
+    "get_model",
+]

@@ -1,0 +1,81 @@
+"""msgpack encoding of field values.
+
+Every field value is one msgpack document. Types msgpack has no native form
+for travel as extension types, one table below, so each round trip is exact:
+Decimal keeps every digit, tuples stay tuples, sets stay sets, naive datetimes
+stay naive and aware ones keep their offset. ``None`` is msgpack nil.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from decimal import Decimal
+from typing import Any, Callable
+
+import msgpack
+
+from .exceptions import DecodeError
+
+# code -> (python type, to-bytes, from-bytes); codes are part of the storage format.
+_EXT: dict[int, tuple[type, Callable[[Any], bytes], Callable[[bytes], Any]]] = {
+    1: (Decimal, lambda v: str(v).encode(), lambda b: Decimal(b.decode())),
+    2: (_dt.datetime, lambda v: v.isoformat().encode(),
+        lambda b: _dt.datetime.fromisoformat(b.decode())),
+    3: (_dt.date, lambda v: v.isoformat().encode(), lambda b: _dt.date.fromisoformat(b.decode())),
+    4: (_dt.time, lambda v: v.isoformat().encode(), lambda b: _dt.time.fromisoformat(b.decode())),
+    5: (tuple, lambda v: pack(list(v)), lambda b: tuple(unpack(b))),
+    6: (set, lambda v: pack(_sorted_items(v)), lambda b: set(unpack(b))),
+    7: (frozenset, lambda v: pack(_sorted_items(v)), lambda b: frozenset(unpack(b))),
+}
+_BY_TYPE = {typ: (code, enc) for code, (typ, enc, _dec) in _EXT.items()}
+
+
+def _sorted_items(values: Any) -> list:
+    try:
+        return sorted(values)
+    except TypeError:
+        return list(values)
+
+
+def _default(value: Any) -> Any:
+    entry = _BY_TYPE.get(type(value))
+    if entry is not None:
+        code, enc = entry
+        return msgpack.ExtType(code, enc(value))
+    # subclasses (IntEnum, str enums, OrderedDict...) fall back to their base type
+    for base, plain in ((bool, bool), (int, int), (float, float), (str, str), (bytes, bytes),
+                        (dict, dict), (list, list)):
+        if isinstance(value, base):
+            return plain(value)
+    for typ, (code, enc) in _BY_TYPE.items():
+        if isinstance(value, typ):
+            return msgpack.ExtType(code, enc(value))
+    raise TypeError(f"cannot encode value of type {type(value).__name__}: {value!r}")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    entry = _EXT.get(code)
+    if entry is None:
+        return msgpack.ExtType(code, data)
+    return entry[2](data)
+
+
+def pack(value: Any) -> bytes:
+    """Encode one value to msgpack bytes."""
+    return msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    """Decode msgpack bytes produced by :func:`pack`."""
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False,
+                           use_list=True)
+
+
+def decode_field(data: bytes, redis_key: str, field_name: str) -> Any:
+    """Decode a stored value, naming key and field when it is corrupt."""
+    try:
+        return unpack(data)
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise DecodeError(
+            f"Cannot decode field {field_name!r} of {redis_key!r}: {exc} (raw {data[:40]!r})"
+        ) from exc

@@ -1,0 +1,358 @@
+"""The Field base class: validation, storage encoding, hooks and lookups.
+
+A field installs itself on a model (:meth:`Field.contribute_to_class`), knows
+how to coerce and validate its values, contributes index entries to a
+:class:`~popoto.models.write.WriteBatch` on save, and offers the query
+lookups registered on its class (:meth:`Field.register_lookup`).
+
+On a model class a field is a non-data descriptor: ``Model.score`` is the
+field itself (usable in expressions like ``Model.score >= 10``), while
+``instance.score`` is the value. Instances built from a query keep the raw
+bytes and decode a field only when it is first read.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import uuid
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from .. import encoding
+from ..exceptions import ModelException, QueryException
+from ..query import lookups as _lk
+
+if TYPE_CHECKING:
+    from ..models.base import Model
+    from ..models.write import WriteBatch
+    from ..query.lookups import Lookup
+    from ..query.sources import Source
+
+_MISSING = object()
+
+VALID_FIELD_TYPES = (
+    int, float, Decimal, str, bool, bytes, list, dict, set, tuple,
+    _dt.date, _dt.datetime, _dt.time,
+)
+
+
+def _coerce_bool(value: Any) -> bool:
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    raise ValueError("not a boolean")
+
+
+def _coerce_datetime(value: Any) -> _dt.datetime:
+    if isinstance(value, str):
+        return _dt.datetime.fromisoformat(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _dt.datetime.fromtimestamp(value, tz=_dt.timezone.utc)
+    raise ValueError("not a datetime")
+
+
+def _coerce_date(value: Any) -> _dt.date:
+    if isinstance(value, _dt.datetime):
+        return value.date()
+    if isinstance(value, str):
+        return _dt.date.fromisoformat(value)
+    raise ValueError("not a date")
+
+
+def _coerce_time(value: Any) -> _dt.time:
+    if isinstance(value, str):
+        return _dt.time.fromisoformat(value)
+    raise ValueError("not a time")
+
+
+def _coerce_decimal(value: Any) -> Decimal:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return Decimal(value)
+    raise ValueError("not a decimal")
+
+
+def _coerce_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
+        raise ValueError("not a number")
+    return float(value)
+
+
+def _coerce_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("booleans are not integers")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("float has a fractional part")
+        return int(value)
+    if isinstance(value, (str, Decimal)):
+        return int(value)
+    raise ValueError("not an integer")
+
+
+def _coerce_str(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8")
+    if isinstance(value, (int, float, Decimal, uuid.UUID)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError("not a string")
+
+
+_COERCE: dict[type, Callable[[Any], Any]] = {
+    bool: _coerce_bool,
+    int: _coerce_int,
+    float: _coerce_float,
+    Decimal: _coerce_decimal,
+    str: _coerce_str,
+    bytes: lambda v: bytes(v) if isinstance(v, bytearray) else v.encode("utf-8"),
+    list: lambda v: list(v) if isinstance(v, (tuple, set, frozenset)) else _fail(),
+    tuple: lambda v: tuple(v) if isinstance(v, (list, set, frozenset)) else _fail(),
+    set: lambda v: set(v) if isinstance(v, (list, tuple, frozenset)) else _fail(),
+    dict: lambda v: dict(v) if hasattr(v, "items") else _fail(),
+    _dt.datetime: _coerce_datetime,
+    _dt.date: _coerce_date,
+    _dt.time: _coerce_time,
+}
+
+
+def _fail() -> Any:
+    raise ValueError("incompatible type")
+
+
+class Field:
+    """A persisted attribute of a model: one field of the instance's Redis hash.
+
+    Args:
+        type: Python type of the value (coerced on assignment when compatible).
+        null: Whether ``None`` is allowed at save time.
+        default: Default value, or a callable returning one.
+        max_length: Longest allowed ``str``/``bytes``/``list`` value.
+        unique: Enforce that no two live instances hold the same non-null value.
+    """
+
+    type: type = str
+    #: category flags, read by ModelOptions; subclasses set them.
+    is_key: ClassVar[bool] = False
+    is_auto: ClassVar[bool] = False
+    is_sorted: ClassVar[bool] = False
+    is_indexed: ClassVar[bool] = False
+    is_geo: ClassVar[bool] = False
+    is_relationship: ClassVar[bool] = False
+    _lookups: ClassVar[dict[str, type[Lookup]]] = {}
+    _creation_counter: ClassVar[int] = 0
+
+    def __init__(
+        self,
+        type: type | None = None,  # noqa: A002 - the spec's public parameter name
+        null: bool = True,
+        default: Any = None,
+        max_length: int | None = None,
+        unique: bool = False,
+        **options: Any,
+    ) -> None:
+        if type is not None:
+            self.type = type
+        self.null = null
+        self.default = default
+        self.max_length = max_length
+        self.unique = unique
+        self.name: str = ""
+        self.model: type[Model] | None = None
+        Field._creation_counter += 1
+        self._order = Field._creation_counter
+        if options:
+            unknown = ", ".join(sorted(options))
+            raise ModelException(f"{self.__class__.__name__} got unknown option(s): {unknown}")
+
+    # --- placement -----------------------------------------------------
+    def contribute_to_class(self, model: type[Model], name: str) -> None:
+        """Install this field on ``model`` under ``name`` and register it in ``_meta``."""
+        self.name = name
+        self.model = model
+        model._meta.add_field(name, self)
+        setattr(model, name, self)
+
+    def clone(self) -> Field:
+        """A fresh copy (fields inherited from an abstract parent are cloned)."""
+        new = object.__new__(self.__class__)
+        new.__dict__.update(self.__dict__)
+        new.name, new.model = "", None
+        return new
+
+    @property
+    def label(self) -> str:
+        model = self.model.__name__ if self.model else "?"
+        return f"{model}.{self.name}"
+
+    # --- descriptor ----------------------------------------------------
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        raw = instance.__dict__.get("_raw")
+        if raw is not None:
+            data = raw.get(self.name)
+            if data is not None:
+                value = self.from_db(encoding.decode_field(data, instance._redis_key, self.name))
+                instance.__dict__[self.name] = value
+                return value
+        return self.get_default()
+
+    # --- values --------------------------------------------------------
+    def get_default(self) -> Any:
+        return self.default() if callable(self.default) else self.default
+
+    def error(self, message: str, value: Any = _MISSING) -> ModelException:
+        shown = "" if value is _MISSING else f" (value {value!r})"
+        return ModelException(f"{self.label}: {message}{shown}")
+
+    def coerce(self, value: Any) -> Any:
+        """Return ``value`` as this field's type, or raise ModelException naming it."""
+        if value is None or isinstance(value, self.type):
+            if self.type is int and isinstance(value, bool):
+                raise self.error("expected int, got bool", value)
+            if self.type is _dt.date and isinstance(value, _dt.datetime):
+                return value.date()
+            return value
+        converter = _COERCE.get(self.type)
+        if converter is None:
+            raise self.error(f"expected {self.type.__name__}, got {type(value).__name__}", value)
+        try:
+            return converter(value)
+        except (ValueError, TypeError, InvalidOperation, AttributeError, UnicodeDecodeError):
+            raise self.error(
+                f"expected {self.type.__name__}, got {type(value).__name__}", value
+            ) from None
+
+    def validate(self, value: Any, null_check: bool = True) -> None:
+        """Raise ModelException when ``value`` (already coerced) is not acceptable."""
+        if value is None:
+            if null_check and not self.null:
+                raise self.error("value is required (null=False)", value)
+            return
+        if self.max_length is not None and hasattr(value, "__len__"):
+            if len(value) > self.max_length:
+                raise self.error(f"longer than max_length={self.max_length}", value)
+
+    def pre_save(self, instance: Model, value: Any, is_create: bool, skip_auto_now: bool) -> Any:
+        """Last change to a value before it is written (auto timestamps, ...)."""
+        return value
+
+    def to_db(self, value: Any) -> bytes:
+        return encoding.pack(value)
+
+    def from_db(self, value: Any) -> Any:
+        """Post-process a decoded value (msgpack gives lists, ints for floats, ...)."""
+        if value is not None and self.type is float and isinstance(value, int):
+            return float(value)
+        return value
+
+    # --- write hooks (override to maintain indexes) ----------------------
+    def on_save(self, instance: Model, value: Any, batch: WriteBatch) -> None:
+        """Queue this field's index entries for ``value``; the base field has none."""
+
+    def owns_index(self) -> bool:
+        """True when this field writes index entries (so saves/deletes must clean them)."""
+        return type(self).on_save is not Field.on_save or self.unique
+
+    def contribute_save(self, instance: Model, value: Any, batch: WriteBatch) -> None:
+        """Rewrite every entry this field owns: its unique claim and its index entries."""
+        batch.own(self.name)
+        if self.unique and value is not None:
+            batch.claim(self.name, self.unique_key(), self.unique_token(value),
+                        f"{self.name}={value!r}")
+        if value is not None:
+            self.on_save(instance, value, batch)
+
+    def unique_key(self) -> str:
+        from ..keys import field_index_key
+
+        return field_index_key("UniqueF", self.model._meta.model_name, self.name)
+
+    def unique_token(self, value: Any) -> str:
+        return encoding.pack(value).hex()
+
+    # --- query hooks ---------------------------------------------------
+    def query_options(self) -> tuple[str, ...]:
+        """Extra filter keywords this field accepts besides ``name__lookup``."""
+        return ()
+
+    def after_load(self, objs: list[Any], options: dict[str, Any]) -> None:
+        """Post-process instances just loaded by a query (one call per result batch)."""
+
+    # --- lookups -------------------------------------------------------
+    def lookup_source(self, lookup: Lookup, context: dict[str, Any]) -> Source | None:
+        """Index source for ``lookup`` (None: evaluated in Python over candidates).
+
+        ``context`` holds the exact-match values of sibling AND conditions.
+        """
+        return None
+
+    @classmethod
+    def register_lookup(cls, lookup: type[Lookup], name: str | None = None) -> type[Lookup]:
+        """Make ``lookup`` available as ``field__<name>`` on this field class and subclasses."""
+        if "_lookups" not in cls.__dict__:
+            cls._lookups = dict(cls._lookups)
+        cls._lookups[name or lookup.lookup_name] = lookup
+        return lookup
+
+    @classmethod
+    def get_lookups(cls) -> dict[str, type[Lookup]]:
+        return cls._lookups
+
+    def get_lookup(self, name: str) -> type[Lookup]:
+        lookups = self.get_lookups()
+        try:
+            return lookups[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(lookups), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise QueryException(
+                f"Unsupported lookup {name!r} for {type(self).__name__} {self.label!r}{hint} "
+                f"(supported: {', '.join(sorted(lookups))})"
+            ) from None
+
+    def query_params(self) -> list[str]:
+        """Filter parameter names this field accepts, as listed by ``get_info()``."""
+        return [self.name if n == "exact" else f"{self.name}__{n}" for n in self.get_lookups()]
+
+    # --- expressions: Model.field <op> value -----------------------------
+    def _expr(self, lookup: str, value: Any) -> Any:
+        from ..query.expressions import Q
+
+        return Q(**{f"{self.name}__{lookup}": value})
+
+    def __eq__(self, other: Any) -> Any:  # type: ignore[override]
+        return self._expr("exact", other)
+
+    def __ne__(self, other: Any) -> Any:  # type: ignore[override]
+        return ~self._expr("exact", other)
+
+    def __lt__(self, other: Any) -> Any:
+        return self._expr("lt", other)
+
+    def __le__(self, other: Any) -> Any:
+        return self._expr("lte", other)
+
+    def __gt__(self, other: Any) -> Any:
+        return self._expr("gt", other)
+
+    def __ge__(self, other: Any) -> Any:
+        return self._expr("gte", other)
+
+    def between(self, low: Any, high: Any) -> Any:
+        return self._expr("between", (low, high))
+
+    def in_(self, values: Any) -> Any:
+        return self._expr("in", values)
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label}>"
+
+
+for _lookup in _lk.BASIC_LOOKUPS:
+    Field.register_lookup(_lookup)

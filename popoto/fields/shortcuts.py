@@ -1,0 +1,183 @@
+"""Typed field shortcuts and the key fields."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from .. import keys
+from ..query import lookups as lk
+from ..query.sources import Combine, KeyList, KeyPattern, SetSource, Source
+from .field import Field
+
+if TYPE_CHECKING:
+    from ..models.base import Model
+
+
+class IntField(Field):
+    type = int
+
+
+class FloatField(Field):
+    type = float
+
+
+class DecimalField(Field):
+    type = Decimal
+
+
+class StringField(Field):
+    type = str
+
+
+class BooleanField(Field):
+    type = bool
+
+
+class BytesField(Field):
+    type = bytes
+
+
+class ListField(Field):
+    type = list
+
+
+class DictField(Field):
+    type = dict
+
+
+class SetField(Field):
+    type = set
+
+
+class TupleField(Field):
+    type = tuple
+
+
+class DateField(Field):
+    type = _dt.date
+
+
+class TimeField(Field):
+    type = _dt.time
+
+
+class DatetimeField(Field):
+    """A datetime; ``auto_now`` stamps every save, ``auto_now_add`` the first one."""
+
+    type = _dt.datetime
+
+    def __init__(self, auto_now: bool = False, auto_now_add: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.auto_now = auto_now
+        self.auto_now_add = auto_now_add
+
+    def pre_save(self, instance: Model, value: Any, is_create: bool, skip_auto_now: bool) -> Any:
+        if skip_auto_now:
+            return value
+        if self.auto_now or (self.auto_now_add and is_create and value is None):
+            return _dt.datetime.now(tz=_dt.timezone.utc)
+        return value
+
+
+class KeyField(Field):
+    """Part of the instance's Redis key (``Model:v1:v2`` ordered by field name).
+
+    Key values are required; changing one on a saved instance needs
+    ``save(migrate_key=True)``.
+    """
+
+    is_key = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("null", False)
+        super().__init__(**kwargs)
+
+    def _pattern(self, segment: str) -> str:
+        meta = self.model._meta
+        parts = ["*"] * len(meta.key_field_names)
+        parts[meta.key_field_names.index(self.name)] = segment
+        return keys.SEP.join([keys.tag(meta.model_name), *parts])
+
+    def _exact(self, value: Any) -> Source:
+        meta = self.model._meta
+        if len(meta.key_field_names) == 1:
+            return KeyList([keys.instance_key(meta.model_name, [value])])
+        return KeyPattern(meta.db_class_set_key, self._pattern(keys.escape(value)))
+
+    def lookup_source(self, lookup: lk.Lookup, context: dict[str, Any]) -> Source | None:
+        meta = self.model._meta
+        if isinstance(lookup, lk.Exact):
+            return self._exact(lookup.value)
+        if isinstance(lookup, lk.In):
+            return Combine("OR", [self._exact(v) for v in lookup.value])
+        if isinstance(lookup, lk.EndsWith):
+            return KeyPattern(meta.db_class_set_key, self._pattern("*" + keys.escape(lookup.value)))
+        if isinstance(lookup, lk.StartsWith):
+            return KeyPattern(meta.db_class_set_key, self._pattern(keys.escape(lookup.value) + "*"))
+        if isinstance(lookup, lk.IsNull):
+            return KeyList([]) if lookup.value else SetSource(meta.db_class_set_key)
+        return None
+
+
+for _lookup in lk.KEY_LOOKUPS:
+    KeyField.register_lookup(_lookup)
+
+
+class UniqueKeyField(KeyField):
+    """A KeyField whose value alone is unique across all instances."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("unique", True)
+        super().__init__(**kwargs)
+
+
+class AutoKeyField(KeyField):
+    """A KeyField filled with a uuid4 hex string when the instance is created."""
+
+    is_auto = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("default", lambda: uuid.uuid4().hex)
+        super().__init__(**kwargs)
+
+
+class IndexedField(Field):
+    """An equality index: one Redis set of instance keys per value.
+
+    Answers ``exact``, ``in`` and ``isnull`` from Redis without loading objects.
+    """
+
+    is_indexed = True
+    NULL_TOKEN = "%00"  # escape() never produces it: every '%' becomes '%25'
+
+    def index_key(self, value: Any) -> str:
+        token = self.NULL_TOKEN if value is None else keys.escape(self.token(value))
+        return keys.SEP.join(["$IndexF", keys.tag(self.model._meta.model_name), self.name, token])
+
+    def token(self, value: Any) -> str:
+        if isinstance(value, (_dt.date, _dt.time)):
+            return value.isoformat()
+        return str(value)
+
+    def contribute_save(self, instance: Model, value: Any, batch: Any) -> None:
+        super().contribute_save(instance, value, batch)
+        if value is None:
+            batch.add(self.name, "S", self.index_key(None), batch.key)
+
+    def on_save(self, instance: Model, value: Any, batch: Any) -> None:
+        batch.add(self.name, "S", self.index_key(value), batch.key)
+
+    def lookup_source(self, lookup: lk.Lookup, context: dict[str, Any]) -> Source | None:
+        if isinstance(lookup, lk.Exact):
+            return SetSource(self.index_key(lookup.value))
+        if isinstance(lookup, lk.In):
+            return Combine("OR", [SetSource(self.index_key(v)) for v in lookup.value])
+        if isinstance(lookup, lk.IsNull):
+            null = SetSource(self.index_key(None))
+            if lookup.value:
+                return null
+            return Combine("NOT", [SetSource(self.model._meta.db_class_set_key), null])
+        return None

@@ -1,0 +1,100 @@
+"""SortedField: a Redis sorted set per (model, field, partition values)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from .. import keys
+from ..exceptions import QueryException
+from ..query import lookups as lk
+from ..query.sources import Combine, ScoreRange, Source
+from .field import Field
+
+if TYPE_CHECKING:
+    from ..models.base import Model
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def to_score(value: Any) -> float:
+    """The sorted-set score of a value (numbers as is, dates as UTC epoch seconds)."""
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return (value - _EPOCH).total_seconds()
+    if isinstance(value, _dt.date):
+        return float(value.toordinal() - _EPOCH.date().toordinal()) * 86400.0
+    if isinstance(value, _dt.time):
+        return value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
+    return float(value)
+
+
+class SortedField(Field):
+    """A range-queryable field backed by one sorted set (per partition).
+
+    Args:
+        type: int, float (default), Decimal, date, datetime or time.
+        partition_by: a field name or tuple of names; one sorted set per
+            combination of their values. Queries must then give those values.
+    """
+
+    type = float
+    is_sorted = True
+    SCORE_TYPES = (int, float, Decimal, _dt.date, _dt.datetime, _dt.time)
+
+    def __init__(self, partition_by: str | tuple[str, ...] | list[str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.type not in self.SCORE_TYPES:
+            raise self.error(f"SortedField type must be one of "
+                             f"{[t.__name__ for t in self.SCORE_TYPES]}, got {self.type!r}")
+        if isinstance(partition_by, str):
+            partition_by = (partition_by,)
+        self.partition_by: tuple[str, ...] = tuple(partition_by or ())
+
+    def validate(self, value: Any, null_check: bool = True) -> None:
+        super().validate(value, null_check)
+        if isinstance(value, (float, Decimal)) and not math.isfinite(value):
+            raise self.error("NaN and infinities cannot be sorted", value)
+
+    def sorted_key(self, partition_values: tuple[Any, ...] = ()) -> str:
+        return keys.field_index_key("SortedF", self.model._meta.model_name, self.name,
+                                    *partition_values)
+
+    def key_for(self, instance: Model) -> str:
+        return self.sorted_key(tuple(getattr(instance, f) for f in self.partition_by))
+
+    def on_save(self, instance: Model, value: Any, batch: Any) -> None:
+        batch.add(self.name, "Z", self.key_for(instance), batch.key, repr(to_score(value)))
+
+    def key_from_context(self, context: dict[str, Any]) -> str:
+        missing = [f for f in self.partition_by if f not in context]
+        if missing:
+            raise QueryException(
+                f"{self.label} is partitioned by {self.partition_by}: filter also on "
+                f"{', '.join(missing)} (exact values) to query it"
+            )
+        return self.sorted_key(tuple(context[f] for f in self.partition_by))
+
+    def lookup_source(self, lookup: lk.Lookup, context: dict[str, Any]) -> Source | None:
+        if isinstance(lookup, lk.IsNull):
+            return None
+        key = self.key_from_context(context)
+        v = lookup.value
+        if isinstance(lookup, lk.In):
+            return Combine("OR", [ScoreRange(key, repr(to_score(x)), repr(to_score(x)))
+                                  for x in v])
+        if isinstance(lookup, lk.Between):
+            return ScoreRange(key, repr(to_score(v[0])), repr(to_score(v[1])))
+        s = repr(to_score(v))
+        bounds = {"exact": (s, s), "gt": (f"({s}", "+inf"), "gte": (s, "+inf"),
+                  "lt": ("-inf", f"({s}"), "lte": ("-inf", s)}
+        low, high = bounds[lookup.lookup_name]
+        return ScoreRange(key, low, high)
+
+
+for _lookup in lk.RANGE_LOOKUPS:
+    SortedField.register_lookup(_lookup)

@@ -1,0 +1,438 @@
+"""ModelBase (the metaclass) and Model: instance lifecycle only.
+
+Fields, composite indexes and behaviours contribute to a
+:class:`~popoto.models.write.WriteBatch`; ``save()`` and ``delete()`` turn it
+into one script call, executed on a pipeline they create or queued on the
+caller's pipeline. The same path serves create, update, partial update, key
+migration and bulk operations.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+
+import redis
+
+from .. import keys
+from ..exceptions import KeyMutationError, ModelException, UniqueViolation
+from ..fields.field import Field
+from ..fields.shortcuts import AutoKeyField
+from ..redis_db import get_client
+from . import registry, scripts
+from .bulk import BulkMixin
+from .maintenance import MaintenanceMixin
+from .options import ModelOptions
+from .write import WriteBatch
+
+if TYPE_CHECKING:
+    from ..query.queryset import Query
+
+logger = logging.getLogger("popoto.models")
+
+INSTANCE_OPTIONS = ("_ttl", "_expire_at")
+
+
+class ModelBase(type):
+    """Builds ``_meta`` from the class body: fields place themselves, Meta is validated."""
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], attrs: dict[str, Any], **kwargs: Any):
+        parents = [b for b in bases if isinstance(b, ModelBase)]
+        if not parents:
+            return super().__new__(mcs, name, bases, attrs, **kwargs)
+        meta_class = attrs.pop("Meta", None)
+        fields: dict[str, Field] = {}
+        body: dict[str, Any] = {}
+        for attr, value in attrs.items():
+            if isinstance(value, Field):
+                fields[attr] = value
+            elif (attr.startswith("_") or callable(value) or hasattr(value, "__get__")
+                  or isinstance(value, (classmethod, staticmethod))):
+                body[attr] = value
+            else:
+                raise ModelException(
+                    f"{name}.{attr}: public model attributes must be Fields "
+                    f"(use a private name such as _{attr} for plain class data)"
+                )
+        cls = super().__new__(mcs, name, bases, body, **kwargs)
+        meta = ModelOptions(name)
+        meta.apply_meta(meta_class, name)
+        cls._meta = meta
+        for parent in reversed(cls.__mro__[1:]):
+            parent_meta = parent.__dict__.get("_meta")
+            if isinstance(parent_meta, ModelOptions):
+                for fname, field in parent_meta.fields.items():
+                    if fname not in fields and not field.is_auto:
+                        field.clone().contribute_to_class(cls, fname)
+        for fname, field in sorted(fields.items(), key=lambda kv: kv[1]._order):
+            field.contribute_to_class(cls, fname)
+        if not meta.abstract and not any(f.is_key for f in meta.explicit_fields.values()) \
+                and not any(f.is_key for f in meta.hidden_fields.values()):
+            AutoKeyField().contribute_to_class(cls, "_auto_key")
+        meta.behaviours = [b for b in cls.__mro__ if "popoto_behaviour" in b.__dict__]
+        meta.finalize()
+        from ..query.queryset import Query
+
+        cls.query = cls.objects = Query(cls)
+        if not meta.abstract:
+            registry.register(cls)
+        return cls
+
+
+class Model(BulkMixin, MaintenanceMixin, metaclass=ModelBase):
+    """Base class of every Popoto model: an instance is a Redis hash at ``Name:k1:k2``."""
+
+    _meta: ClassVar[ModelOptions]
+    query: ClassVar[Query]
+    objects: ClassVar[Query]
+
+    def __init__(self, **kwargs: Any) -> None:
+        meta = self._meta
+        if meta.abstract:
+            raise ModelException(f"{type(self).__name__} is abstract and cannot be instantiated")
+        state = self.__dict__
+        state["_raw"] = None
+        state["_redis_key"] = None
+        state["_ttl"] = kwargs.pop("_ttl", meta.ttl)
+        state["_expire_at"] = kwargs.pop("_expire_at", None)
+        unknown = kwargs.keys() - meta.fields.keys()
+        if unknown:
+            name = sorted(unknown)[0]
+            close = difflib.get_close_matches(name, list(meta.fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ModelException(f"{type(self).__name__} has no field {name!r}{hint}")
+        for name, field in meta.fields.items():
+            value = kwargs[name] if name in kwargs else field.get_default()
+            value = field.coerce(value)
+            field.validate(value, null_check=False)
+            state[name] = value
+        self._post_init()
+
+    def _post_init(self) -> None:
+        """Hook for behaviours (e.g. wrapping capped lists); called after init and load."""
+        for behaviour in self._meta.behaviours:
+            hook = behaviour.__dict__.get("behaviour_post_init")
+            if hook:
+                hook(self)
+
+    @classmethod
+    def from_redis(cls, redis_key: str, raw: dict[bytes | str, bytes]) -> Model:
+        """Build an instance from a stored hash; field values decode on first access."""
+        obj = cls.__new__(cls)
+        decoded = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+        obj.__dict__.update(_raw=decoded, _redis_key=redis_key, _ttl=cls._meta.ttl,
+                            _expire_at=None)
+        obj._post_init()
+        return obj
+
+    # --- identity ------------------------------------------------------
+    def _key_values(self) -> list[Any]:
+        return [getattr(self, n) for n in self._meta.key_field_names]
+
+    @property
+    def db_key(self) -> str:
+        """The Redis key computed from the current KeyField values."""
+        values = self._key_values()
+        missing = [n for n, v in zip(self._meta.key_field_names, values) if v is None]
+        if missing:
+            raise ModelException(f"{type(self).__name__}: key field(s) {', '.join(missing)} "
+                                 f"have no value, so the instance has no key yet")
+        return keys.instance_key(self._meta.model_name, values)
+
+    @property
+    def pk(self) -> str:
+        """The key the instance is stored at (or would be, once saved)."""
+        return self._redis_key or self.db_key
+
+    @property
+    def is_persisted(self) -> bool:
+        return self._redis_key is not None
+
+    def __repr__(self) -> str:
+        try:
+            key = self.pk
+        except ModelException:
+            key = "<no key>"
+        return f"<{type(self).__name__} {key}>"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Model) or type(other) is not type(self):
+            return False
+        if other is self:
+            return True
+        try:
+            return self.pk == other.pk
+        except ModelException:
+            return False
+
+    def __hash__(self) -> int:
+        try:
+            return hash((type(self).__name__, self.pk))
+        except ModelException:
+            return id(self)
+
+    # --- validation ----------------------------------------------------
+    def _check_ttl(self) -> None:
+        if self._ttl and self._expire_at:
+            raise ModelException(f"{type(self).__name__}: set either _ttl or _expire_at, not both")
+
+    def is_valid(self, null_check: bool = True) -> bool:
+        """True when every field value is valid; problems are logged, not raised."""
+        try:
+            self._check_ttl()
+            for name, field in self._meta.fields.items():
+                field.validate(field.coerce(getattr(self, name)), null_check=null_check)
+        except ModelException as exc:
+            logger.warning("invalid %s: %s", type(self).__name__, exc)
+            return False
+        return True
+
+    # --- write path ----------------------------------------------------
+    def build_save(self, update_fields: Iterable[str] | None = None, migrate_key: bool = False,
+                   skip_auto_now: bool = False, must_not_exist: bool = False) -> WriteBatch:
+        """Validate, encode and describe the save as a WriteBatch (no I/O)."""
+        meta = self._meta
+        self._check_ttl()
+        is_create = self._redis_key is None
+        if update_fields is not None:
+            update_fields = list(update_fields)
+            unknown = [f for f in update_fields if f not in meta.fields]
+            if unknown:
+                raise ModelException(f"{type(self).__name__}: unknown field(s) in update_fields: "
+                                     f"{', '.join(unknown)}")
+        names = meta.fields if update_fields is None else update_fields
+        state = self.__dict__
+        values: dict[str, Any] = {}
+        for name in names:
+            field = meta.fields[name]
+            value = field.pre_save(self, getattr(self, name), is_create, skip_auto_now)
+            value = field.coerce(value)
+            field.validate(value)
+            state[name] = value
+            values[name] = value
+        key = self.db_key
+        old_key = self._redis_key
+        migrating = old_key is not None and old_key != key
+        if migrating and not migrate_key:
+            raise KeyMutationError(
+                f"{type(self).__name__}: key changed from {old_key!r} to {key!r}; "
+                f"save(migrate_key=True) moves the instance and its index entries"
+            )
+        if migrating and update_fields is not None:
+            return self.build_save(None, True, skip_auto_now, must_not_exist)
+        batch = WriteBatch(key=key, class_set=meta.db_class_set_key,
+                           old_key=old_key if migrating else "", is_create=is_create,
+                           must_not_exist=must_not_exist or migrating,
+                           update_fields=None if update_fields is None else frozenset(names))
+        batch.mapping = {name: meta.fields[name].to_db(v) for name, v in values.items()}
+        touched = None if update_fields is None else set(update_fields)
+        for field in meta.index_fields:
+            if touched is None or meta.index_owners[field.name] & touched:
+                field.contribute_save(self, getattr(self, field.name), batch)
+        for index in meta.composite_indexes:
+            if touched is None or index.depends_on & touched:
+                index.contribute_save(self, batch)
+        for behaviour in meta.behaviours:
+            hook = behaviour.__dict__.get("behaviour_on_save")
+            if hook:
+                hook(self, batch)
+        if migrating:
+            batch.migrated_owners = list(meta.index_owners)
+        if self._ttl:
+            batch.ttl = ("T", int(self._ttl))
+        elif self._expire_at:
+            batch.ttl = ("A", int(self._expire_at.timestamp()))
+        return batch
+
+    def _saved(self, batch: WriteBatch) -> None:
+        """Record the state just written (called once the write is executed or queued)."""
+        raw = self.__dict__.get("_raw") or {}
+        if batch.update_fields is None:
+            raw = dict(batch.mapping)
+        else:
+            raw = {**raw, **batch.mapping}
+        self.__dict__["_raw"] = raw
+        self.__dict__["_redis_key"] = batch.key
+
+    def _gate(self, **options: Any) -> bool:
+        """Behaviour gates (e.g. a write filter) may veto a save: False skips it."""
+        for behaviour in self._meta.behaviours:
+            hook = behaviour.__dict__.get("behaviour_allow_save")
+            if hook and not hook(self, **options):
+                return False
+        return True
+
+    def save(
+        self,
+        pipeline: Any = None,
+        ignore_errors: bool = False,
+        skip_auto_now: bool = False,
+        update_fields: Iterable[str] | None = None,
+        migrate_key: bool = False,
+        **options: Any,
+    ) -> Any:
+        """Write the instance, its class-set entry and every index entry atomically.
+
+        One round trip (one script call). With ``pipeline`` the call is only
+        queued and the pipeline is returned. Returns True on success and False
+        when ``ignore_errors`` swallowed an error or a behaviour vetoed the save.
+        ``update_fields=[]`` is a no-op.
+        """
+        if update_fields is not None and not list(update_fields):
+            return pipeline if pipeline is not None else True
+        must_not_exist = options.pop("_must_not_exist", False)
+        if not self._gate(**options):
+            return pipeline if pipeline is not None else False
+        try:
+            batch = self.build_save(update_fields, migrate_key, skip_auto_now, must_not_exist)
+            self._run(scripts.SAVE, batch.save_args(), pipeline, batch)
+        except ModelException as exc:
+            if not ignore_errors or isinstance(exc, KeyMutationError):
+                raise
+            logger.error("save of %r failed: %s", self, exc)
+            return pipeline if pipeline is not None else False
+        self._saved(batch)
+        return pipeline if pipeline is not None else True
+
+    def _run(self, script: scripts.LuaScript, call: tuple[list[str], list[Any]],
+             pipeline: Any, batch: WriteBatch | None = None) -> Any:
+        client = get_client()
+        keys_, args = call
+        if pipeline is not None:
+            script.queue(pipeline, client, keys_, args)
+            return None
+        try:
+            return script(client, keys_, args)
+        except redis.exceptions.ResponseError as exc:
+            raise translate_error(type(self), exc, batch) from None
+
+    def delete(self, pipeline: Any = None) -> Any:
+        """Delete the hash, its class-set entry and every index entry it owns.
+
+        Returns True if the instance existed, False otherwise (the pipeline
+        when one is given).
+        """
+        meta = self._meta
+        key = self._redis_key or self.db_key
+        batch = WriteBatch(key=key, class_set=meta.db_class_set_key)
+        batch.owners = list(meta.index_owners)
+        for behaviour in meta.behaviours:
+            hook = behaviour.__dict__.get("behaviour_on_delete")
+            if hook:
+                hook(self, batch)
+        batch.owners += [o for o in batch.entries if o not in batch.owners]
+        result = self._run(scripts.DELETE, batch.delete_args(), pipeline)
+        self.__dict__["_redis_key"] = None
+        if pipeline is not None:
+            return pipeline
+        return bool(result)
+
+    # --- class-level CRUD ----------------------------------------------
+    @classmethod
+    def create(cls, pipeline: Any = None, **kwargs: Any) -> Model:
+        """Create and save; raises UniqueViolation if the key already exists."""
+        instance = cls(**kwargs)
+        instance.save(pipeline=pipeline, _must_not_exist=True)
+        return instance
+
+    @classmethod
+    def load(cls, db_key: str | None = None, **kwargs: Any) -> Model | None:
+        """Load one instance by ``db_key`` or by its key field values (None if absent)."""
+        if db_key is not None:
+            return cls.query.get(db_key=db_key)
+        return cls.query.get(**kwargs)
+
+    @classmethod
+    def get_or_create(cls, defaults: dict[str, Any] | None = None,
+                      **lookup: Any) -> tuple[Model, bool]:
+        """Return ``(instance, created)``; safe against a concurrent creator of the same key."""
+        found = cls.query.get(**lookup)
+        if found is not None:
+            return found, False
+        try:
+            return cls.create(**{**lookup, **(defaults or {})}), True
+        except UniqueViolation:
+            found = cls.query.get(**lookup)
+            if found is None:
+                raise
+            return found, False
+
+    @classmethod
+    def update_or_create(cls, defaults: dict[str, Any] | None = None,
+                         **lookup: Any) -> tuple[Model, bool]:
+        """Update the matching instance with ``defaults`` or create it."""
+        found = cls.query.get(**lookup)
+        if found is None:
+            try:
+                return cls.create(**{**lookup, **(defaults or {})}), True
+            except UniqueViolation:
+                found = cls.query.get(**lookup)
+                if found is None:
+                    raise
+        for name, value in (defaults or {}).items():
+            setattr(found, name, value)
+        found.save()
+        return found, False
+
+    # --- introspection -------------------------------------------------
+    @classmethod
+    def get_info(cls) -> dict[str, Any]:
+        meta = cls._meta
+        return {
+            "name": cls.__name__,
+            "fields": meta.field_names,
+            "query_filters": meta.query_filters(),
+            "key_fields": list(meta.key_field_names),
+            "sorted_fields": meta.sorted_field_names,
+            "indexed_fields": meta.indexed_field_names,
+            "geo_fields": meta.geo_field_names,
+            "relationship_fields": meta.relationship_field_names,
+            "unique_fields": meta.unique_field_names,
+            "indexes": [(list(i.field_names), i.unique) for i in meta.composite_indexes],
+            "ttl": meta.ttl,
+            "order_by": meta.order_by,
+        }
+
+    def to_dict(self, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
+                relationships: bool = False, max_depth: int = 1) -> dict[str, Any]:
+        """Field values as a dict (public fields; related instances as keys or nested dicts)."""
+        names = list(include) if include is not None else list(self._meta.explicit_fields)
+        skip = set(exclude or ())
+        out: dict[str, Any] = {}
+        for name in names:
+            if name in skip:
+                continue
+            if name not in self._meta.fields:
+                raise ModelException(f"{type(self).__name__}.to_dict: unknown field {name!r}")
+            value = getattr(self, name)
+            if isinstance(value, Model):
+                if relationships and max_depth > 0:
+                    value = value.to_dict(relationships=True, max_depth=max_depth - 1)
+                else:
+                    value = value.pk
+            out[name] = value
+        return out
+
+
+def translate_error(model: type[Model], exc: redis.exceptions.ResponseError,
+                    batch: WriteBatch | None = None) -> Exception:
+    """Turn a script's error reply into the ORM exception it stands for."""
+    text = str(exc)
+    if "POPOTO_EXISTS" in text:
+        key = text.split("POPOTO_EXISTS", 1)[1].strip()
+        return UniqueViolation(f"{model.__name__}: an instance with key {key!r} already exists")
+    if "POPOTO_UNIQUE" in text:
+        index, _, owner = text.split("POPOTO_UNIQUE", 1)[1].strip().partition(" ")
+        what = batch.claim_labels[int(index) - 1] if batch else f"claim #{index}"
+        return UniqueViolation(
+            f"{model.__name__}: unique constraint violated: {what} is already held by {owner!r}"
+        )
+    if "POPOTO_MISSING" in text:
+        key = text.split("POPOTO_MISSING", 1)[1].strip()
+        return ModelException(f"{model.__name__}: no instance at {key!r}")
+    return exc
+

@@ -1,0 +1,39 @@
+"""Registry of concrete models by label, so tasks can take a model name, not a class."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..exceptions import ModelException
+
+if TYPE_CHECKING:
+    from .base import Model
+
+_models: dict[str, type[Model]] = {}
+
+
+def label_of(model: type[Model]) -> str:
+    """``"module.ClassName"``: the label tasks use."""
+    return f"{model.__module__}.{model.__name__}"
+
+
+def register(model: type[Model]) -> None:
+    _models[label_of(model)] = model
+
+
+def get_model(label: str) -> type[Model]:
+    """Find a model by ``"module.ClassName"`` or by its bare class name (when unambiguous)."""
+    if label in _models:
+        return _models[label]
+    matches = [m for lbl, m in _models.items() if lbl.rsplit(".", 1)[-1] == label]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        names = ", ".join(sorted(label_of(m) for m in matches))
+        raise ModelException(f"model label {label!r} is ambiguous: {names}")
+    known = ", ".join(sorted(_models)) or "none"
+    raise ModelException(f"no registered model {label!r} (known: {known})")
+
+
+def all_models() -> list[type[Model]]:
+    return list(_models.values())

@@ -1,0 +1,70 @@
+"""Server-side scripts, loaded once per client and called by SHA.
+
+A script call is one command, so a ``save()`` stays one round trip; if the
+server lost its script cache (restart, SCRIPT FLUSH) the script is loaded
+again and the call retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import redis
+
+from ..query.sources import QUERY_LUA
+from .write import DELETE_LUA, SAVE_LUA
+
+
+class LuaScript:
+    def __init__(self, name: str, body: str) -> None:
+        self.name = name
+        self.body = body
+        self.sha = hashlib.sha1(body.encode()).hexdigest()
+        self._loaded: set[int] = set()
+
+    def ensure_loaded(self, client: Any) -> None:
+        pool = getattr(client, "connection_pool", None)
+        ident = id(pool)
+        if ident not in self._loaded:
+            client.script_load(self.body)
+            self._loaded.add(ident)
+
+    def __call__(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+        """Run the script now on ``client`` (reloading it once if the server forgot it)."""
+        self.ensure_loaded(client)
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(self.body)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue(self, pipe: Any, client: redis.Redis, keys: list[str], args: list[Any]) -> None:
+        """Queue a call on ``pipe`` (the script is loaded through ``client`` first)."""
+        self.ensure_loaded(client)
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    def forget(self) -> None:
+        self._loaded.clear()
+
+
+SAVE = LuaScript("save", SAVE_LUA)
+DELETE = LuaScript("delete", DELETE_LUA)
+QUERY = LuaScript("query", QUERY_LUA)
+ALL_SCRIPTS = (SAVE, DELETE, QUERY)
+
+
+def execute_pipeline(pipe: Any, client: redis.Redis) -> list[Any]:
+    """Execute ``pipe``; if scripts were flushed server-side, reload them and retry once.
+
+    Safe to retry: a NOSCRIPT reply means the script ran nowhere in the batch.
+    """
+    stack = list(pipe.command_stack)
+    try:
+        return pipe.execute()
+    except redis.exceptions.NoScriptError:
+        for script in ALL_SCRIPTS:
+            script.forget()
+            script.ensure_loaded(client)
+        pipe.command_stack = stack
+        return pipe.execute()

@@ -1,0 +1,239 @@
+"""The single write path.
+
+Fields, composite indexes and behaviours describe what a save or delete must
+do by calling methods on a :class:`WriteBatch`; they never talk to Redis.
+The batch compiles into ONE call of a server-side Lua script which:
+
+1. checks the guards (key must not exist for ``create``; unique claims are
+   free or already ours) and fails with nothing written if one does not hold;
+2. removes the index entries the instance owned before, read from the
+   instance hash itself (``@idx:<owner>`` fields), so concurrent writers can
+   never leave a stale entry behind;
+3. writes the hash, the class-set entry, the new index entries, the TTL and
+   any extra behaviour commands.
+
+``save()`` runs that call on its own pipeline and executes it; with
+``save(pipeline=p)`` the same call is only queued on ``p``. There is no
+second copy of the logic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+IDX_PREFIX = "@idx:"
+
+# Entry kinds: how an index entry is added and removed.
+SET, ZSET, CLAIM, KEY, GEO = "S", "Z", "C", "K", "G"
+
+_LUA_COMMON = r"""
+local function remove_entries(packed, owner_key)
+  if not packed then return end
+  local entries = cmsgpack.unpack(packed)
+  for _, e in ipairs(entries) do
+    local kind, k, m = e[1], e[2], e[3]
+    if kind == 'S' then redis.call('SREM', k, m)
+    elseif kind == 'Z' or kind == 'G' then redis.call('ZREM', k, m)
+    elseif kind == 'C' then
+      if redis.call('HGET', k, m) == owner_key then redis.call('HDEL', k, m) end
+    elseif kind == 'K' then redis.call('DEL', k)
+    end
+  end
+end
+local function run_commands(argv, pos, n)
+  for _ = 1, n do
+    local nargs = tonumber(argv[pos]); pos = pos + 1
+    local cmd = {}
+    for j = 1, nargs do cmd[j] = argv[pos + j - 1] end
+    pos = pos + nargs
+    redis.call(unpack(cmd))
+  end
+  return pos
+end
+"""
+
+# KEYS: 1 instance key, 2 class set, 3 previous key ('' when none)
+# ARGV: flags, ttl_mode, ttl_value, n_claims, (hash field owner)*,
+#       n_owners_replaced, owner*, n_owners_migrated, owner*,
+#       n_hset_pairs, (field value)*, n_hdel, field*, n_entries, (kind key member score)*,
+#       n_cmds, (nargs cmd args...)*
+SAVE_LUA = _LUA_COMMON + r"""
+local key, class_set, old_key = KEYS[1], KEYS[2], KEYS[3]
+local flags = ARGV[1]
+if string.find(flags, 'N', 1, true) and redis.call('EXISTS', key) == 1 then
+  return redis.error_reply('POPOTO_EXISTS ' .. key)
+end
+if string.find(flags, 'E', 1, true) and redis.call('EXISTS', key) == 0 then
+  return redis.error_reply('POPOTO_MISSING ' .. key)
+end
+local pos = 5
+local n_claims = tonumber(ARGV[4])
+for i = 1, n_claims do
+  local h, f = ARGV[pos], ARGV[pos + 1]
+  pos = pos + 2
+  local owner = redis.call('HGET', h, f)
+  if owner and owner ~= key and owner ~= old_key and redis.call('EXISTS', owner) == 1 then
+    return redis.error_reply('POPOTO_UNIQUE ' .. i .. ' ' .. owner)
+  end
+end
+local n_replaced = tonumber(ARGV[pos]); pos = pos + 1
+local src = key
+if old_key ~= '' and old_key ~= key then src = old_key end
+for i = 1, n_replaced do
+  remove_entries(redis.call('HGET', src, '@idx:' .. ARGV[pos]), src)
+  pos = pos + 1
+end
+local n_migrated = tonumber(ARGV[pos]); pos = pos + 1
+for i = 1, n_migrated do
+  remove_entries(redis.call('HGET', src, '@idx:' .. ARGV[pos]), src)
+  pos = pos + 1
+end
+if src ~= key then
+  redis.call('DEL', src)
+  redis.call('SREM', class_set, src)
+end
+local n_pairs = tonumber(ARGV[pos]); pos = pos + 1
+if n_pairs > 0 then
+  local hargs = {'HSET', key}
+  for j = 0, 2 * n_pairs - 1 do hargs[#hargs + 1] = ARGV[pos + j] end
+  redis.call(unpack(hargs))
+  pos = pos + 2 * n_pairs
+end
+local n_hdel = tonumber(ARGV[pos]); pos = pos + 1
+if n_hdel > 0 then
+  local dargs = {'HDEL', key}
+  for j = 0, n_hdel - 1 do dargs[#dargs + 1] = ARGV[pos + j] end
+  redis.call(unpack(dargs))
+  pos = pos + n_hdel
+end
+local n_entries = tonumber(ARGV[pos]); pos = pos + 1
+for i = 1, n_entries do
+  local kind, k, m, s = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
+  pos = pos + 4
+  if kind == 'S' then redis.call('SADD', k, m)
+  elseif kind == 'Z' then redis.call('ZADD', k, s, m)
+  elseif kind == 'G' then
+    local sep = string.find(s, ',', 1, true)
+    redis.call('GEOADD', k, string.sub(s, sep + 1), string.sub(s, 1, sep - 1), m)
+  elseif kind == 'C' then redis.call('HSET', k, m, key)
+  end
+end
+redis.call('SADD', class_set, key)
+local ttl_mode = ARGV[2]
+if ttl_mode == 'T' then redis.call('EXPIRE', key, ARGV[3])
+elseif ttl_mode == 'A' then redis.call('EXPIREAT', key, ARGV[3])
+end
+local n_cmds = tonumber(ARGV[pos]); pos = pos + 1
+run_commands(ARGV, pos, n_cmds)
+return 1
+"""
+
+# KEYS: 1 instance key, 2 class set; ARGV: n_owners, owner*, n_cmds, (nargs cmd args...)*
+DELETE_LUA = _LUA_COMMON + r"""
+local key, class_set = KEYS[1], KEYS[2]
+local n_owners = tonumber(ARGV[1])
+local pos = 2
+for i = 1, n_owners do
+  remove_entries(redis.call('HGET', key, '@idx:' .. ARGV[pos]), key)
+  pos = pos + 1
+end
+local existed = redis.call('DEL', key)
+redis.call('SREM', class_set, key)
+local n_cmds = tonumber(ARGV[pos]); pos = pos + 1
+if existed == 1 then run_commands(ARGV, pos, n_cmds) end
+return existed
+"""
+
+
+@dataclass
+class WriteBatch:
+    """What one save or delete of one instance must do, filled in by hooks."""
+
+    key: str
+    class_set: str
+    old_key: str = ""
+    is_create: bool = False
+    must_not_exist: bool = False
+    must_exist: bool = False
+    update_fields: frozenset[str] | None = None
+    mapping: dict[str, bytes] = field(default_factory=dict)
+    hdel: list[str] = field(default_factory=list)
+    ttl: tuple[str, int] | None = None
+    claims: list[tuple[str, str]] = field(default_factory=list)
+    claim_labels: list[str] = field(default_factory=list)
+    owners: list[str] = field(default_factory=list)
+    migrated_owners: list[str] = field(default_factory=list)
+    entries: dict[str, list[tuple[str, str, str, Any]]] = field(default_factory=dict)
+    commands: list[tuple[Any, ...]] = field(default_factory=list)
+
+    # --- API for hooks -------------------------------------------------
+    def own(self, owner: str) -> None:
+        """Declare that ``owner`` (a field or index name) rewrites its entries in this write."""
+        if owner not in self.entries:
+            self.owners.append(owner)
+            self.entries[owner] = []
+
+    def add(self, owner: str, kind: str, key: str, member: str, score: Any = "") -> None:
+        """Add an index entry owned by ``owner``; it is removed on the next write or delete."""
+        self.own(owner)
+        self.entries[owner].append((kind, key, member, score))
+
+    def claim(self, owner: str, hash_key: str, hash_field: str, label: str = "") -> None:
+        """Claim a unique value: fails the whole write if another live instance holds it.
+
+        ``label`` (e.g. ``"email='a@b.c'"``) names the value in the error message.
+        """
+        self.claims.append((hash_key, hash_field))
+        self.claim_labels.append(label or f"{owner}")
+        self.add(owner, CLAIM, hash_key, hash_field)
+
+    def command(self, *args: Any) -> None:
+        """Queue a raw Redis command that runs after the write succeeds, in the same script."""
+        self.commands.append(args)
+
+    # --- compilation ---------------------------------------------------
+    def save_args(self) -> tuple[list[str], list[Any]]:
+        flags = ("N" if self.must_not_exist else "") + ("E" if self.must_exist else "")
+        ttl_mode, ttl_value = self.ttl or ("", 0)
+        argv: list[Any] = [flags or "-", ttl_mode or "-", ttl_value, len(self.claims)]
+        for h, f in self.claims:
+            argv += [h, f]
+        argv.append(len(self.owners))
+        argv += self.owners
+        migrated = [o for o in self.migrated_owners if o not in self.entries]
+        argv.append(len(migrated))
+        argv += migrated
+        mapping = dict(self.mapping)
+        hdel = list(self.hdel)
+        for owner in self.owners:
+            rows = self.entries[owner]
+            if rows:
+                mapping[IDX_PREFIX + owner] = msgpack.packb([[k, rk, m] for k, rk, m, _s in rows])
+            else:
+                hdel.append(IDX_PREFIX + owner)
+        argv.append(len(mapping))
+        for f, v in mapping.items():
+            argv += [f, v]
+        argv.append(len(hdel))
+        argv += hdel
+        n = sum(len(rows) for rows in self.entries.values())
+        argv.append(n)
+        for rows in self.entries.values():
+            for kind, k, m, s in rows:
+                argv += [kind, k, m, s]
+        argv.append(len(self.commands))
+        for cmd in self.commands:
+            argv.append(len(cmd))
+            argv += cmd
+        keys = [self.key, self.class_set, self.old_key or ""]
+        return keys, argv
+
+    def delete_args(self) -> tuple[list[str], list[Any]]:
+        argv: list[Any] = [len(self.owners), *self.owners, len(self.commands)]
+        for cmd in self.commands:
+            argv.append(len(cmd))
+            argv += cmd
+        return [self.key, self.class_set], argv

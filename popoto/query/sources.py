@@ -1,0 +1,216 @@
+"""Index sources: what a lookup contributes to a query plan evaluated in Redis.
+
+A query's condition tree compiles to a small program that one Lua script runs
+inside Redis: each source materialises into a temporary sorted set, AND/OR/NOT
+combine them with ZINTERSTORE / ZUNIONSTORE / ZDIFFSTORE, and the script
+returns the size of the result and one page of it. Temporary keys are deleted
+before the script returns (and carry a short expiry in case it is killed), so
+no index ever travels to Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Program:
+    """Accumulates ops; keys go to KEYS (index positions), literals to ARGV."""
+
+    keys: list[str] = field(default_factory=list)
+    ops: list[list[Any]] = field(default_factory=list)
+    n_temps: int = 0
+    temp_prefix: str = ""
+
+    def key(self, name: str) -> int:
+        if name in self.keys:
+            return self.keys.index(name) + 1
+        self.keys.append(name)
+        return len(self.keys)
+
+    def temp(self) -> int:
+        self.n_temps += 1
+        return self.key(f"{self.temp_prefix}:{self.n_temps}")
+
+    def op(self, *args: Any) -> None:
+        self.ops.append(list(args))
+
+
+class Source:
+    """Something Redis can turn into a sorted set of instance keys."""
+
+    #: True when the source's scores are meaningful (sorted field, distance)
+    scored = False
+
+    def emit(self, prog: Program) -> int:
+        """Emit ops producing a key (KEYS index) holding a set or zset of instance keys."""
+        raise NotImplementedError
+
+
+@dataclass
+class SetSource(Source):
+    """An existing Redis set (class set, equality index)."""
+
+    key: str
+
+    def emit(self, prog: Program) -> int:
+        return prog.key(self.key)
+
+
+@dataclass
+class ScoreRange(Source):
+    """Members of a sorted set whose score lies in [low, high] (Redis range syntax)."""
+
+    key: str
+    low: str
+    high: str
+    scored = True
+
+    def emit(self, prog: Program) -> int:
+        dst = prog.temp()
+        prog.op("ZR", dst, prog.key(self.key), self.low, self.high)
+        return dst
+
+
+@dataclass
+class KeyPattern(Source):
+    """Members of a set matching a glob pattern (SSCAN MATCH inside Redis)."""
+
+    key: str
+    pattern: str
+
+    def emit(self, prog: Program) -> int:
+        dst = prog.temp()
+        prog.op("PAT", dst, prog.key(self.key), self.pattern)
+        return dst
+
+
+@dataclass
+class KeyList(Source):
+    """An explicit list of instance keys."""
+
+    members: list[str]
+
+    def emit(self, prog: Program) -> int:
+        dst = prog.temp()
+        prog.op("KEYS", dst, len(self.members), *self.members)
+        return dst
+
+
+@dataclass
+class GeoRadius(Source):
+    """Members of a geo set within a radius, scored by distance."""
+
+    key: str
+    longitude: float
+    latitude: float
+    radius: float
+    unit: str
+    scored = True
+
+    def emit(self, prog: Program) -> int:
+        dst = prog.temp()
+        prog.op("GEO", dst, prog.key(self.key), self.longitude, self.latitude, self.radius,
+                self.unit)
+        return dst
+
+
+@dataclass
+class Combine(Source):
+    """AND / OR of sources; NOT is a difference against the class set."""
+
+    kind: str  # "AND" | "OR" | "NOT"
+    parts: list[Source]
+    score_from: int | None = None  # index of the part whose scores are kept (AND)
+
+    @property
+    def scored(self) -> bool:  # type: ignore[override]
+        if self.kind == "AND":
+            return self.score_from is not None
+        if self.kind == "OR":
+            return all(p.scored for p in self.parts)
+        return self.parts[0].scored
+
+    def emit(self, prog: Program) -> int:
+        srcs = [p.emit(prog) for p in self.parts]
+        dst = prog.temp()
+        if self.kind == "NOT":
+            prog.op("NOT", dst, srcs[0], srcs[1])
+        elif self.kind == "AND":
+            weights = [1 if i == self.score_from else 0 for i in range(len(srcs))]
+            prog.op("AND", dst, len(srcs), *srcs, *weights)
+        else:
+            weights = [1 if self.scored else 0] * len(srcs)
+            prog.op("OR", dst, len(srcs), *srcs, *weights)
+        return dst
+
+
+QUERY_LUA = r"""
+local ttl = 30
+local pos = 1
+local n_ops = tonumber(ARGV[pos]); pos = pos + 1
+local temps = {}
+local function tmp(i) temps[#temps + 1] = KEYS[i]; return KEYS[i] end
+for _ = 1, n_ops do
+  local op = ARGV[pos]; pos = pos + 1
+  if op == 'ZR' then
+    local dst, src = tmp(tonumber(ARGV[pos])), KEYS[tonumber(ARGV[pos + 1])]
+    redis.call('ZRANGESTORE', dst, src, ARGV[pos + 2], ARGV[pos + 3], 'BYSCORE')
+    pos = pos + 4
+  elseif op == 'PAT' then
+    local dst, src, pat = tmp(tonumber(ARGV[pos])), KEYS[tonumber(ARGV[pos + 1])], ARGV[pos + 2]
+    pos = pos + 3
+    local cursor = '0'
+    repeat
+      local res = redis.call('SSCAN', src, cursor, 'MATCH', pat, 'COUNT', 1000)
+      cursor = res[1]
+      for _, m in ipairs(res[2]) do redis.call('ZADD', dst, 0, m) end
+    until cursor == '0'
+  elseif op == 'KEYS' then
+    local dst, n = tmp(tonumber(ARGV[pos])), tonumber(ARGV[pos + 1])
+    pos = pos + 2
+    for j = 0, n - 1 do redis.call('ZADD', dst, 0, ARGV[pos + j]) end
+    pos = pos + n
+  elseif op == 'GEO' then
+    local dst, src = tmp(tonumber(ARGV[pos])), KEYS[tonumber(ARGV[pos + 1])]
+    redis.call('GEOSEARCHSTORE', dst, src, 'FROMLONLAT', ARGV[pos + 2], ARGV[pos + 3],
+      'BYRADIUS', ARGV[pos + 4], ARGV[pos + 5], 'ASC', 'STOREDIST')
+    pos = pos + 6
+  elseif op == 'AND' or op == 'OR' then
+    local dst, n = tmp(tonumber(ARGV[pos])), tonumber(ARGV[pos + 1])
+    pos = pos + 2
+    local args = {op == 'AND' and 'ZINTERSTORE' or 'ZUNIONSTORE', dst, n}
+    for j = 0, n - 1 do args[#args + 1] = KEYS[tonumber(ARGV[pos + j])] end
+    args[#args + 1] = 'WEIGHTS'
+    for j = 0, n - 1 do args[#args + 1] = ARGV[pos + n + j] end
+    if op == 'OR' then args[#args + 1] = 'AGGREGATE'; args[#args + 1] = 'MIN' end
+    redis.call(unpack(args))
+    pos = pos + 2 * n
+  elseif op == 'NOT' then
+    local dst = tmp(tonumber(ARGV[pos]))
+    redis.call('ZDIFFSTORE', dst, 2, KEYS[tonumber(ARGV[pos + 1])], KEYS[tonumber(ARGV[pos + 2])])
+    pos = pos + 3
+  end
+  if #temps > 0 then redis.call('EXPIRE', temps[#temps], ttl) end
+end
+local result = KEYS[tonumber(ARGV[pos])]
+local mode, offset, count, rev, withscores =
+  ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]), ARGV[pos + 4], ARGV[pos + 5]
+if redis.call('TYPE', result)['ok'] == 'set' then
+  local conv = tmp(tonumber(ARGV[pos + 6]))
+  redis.call('ZUNIONSTORE', conv, 1, result, 'WEIGHTS', 0)
+  result = conv
+end
+local out
+if mode == 'count' then
+  out = {redis.call('ZCARD', result)}
+else
+  local stop = count < 0 and -1 or offset + count - 1
+  local args = {rev == '1' and 'ZREVRANGE' or 'ZRANGE', result, offset, stop}
+  if withscores == '1' then args[#args + 1] = 'WITHSCORES' end
+  out = {redis.call('ZCARD', result), redis.call(unpack(args))}
+end
+for _, t in ipairs(temps) do redis.call('DEL', t) end
+return out
+"""

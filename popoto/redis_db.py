@@ -1,0 +1,122 @@
+"""Connection configuration.
+
+Nothing connects at import time. The client is created on first use from
+``popoto.configure(url=...)`` or, failing that, the ``REDIS_URL`` environment
+variable (default ``redis://127.0.0.1:6379/0``).
+
+``POPOTO_REDIS_DB`` is a lazy proxy to the synchronous client (the name the
+reference design uses); ``get_client()`` and ``get_async_client()`` return the
+real clients.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+
+from .exceptions import ConnectionConfigError
+
+ENCODING = "utf-8"
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+_SCHEMES = ("redis", "rediss", "unix")
+
+_lock = threading.Lock()
+_config: dict[str, Any] = {"url": None, "kwargs": {}}
+_client: redis.Redis | None = None
+_async_clients: dict[int, redis.asyncio.Redis] = {}
+_pid: int | None = None
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _validate(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme not in _SCHEMES:
+        raise ConnectionConfigError(
+            f"Unsupported Redis URL {mask_url(url)!r}: scheme must be one of {_SCHEMES}"
+        )
+    return url
+
+
+def configure(url: str | None = None, **redis_kwargs: Any) -> None:
+    """Set the Redis URL (and extra ``redis.Redis`` keyword arguments).
+
+    Does not connect; the next command does. Existing clients are closed.
+    """
+    global _client
+    if url is not None:
+        _validate(url)
+    with _lock:
+        _config["url"] = url
+        _config["kwargs"] = dict(redis_kwargs)
+        old, _client = _client, None
+        _async_clients.clear()
+    if old is not None:
+        old.close()
+
+
+def current_url() -> str:
+    """The URL the client uses (configured, else ``REDIS_URL``, else the default)."""
+    return _validate(_config["url"] or os.environ.get("REDIS_URL") or DEFAULT_URL)
+
+
+def _check(client: redis.Redis, url: str) -> None:
+    try:
+        client.ping()
+    except redis.exceptions.AuthenticationError as exc:
+        raise ConnectionConfigError(f"Redis at {mask_url(url)} refused the credentials: {exc}")
+    except (redis.exceptions.ConnectionError, OSError) as exc:
+        raise ConnectionConfigError(f"Cannot reach Redis at {mask_url(url)}: {exc}") from exc
+
+
+def get_client() -> redis.Redis:
+    """The process-wide synchronous client; created (and pinged) on first use."""
+    global _client, _pid
+    client = _client
+    if client is not None and _pid == os.getpid():
+        return client
+    with _lock:
+        if _client is None or _pid != os.getpid():
+            url = current_url()
+            client = redis.Redis.from_url(url, **_config["kwargs"])
+            _check(client, url)
+            _client, _pid = client, os.getpid()
+        return _client
+
+
+def get_async_client() -> redis.asyncio.Redis:
+    """An asyncio client for the running event loop (one per loop)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(id(loop))
+    if client is None:
+        client = redis.asyncio.Redis.from_url(current_url(), **_config["kwargs"])
+        _async_clients[id(loop)] = client
+    return client
+
+
+class _LazyClient:
+    """Forwards attribute access to ``get_client()`` so importing never connects."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(get_client(), name)
+
+    def __repr__(self) -> str:
+        return f"<POPOTO_REDIS_DB {mask_url(current_url())}>"
+
+
+POPOTO_REDIS_DB: Any = _LazyClient()

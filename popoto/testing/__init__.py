@@ -1,0 +1,1 @@
+"""Test and demo helpers for Popoto (an embedded, throwaway Redis server)."""
