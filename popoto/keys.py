@@ -10,7 +10,8 @@ cluster mode adds a tag in :func:`tag` and nowhere else.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 SEP = ":"
 _ESCAPE_CHARS = "%:*?[]{}\\"

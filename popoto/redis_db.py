@@ -77,7 +77,9 @@ def _check(client: redis.Redis, url: str) -> None:
     try:
         client.ping()
     except redis.exceptions.AuthenticationError as exc:
-        raise ConnectionConfigError(f"Redis at {mask_url(url)} refused the credentials: {exc}")
+        raise ConnectionConfigError(
+            f"Redis at {mask_url(url)} refused the credentials: {exc}"
+        ) from exc
     except (redis.exceptions.ConnectionError, OSError) as exc:
         raise ConnectionConfigError(f"Cannot reach Redis at {mask_url(url)}: {exc}") from exc
 

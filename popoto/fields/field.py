@@ -17,7 +17,8 @@ import datetime as _dt
 import difflib
 import uuid
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
 
 from .. import encoding
 from ..exceptions import ModelException, QueryException

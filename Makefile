@@ -1,0 +1,38 @@
+# Popoto developer tasks. Everything runs inside a local virtualenv (.venv),
+# created on first use from pyproject.toml; only Python 3 and PyPI are needed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SERVER := $(BIN)/python -m popoto.testing.server run --
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint bench run clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(SERVER) $(BIN)/python -m ops.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check popoto tasks workers ops tests
+
+bench: $(STAMP)
+	$(SERVER) $(BIN)/python -m ops.bench
+
+run: $(STAMP)
+	$(SERVER) $(BIN)/honcho start
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

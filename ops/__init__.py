@@ -1,0 +1,1 @@
+"""Operational tooling for Popoto: CLI, demo and benchmarks."""

@@ -1,0 +1,1 @@
+"""Worker processes built on Popoto."""
