@@ -1,0 +1,49 @@
+"""Connection configuration: lazy, explicit, loud on bad URLs."""
+
+import pytest
+
+import popoto
+from popoto import redis_db
+from popoto.exceptions import ConnectionConfigError
+
+
+@pytest.fixture
+def restore_config(redis_url):
+    yield
+    popoto.configure(url=redis_url)
+
+
+def test_bad_scheme_is_rejected_naming_url(restore_config):
+    """configure() with an unsupported scheme fails at once, naming the URL."""
+    with pytest.raises(ConnectionConfigError, match="http://x"):
+        popoto.configure(url="http://x")
+
+
+def test_unreachable_server_names_url_with_password_masked(restore_config):
+    """An unreachable server raises an error naming the URL, password masked."""
+    popoto.configure(url="redis://user:s3cret@127.0.0.1:1/0", socket_connect_timeout=1)
+    with pytest.raises(ConnectionConfigError) as info:
+        redis_db.get_client()
+    assert "127.0.0.1:1" in str(info.value)
+    assert "s3cret" not in str(info.value) and "***" in str(info.value)
+
+
+def test_redis_url_env_is_used(monkeypatch, redis_url, restore_config):
+    """Without configure(url=...), REDIS_URL decides the server and db."""
+    popoto.configure(url=None)
+    monkeypatch.setenv("REDIS_URL", redis_url.rsplit("/", 1)[0] + "/3")
+    client = redis_db.get_client()
+    assert client.connection_pool.connection_kwargs["db"] == 3
+    assert client.ping()
+
+
+def test_lazy_proxy_forwards(redis_url):
+    """POPOTO_REDIS_DB forwards commands to the configured client."""
+    redis_db.POPOTO_REDIS_DB.set("k", "v")
+    assert redis_db.get_client().get("k") == b"v"
+
+
+def test_mask_url():
+    """mask_url hides only the password."""
+    assert redis_db.mask_url("rediss://u:p@h:1/2") == "rediss://u:***@h:1/2"
+    assert redis_db.mask_url("redis://h:1/0") == "redis://h:1/0"
