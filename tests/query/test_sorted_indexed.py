@@ -141,8 +141,8 @@ def test_dates_datetimes_decimals_sort(r):
     """datetime, date and Decimal sorted fields range-query correctly."""
     base = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     for i in range(5):
-        Event(slug=f"e{i}", when=base + dt.timedelta(days=i), day=(base + dt.timedelta(days=i)).date(),
-              price=Decimal("1.10") * i).save()
+        when = base + dt.timedelta(days=i)
+        Event(slug=f"e{i}", when=when, day=when.date(), price=Decimal("1.10") * i).save()
     got = [e.slug for e in Event.query.filter(when__gte=base + dt.timedelta(days=3))]
     assert got == ["e3", "e4"]
     assert [e.slug for e in Event.query.filter(day__lt=dt.date(2024, 1, 3))] == ["e0", "e1"]
