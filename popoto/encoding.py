@@ -28,6 +28,7 @@ _EXT: dict[int, tuple[type, Callable[[Any], bytes], Callable[[bytes], Any]]] = {
     6: (set, lambda v: pack(_sorted_items(v)), lambda b: set(unpack(b))),
     7: (frozenset, lambda v: pack(_sorted_items(v)), lambda b: frozenset(unpack(b))),
 }
+_BIG_INT = 8  # ints outside msgpack's 64-bit range, as decimal text
 _BY_TYPE = {typ: (code, enc) for code, (typ, enc, _dec) in _EXT.items()}
 
 
@@ -54,7 +55,24 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot encode value of type {type(value).__name__}: {value!r}")
 
 
+def _big_ints(value: Any) -> Any:
+    """Replace ints msgpack cannot hold with ExtType(8, decimal text), recursively."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if -(2**63) <= value < 2**64:
+            return value
+        return msgpack.ExtType(_BIG_INT, str(value).encode())
+    if type(value) in (list, tuple):
+        return type(value)(_big_ints(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return type(value)(_big_ints(v) for v in value)
+    if isinstance(value, dict):
+        return {_big_ints(k): _big_ints(v) for k, v in value.items()}
+    return value
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _BIG_INT:
+        return int(data.decode())
     entry = _EXT.get(code)
     if entry is None:
         return msgpack.ExtType(code, data)
@@ -63,7 +81,11 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 def pack(value: Any) -> bytes:
     """Encode one value to msgpack bytes."""
-    return msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
+    try:
+        return msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
+    except OverflowError:
+        return msgpack.packb(_big_ints(value), default=_default, strict_types=True,
+                             use_bin_type=True)
 
 
 def unpack(data: bytes) -> Any:

@@ -66,3 +66,9 @@ def test_unencodable_type_is_rejected():
     """A value of an unsupported type raises TypeError naming the type."""
     with pytest.raises(TypeError, match="object"):
         pack(object())
+
+
+def test_ints_beyond_64_bits_round_trip():
+    """Python ints outside msgpack's 64-bit range still round trip exactly."""
+    for value in (2**64, -(2**63) - 1, 10**40, [1, 2**100], {"k": {-(10**30)}}):
+        assert unpack(pack(value)) == value
