@@ -119,7 +119,9 @@ class QuerySet:
                 zkey = field.key_from_context(compiled.exact)
                 if not (isinstance(source, ScoreRange) and source.key == zkey):
                     source = set_score_source(source, SetSource(zkey))
-            elif not field.is_key or len(self.model._meta.key_field_names) != 1:
+            elif (not field.is_key or len(self.model._meta.key_field_names) != 1
+                  or (source is not None and source.scored)):
+                # only an unscored result is in key order (ZRANGE of equal scores is by member)
                 redis_order = False
         return source, compiled.residual, redis_order
 

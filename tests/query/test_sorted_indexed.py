@@ -163,3 +163,10 @@ def test_no_temp_keys_left(players, r):
     """Set-algebra temp keys are removed after the query."""
     list(Player.query.filter(Q(team="red") | Q(score__gte=40), ~Q(name="ann")))
     assert not [k for k in r.scan_iter("$Tmp*")]
+
+
+def test_order_by_key_field_over_a_range(players):
+    """Ordering a score range by the key field sorts by key, not by score."""
+    got = names(Player.query.filter(score__gte=20, order_by="-name"))
+    assert got == ["eve", "dan", "cat", "bob"]
+    assert names(Player.query.filter(team="red", order_by="-name")) == ["bob", "ann"]
