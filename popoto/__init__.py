@@ -34,6 +34,8 @@ from .fields.shortcuts import (
     TupleField,
     UniqueKeyField,
 )
+from .fields.geo import GeoField
+from .fields.relationship import Relationship
 from .fields.sorted import SortedField
 from .models.base import Model
 from .models.registry import get_model
@@ -54,6 +56,7 @@ __all__ = [
     "DictField",
     "Field",
     "FloatField",
+    "GeoField",
     "IndexedField",
     "IntField",
     "KeyField",
@@ -64,6 +67,7 @@ __all__ = [
     "PopotoError",
     "Q",
     "QueryException",
+    "Relationship",
     "SetField",
     "SortedField",
     "StringField",

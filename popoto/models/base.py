@@ -9,6 +9,7 @@ migration and bulk operations.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -399,22 +400,36 @@ class Model(BulkMixin, MaintenanceMixin, metaclass=ModelBase):
         }
 
     def to_dict(self, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
-                relationships: bool = False, max_depth: int = 1) -> dict[str, Any]:
-        """Field values as a dict (public fields; related instances as keys or nested dicts)."""
+                relationships: bool = False, max_depth: int | None = None,
+                _seen: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """Field values as a dict (public fields; related instances as keys or nested dicts).
+
+        With ``relationships=True`` related instances nest as dicts down to
+        ``max_depth`` levels (None: unlimited); deeper levels, and an instance
+        already being serialised further up (a cycle), appear as their key.
+        """
         names = list(include) if include is not None else list(self._meta.explicit_fields)
         skip = set(exclude or ())
+        if relationships:
+            with contextlib.suppress(ModelException):  # an instance without a key yet
+                _seen = _seen | {self.pk}
         out: dict[str, Any] = {}
         for name in names:
             if name in skip:
                 continue
-            if name not in self._meta.fields:
+            field = self._meta.fields.get(name)
+            if field is None:
                 raise ModelException(f"{type(self).__name__}.to_dict: unknown field {name!r}")
-            value = getattr(self, name)
-            if isinstance(value, Model):
-                if relationships and max_depth > 0:
-                    value = value.to_dict(relationships=True, max_depth=max_depth - 1)
-                else:
-                    value = value.pk
+            if not field.is_relationship:
+                out[name] = getattr(self, name)
+                continue
+            value = field.related_key(self)  # type: ignore[attr-defined]  # no I/O
+            if (value is not None and relationships and value not in _seen
+                    and (max_depth is None or max_depth > 0)):
+                related = getattr(self, name)  # loads lazily when not loaded yet
+                if related is not None:
+                    value = related.to_dict(relationships=True, _seen=_seen,
+                                            max_depth=None if max_depth is None else max_depth - 1)
             out[name] = value
         return out
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from ..exceptions import QueryException
 from .expressions import Q
 from .lookups import Exact, Lookup
-from .sources import Combine, SetSource, Source
+from .sources import Combine, GeoRadius, SetSource, Source
 
 if TYPE_CHECKING:
     from ..models.base import Model
@@ -60,8 +60,10 @@ def resolve_lookup(model: type[Model], name: str, value: Any) -> Lookup:
     return field.get_lookup(lookup_name or "exact")(field, value)
 
 
-def compile_q(model: type[Model], q: Q, context: dict[str, Any] | None = None) -> Compiled:
-    context = dict(context or {})
+def compile_q(model: type[Model], q: Q, context: dict[str, Any] | None = None,
+              options: dict[str, Any] | None = None) -> Compiled:
+    """Compile ``q``; ``options`` (e.g. ``geo_radius``) reach every lookup via its context."""
+    context = {**(options or {}), **(context or {})}
     leaves = [c for c in q.children if isinstance(c, tuple)]
     lookups = [resolve_lookup(model, name, value) for name, value in leaves]
     exact = {lk.field.name: lk.value for lk in lookups if type(lk) is Exact}
@@ -79,7 +81,8 @@ def compile_q(model: type[Model], q: Q, context: dict[str, Any] | None = None) -
         parts.append(Compiled(src, None if src is not None else full, full, {}))
     for child in q.children:
         if isinstance(child, Q):
-            parts.append(compile_q(model, child, context if q.connector == Q.AND else None))
+            parts.append(compile_q(model, child, context if q.connector == Q.AND else None,
+                                   options))
     universe = SetSource(model._meta.db_class_set_key)
     if not parts:
         node = Compiled(None, None, lambda obj: True, exact)
@@ -117,10 +120,10 @@ def set_score_source(source: Source | None, scored: Source) -> Source:
 
 
 def keep_scores(source: Source) -> Source:
-    """For an AND, keep the scores of its first scored part (range or distance)."""
+    """For an AND, keep the scores of its first distance part, else of its first scored part."""
     if isinstance(source, Combine) and source.kind == "AND" and source.score_from is None:
-        for i, part in enumerate(source.parts):
-            if part.scored:
-                source.score_from = i
-                break
+        scored = [i for i, part in enumerate(source.parts) if part.scored]
+        near = [i for i in scored if isinstance(source.parts[i], GeoRadius)]
+        if scored:
+            source.score_from = (near or scored)[0]
     return source

@@ -59,6 +59,10 @@ class QuerySet:
                 handler = self.model._meta.query_option_owner(name)
                 if handler is not None:
                     qs._options[name] = kwargs.pop(name)
+                    # an option may stand for a condition (geo_member=obj -> geo__exact=obj)
+                    as_condition = getattr(handler, "option_condition", None)
+                    if as_condition is not None:
+                        kwargs.update(as_condition(name, qs._options[name]))
         return qs, kwargs
 
     def filter(self, *conditions: Q, **kwargs: Any) -> QuerySet:
@@ -70,7 +74,8 @@ class QuerySet:
                 raise QueryException(f"filter() takes Q objects or expressions, got {c!r}")
         where = Q(qs._where, *new) if qs._where else (Q(*new) if new else Q())
         qs._where = where
-        compile_q(self.model, where)  # validate eagerly: bad filters fail at the call site
+        # validate eagerly: bad filters fail at the call site
+        compile_q(self.model, where, options=qs._options)
         return qs
 
     def exclude(self, *conditions: Q, **kwargs: Any) -> QuerySet:
@@ -107,7 +112,7 @@ class QuerySet:
     # --- evaluation ----------------------------------------------------
     def _plan(self) -> tuple[Source | None, Any, bool]:
         """(source, residual predicate, ordered-by-redis)."""
-        compiled: Compiled = compile_q(self.model, self._where)
+        compiled: Compiled = compile_q(self.model, self._where, options=self._options)
         source = compiled.source
         order = self._order
         redis_order = True
@@ -123,6 +128,12 @@ class QuerySet:
                   or (source is not None and source.scored)):
                 # only an unscored result is in key order (ZRANGE of equal scores is by member)
                 redis_order = False
+        meta = self.model._meta
+        owners = {id(f): f for o in self._options if (f := meta.query_option_owner(o))}
+        for owner in owners.values():
+            check = getattr(owner, "check_plan", None)  # e.g. distances need distance scores
+            if check is not None:
+                check(source, self._options)
         return source, compiled.residual, redis_order
 
     def _rev(self) -> bool:
