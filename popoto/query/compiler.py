@@ -90,8 +90,11 @@ def compile_q(model: type[Model], q: Q, context: dict[str, Any] | None = None,
         srcs = [p.source for p in parts if p.source is not None]
         residual = [p.residual for p in parts if p.residual is not None]
         source = srcs[0] if len(srcs) == 1 else (Combine("AND", srcs) if srcs else None)
+        # exact values of nested AND children (filter() nests) also hold here: order_by
+        # on a partitioned SortedField needs them
+        merged = {k: v for p in parts for k, v in p.exact.items()}
         node = Compiled(source, _all(residual) if residual else None,
-                        _all([p.full for p in parts]), exact)
+                        _all([p.full for p in parts]), {**merged, **exact})
     else:
         full = _any([p.full for p in parts])
         if all(p.source is not None and p.residual is None for p in parts):
