@@ -15,7 +15,10 @@ scalars = st.one_of(
     st.floats(allow_nan=False), st.text(), st.binary(),
     st.decimals(allow_nan=False, allow_infinity=False),
     st.dates(), st.times(), st.datetimes(),
-    st.datetimes(timezones=st.timezones()),
+    # aware datetimes keep their UTC offset (not a zone name), so draw fixed offsets
+    st.datetimes(timezones=st.builds(
+        dt.timezone, st.timedeltas(min_value=dt.timedelta(hours=-23, minutes=-59),
+                                   max_value=dt.timedelta(hours=23, minutes=59)))),
 )
 values = st.recursive(
     scalars,
