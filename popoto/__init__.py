@@ -6,6 +6,7 @@ atomic write and answers queries from them inside Redis.
 """
 
 from .exceptions import (
+    BulkWriteError,
     ConnectionConfigError,
     DecodeError,
     KeyMutationError,
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AutoKeyField",
     "BooleanField",
+    "BulkWriteError",
     "BytesField",
     "ConnectionConfigError",
     "DateField",

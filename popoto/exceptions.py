@@ -7,11 +7,14 @@ The tree::
     ├── ModelException             invalid model definition, field value or write
     │   ├── KeyMutationError       a saved KeyField changed without migrate_key=True
     │   ├── UniqueViolation        a unique field / composite index / key is already taken
+    │   ├── BulkWriteError         some instances of a bulk write failed (listed in .failures)
     │   └── DecodeError            a stored hash value cannot be decoded
     └── QueryException             invalid query: unknown field or lookup, missing partition
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class PopotoError(Exception):
@@ -32,6 +35,20 @@ class KeyMutationError(ModelException):
 
 class UniqueViolation(ModelException):
     """A unique field, unique composite index or instance key is already taken."""
+
+
+class BulkWriteError(ModelException):
+    """Some instances of a bulk operation failed; the others were written.
+
+    ``failures`` lists ``(instance, error)`` pairs, ``succeeded`` counts the writes
+    that went through.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[Any, ModelException]],
+                 succeeded: int) -> None:
+        super().__init__(message)
+        self.failures = failures
+        self.succeeded = succeeded
 
 
 class DecodeError(ModelException):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,7 +29,7 @@ _SCHEMES = ("redis", "rediss", "unix")
 _lock = threading.Lock()
 _config: dict[str, Any] = {"url": None, "kwargs": {}}
 _client: redis.Redis | None = None
-_async_clients: dict[int, redis.asyncio.Redis] = {}
+_async_clients: weakref.WeakKeyDictionary[Any, redis.asyncio.Redis] = weakref.WeakKeyDictionary()
 _pid: int | None = None
 
 
@@ -100,14 +101,19 @@ def get_client() -> redis.Redis:
 
 
 def get_async_client() -> redis.asyncio.Redis:
-    """An asyncio client for the running event loop (one per loop)."""
+    """An asyncio client for the running event loop (one per loop).
+
+    Its pool waits for a free connection when many tasks use it at once,
+    instead of failing with "Too many connections".
+    """
     import asyncio
 
     loop = asyncio.get_running_loop()
-    client = _async_clients.get(id(loop))
+    client = _async_clients.get(loop)
     if client is None:
-        client = redis.asyncio.Redis.from_url(current_url(), **_config["kwargs"])
-        _async_clients[id(loop)] = client
+        pool = redis.asyncio.BlockingConnectionPool.from_url(current_url(), **_config["kwargs"])
+        client = redis.asyncio.Redis(connection_pool=pool)
+        _async_clients[loop] = client
     return client
 
 

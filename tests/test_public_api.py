@@ -5,6 +5,7 @@ import popoto
 EXPECTED = [
     "AutoKeyField",
     "BooleanField",
+    "BulkWriteError",
     "BytesField",
     "ConnectionConfigError",
     "DateField",

@@ -23,6 +23,7 @@ from ..fields.field import Field
 from ..fields.shortcuts import AutoKeyField
 from ..redis_db import get_client
 from . import registry, scripts
+from .async_ops import AsyncModelMixin
 from .bulk import BulkMixin
 from .maintenance import MaintenanceMixin
 from .options import ModelOptions
@@ -82,7 +83,7 @@ class ModelBase(type):
         return cls
 
 
-class Model(BulkMixin, MaintenanceMixin, metaclass=ModelBase):
+class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, metaclass=ModelBase):
     """Base class of every Popoto model: an instance is a Redis hash at ``Name:k1:k2``."""
 
     _meta: ClassVar[ModelOptions]
@@ -312,12 +313,8 @@ class Model(BulkMixin, MaintenanceMixin, metaclass=ModelBase):
         except redis.exceptions.ResponseError as exc:
             raise translate_error(type(self), exc, batch) from None
 
-    def delete(self, pipeline: Any = None) -> Any:
-        """Delete the hash, its class-set entry and every index entry it owns.
-
-        Returns True if the instance existed, False otherwise (the pipeline
-        when one is given).
-        """
+    def build_delete(self) -> WriteBatch:
+        """Describe the delete (every index owner, behaviour hooks) as a WriteBatch (no I/O)."""
         meta = self._meta
         key = self._redis_key or self.db_key
         batch = WriteBatch(key=key, class_set=meta.db_class_set_key)
@@ -327,6 +324,15 @@ class Model(BulkMixin, MaintenanceMixin, metaclass=ModelBase):
             if hook:
                 hook(self, batch)
         batch.owners += [o for o in batch.entries if o not in batch.owners]
+        return batch
+
+    def delete(self, pipeline: Any = None) -> Any:
+        """Delete the hash, its class-set entry and every index entry it owns.
+
+        Returns True if the instance existed, False otherwise (the pipeline
+        when one is given).
+        """
+        batch = self.build_delete()
         result = self._run(scripts.DELETE, batch.delete_args(), pipeline)
         self.__dict__["_redis_key"] = None
         if pipeline is not None:

@@ -1,7 +1,597 @@
-"""Bulk operations and atomic counters (mixed into Model)."""
+"""Bulk writes, raw updates and atomic counters (mixed into Model).
+
+Bulk operations reuse the single write path: each instance is described by
+the same :class:`~popoto.models.write.WriteBatch` that ``save()`` and
+``delete()`` build, and the resulting script calls are sent ``batch_size`` at
+a time in non-transactional pipelines. Every instance's write is atomic on its
+own (one script call, hash and all index entries together); a bulk call as a
+whole is not a transaction.
+
+Failure policy:
+
+* Everything that can be checked without Redis (instance types, field names,
+  values) is checked for ALL instances before anything is written, so bad
+  input raises :class:`ModelException` and writes nothing.
+* Conflicts only Redis can see (a unique value or key already taken, possibly
+  by another instance of the same call) do not stop the run: the other
+  instances are written, and afterwards one :class:`BulkWriteError` lists
+  every failed instance with its :class:`UniqueViolation`.
+* ``bulk_update`` skips (and does not count) instances deleted since they were
+  loaded: it never resurrects a hash.
+
+The planning half (``plan_*``, :class:`BulkOutcome`) does no I/O, so the async
+variants in :mod:`popoto.models.async_ops` share it and only swap the client.
+"""
 
 from __future__ import annotations
 
+import copy
+import difflib
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from ..exceptions import BulkWriteError, ModelException
+from ..fields.field import Field
+from ..fields.sorted import SortedField
+from ..redis_db import get_client
+from . import scripts
+from .counter_lua import INCREMENT_LUA
+from .write import WriteBatch
+
+if TYPE_CHECKING:
+    from .base import Model
+
+logger = logging.getLogger("popoto.models")
+
+# KEYS: instance keys; ARGV: (field value)* -- HSET only where the hash exists.
+RAW_UPDATE_LUA = r"""
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, unpack(ARGV))
+    n = n + 1
+  end
+end
+return n
+"""
+
+INCREMENT = scripts.LuaScript("increment", INCREMENT_LUA)
+RAW_UPDATE = scripts.LuaScript("raw_update", RAW_UPDATE_LUA)
+
+NUMERIC_TYPES = (int, float, Decimal)
+_KIND = {int: "i", float: "f", Decimal: "d"}
+_PARSE = {int: int, float: float, Decimal: Decimal}
+_INT64_MIN, _UINT64_END = -(2**63), 2**64
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
+# --- planning (no I/O) ---------------------------------------------------
+
+@dataclass
+class Call:
+    """One script call of a bulk operation and the instance it writes."""
+
+    script: scripts.LuaScript
+    keys: list[str]
+    args: list[Any]
+    instance: Any
+    batch: WriteBatch
+
+
+def check_batch_size(model: type[Model], batch_size: int) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ModelException(f"{model.__name__}: batch_size must be a positive int, "
+                             f"got {batch_size!r}")
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _instances(model: type[Model], items: Any, operation: str) -> list[Model]:
+    """The instances of a bulk call (a single instance is accepted too), type-checked."""
+    from .base import Model
+
+    found = [items] if isinstance(items, Model) else list(items)
+    for obj in found:
+        if type(obj) is not model:
+            raise ModelException(
+                f"{model.__name__}.{operation}: every instance must be a {model.__name__}, "
+                f"got {obj!r}"
+            )
+    return found
+
+
+def _save_call(instance: Model, batch: WriteBatch) -> Call:
+    keys, args = batch.save_args()
+    return Call(scripts.SAVE, keys, args, instance, batch)
+
+
+def _delete_call(instance: Model) -> Call:
+    batch = instance.build_delete()
+    keys, args = batch.delete_args()
+    return Call(scripts.DELETE, keys, args, instance, batch)
+
+
+def plan_create(model: type[Model], instances: Iterable[Model]) -> list[Call]:
+    """Validate and describe every create (raises before any write on bad input)."""
+    calls = []
+    for instance in _instances(model, instances, "bulk_create"):
+        if instance._gate():
+            calls.append(_save_call(instance, instance.build_save(must_not_exist=True)))
+    return calls
+
+
+def check_updates(model: type[Model], updates: dict[str, Any],
+                  operation: str = "bulk_update") -> dict[str, Any]:
+    """Coerce and validate ``updates`` once; key fields and unknown names are refused."""
+    meta = model._meta
+    clean = {}
+    for name, value in updates.items():
+        field = meta.fields.get(name)
+        if field is None:
+            close = difflib.get_close_matches(name, list(meta.fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ModelException(f"{model.__name__} has no field {name!r}{hint}")
+        if field.is_key:
+            raise ModelException(f"{field.label}: {operation} cannot change a key field "
+                                 f"(use save(migrate_key=True) per instance)")
+        value = field.coerce(value)
+        field.validate(value)
+        clean[name] = value
+    return clean
+
+
+def plan_update(model: type[Model], instances: Iterable[Model],
+                updates: dict[str, Any]) -> list[Call]:
+    """Apply ``updates`` in memory and describe partial saves of just those fields."""
+    clean = check_updates(model, updates)
+    found = _instances(model, instances, "bulk_update")
+    for instance in found:
+        if instance._redis_key is None:
+            raise ModelException(f"{model.__name__}.bulk_update: {instance!r} was never saved")
+    names = list(clean)
+    calls = []
+    for instance in found:
+        for name, value in clean.items():
+            instance.__dict__[name] = copy.copy(value)
+        if instance._gate():
+            batch = instance.build_save(update_fields=names)
+            batch.must_exist = True
+            calls.append(_save_call(instance, batch))
+    return calls
+
+
+def plan_delete(model: type[Model], instances: Iterable[Model]) -> list[Call]:
+    return [_delete_call(i) for i in _instances(model, instances, "bulk_delete")]
+
+
+def delete_needs_data(model: type[Model]) -> bool:
+    """True when a behaviour's delete hook reads the instance (so hashes must be loaded)."""
+    return any("behaviour_on_delete" in b.__dict__ for b in model._meta.behaviours)
+
+
+def shells(model: type[Model], keys: Sequence[Any],
+           raws: Sequence[dict[Any, Any]] | None = None) -> list[Model]:
+    """Instances standing for ``keys`` (with their hashes when ``raws`` is given)."""
+    out = []
+    for i, key in enumerate(keys):
+        skey = key.decode() if isinstance(key, bytes) else key
+        out.append(model.from_redis(skey, raws[i] if raws is not None else {}))
+    return out
+
+
+class BulkOutcome:
+    """Collects the replies of a bulk run: what was written, what failed and why."""
+
+    def __init__(self, model: type[Model], operation: str) -> None:
+        self.model = model
+        self.operation = operation
+        self.written: list[Model] = []
+        self.count = 0
+        self.failures: list[tuple[Model, ModelException]] = []
+
+    def settle(self, calls: Sequence[Call], replies: Sequence[Any]) -> None:
+        from .base import translate_error
+
+        for call, reply in zip(calls, replies):
+            if isinstance(reply, Exception):
+                if self.operation == "bulk_update" and "POPOTO_MISSING" in str(reply):
+                    continue  # deleted since it was loaded: nothing to update
+                if not isinstance(reply, redis.exceptions.ResponseError):
+                    raise reply
+                error = translate_error(self.model, reply, call.batch)
+                if not isinstance(error, ModelException):
+                    error = ModelException(f"{self.model.__name__}: write of "
+                                           f"{call.keys[0]!r} failed: {reply}")
+                self.failures.append((call.instance, error))
+            elif call.script is scripts.DELETE:
+                self.count += 1 if reply else 0
+                call.instance.__dict__["_redis_key"] = None
+            else:
+                call.instance._saved(call.batch)
+                self.written.append(call.instance)
+                self.count += 1
+
+    def finish(self) -> None:
+        """Raise BulkWriteError listing every failure (after all batches ran)."""
+        if not self.failures:
+            return
+        shown = "; ".join(str(e) for _i, e in self.failures[:3])
+        more = f" (and {len(self.failures) - 3} more)" if len(self.failures) > 3 else ""
+        raise BulkWriteError(
+            f"{self.model.__name__}.{self.operation}: {len(self.failures)} instance(s) failed, "
+            f"{self.count} written: {shown}{more}",
+            self.failures, self.count,
+        )
+
+
+# --- synchronous execution -------------------------------------------------
+
+def execute_calls(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+    """Run ``calls`` in one non-transactional pipeline; replies (errors included) in order.
+
+    If the server lost its script cache mid-batch, the calls that got NOSCRIPT
+    ran nowhere, so they are sent once more after reloading the scripts.
+    """
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        call.script.queue(pipe, client, call.keys, call.args)
+    replies = pipe.execute(raise_on_error=False)
+    lost = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
+    if lost:
+        for script in {calls[i].script for i in lost}:
+            script.forget()
+        pipe = client.pipeline(transaction=False)
+        for i in lost:
+            calls[i].script.queue(pipe, client, calls[i].keys, calls[i].args)
+        for i, reply in zip(lost, pipe.execute(raise_on_error=False)):
+            replies[i] = reply
+    return replies
+
+
+def run_calls(calls: Sequence[Call], batch_size: int, outcome: BulkOutcome) -> None:
+    client = get_client()
+    for chunk in chunks(calls, batch_size):
+        outcome.settle(chunk, execute_calls(client, chunk))
+
+
+def _delete_keys(model: type[Model], client: redis.Redis, keys: Sequence[Any],
+                 outcome: BulkOutcome) -> None:
+    raws = None
+    if delete_needs_data(model):
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        raws = pipe.execute()
+    calls = [_delete_call(i) for i in shells(model, keys, raws)]
+    outcome.settle(calls, execute_calls(client, calls))
+
+
+def resolve_delete_targets(model: type[Model], items: Any) -> tuple[list[Any], bool]:
+    """(instances or keys, are_keys): a QuerySet is resolved to keys without loading hashes."""
+    from ..query.queryset import QuerySet
+
+    if isinstance(items, QuerySet):
+        if items.model is not model:
+            raise ModelException(f"{model.__name__}.bulk_delete: the query is for "
+                                 f"{items.model.__name__}")
+        return items.keys(), True
+    return _instances(model, items, "bulk_delete"), False
+
+
+# --- atomic counters -----------------------------------------------------
+
+def _counter_field(model: type[Model], field_name: str) -> Field:
+    meta = model._meta
+    field = meta.fields.get(field_name)
+    if field is None:
+        close = difflib.get_close_matches(field_name, list(meta.fields), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ModelException(f"{model.__name__} has no field {field_name!r} to increment{hint}")
+    if field.is_key:
+        raise ModelException(f"{field.label}: a key field cannot be incremented "
+                             f"(the instance key would change)")
+    if field.type not in NUMERIC_TYPES:
+        raise ModelException(f"{field.label}: atomic_increment needs an int, float or Decimal "
+                             f"field, not {field.type.__name__}")
+    return field
+
+
+def _coerce_delta(field: Field, delta: Any) -> int | float | Decimal:
+    if isinstance(delta, bool) or not isinstance(delta, NUMERIC_TYPES):
+        raise field.error("atomic_increment delta must be an int, float or Decimal", delta)
+    if isinstance(delta, (float, Decimal)) and not math.isfinite(delta):
+        raise field.error("atomic_increment delta must be finite", delta)
+    if field.type is int:
+        if isinstance(delta, int):
+            return delta
+        if delta != int(delta):
+            raise field.error("delta must be a whole number for an int field", delta)
+        return int(delta)
+    if field.type is float:
+        return float(delta)
+    return Decimal(repr(delta)) if isinstance(delta, float) else Decimal(delta)
+
+
+def _scripted(field: Field) -> bool:
+    """True when the increment script maintains everything that depends on the field.
+
+    That is: no index reads the field, or only its own plain SortedField does
+    (whose entry keeps its key and member; only the score moves).
+    """
+    cls = type(field)
+    if cls.to_db is not Field.to_db or cls.from_db is not Field.from_db:
+        return False
+    owners = [o for o, deps in field.model._meta.index_owners.items() if field.name in deps]
+    if not owners:
+        return True
+    return (owners == [field.name] and isinstance(field, SortedField) and not field.unique
+            and cls.on_save is SortedField.on_save)
+
+
+def _add_exact(field: Field, current: Any, delta: Any, key: str) -> Any:
+    """``current + delta`` exactly, in the field's type (None counts as zero)."""
+    if field.type is Decimal:
+        with localcontext(_EXACT):
+            return (current or Decimal(0)) + delta
+    value = (current or 0) + delta
+    if field.type is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise field.error(f"incrementing {key!r} by {delta!r} overflows a float", value)
+    return value
+
 
 class BulkMixin:
-    """bulk_create / bulk_update / bulk_delete / delete_all / atomic_increment / raw_update."""
+    """bulk_create / bulk_update / bulk_delete / delete_all / raw_update / atomic_increment."""
+
+    @classmethod
+    def bulk_create(cls, instances: Iterable[Model], batch_size: int = 1000) -> list[Model]:
+        """Create many instances, ``batch_size`` script calls per pipeline.
+
+        Every instance is validated before anything is written. An instance
+        whose key or unique value is taken is not written; the others are,
+        then :class:`BulkWriteError` lists the failures. Returns the created
+        instances (a behaviour may veto some, which are left out).
+        """
+        check_batch_size(cls, batch_size)
+        calls = plan_create(cls, instances)
+        outcome = BulkOutcome(cls, "bulk_create")
+        run_calls(calls, batch_size, outcome)
+        outcome.finish()
+        return outcome.written
+
+    @classmethod
+    def bulk_update(cls, queryset_or_instances: Any, batch_size: int = 1000,
+                    **updates: Any) -> int:
+        """Set ``updates`` on every instance (or query match) and save just those fields.
+
+        Values are validated once, before anything is written; key fields
+        cannot be bulk-updated. Instances deleted meanwhile are skipped (no
+        hash is recreated). Returns the number of instances updated.
+        """
+        check_batch_size(cls, batch_size)
+        if not updates:
+            return 0
+        calls = plan_update(cls, queryset_or_instances, updates)
+        outcome = BulkOutcome(cls, "bulk_update")
+        run_calls(calls, batch_size, outcome)
+        outcome.finish()
+        return outcome.count
+
+    @classmethod
+    def bulk_delete(cls, queryset_or_instances: Any, batch_size: int = 1000) -> int:
+        """Delete instances (or every match of a query) with all their index entries.
+
+        A query is resolved to keys without loading hashes (unless a behaviour's
+        delete hook needs them). Returns the number of instances that existed.
+        """
+        check_batch_size(cls, batch_size)
+        targets, are_keys = resolve_delete_targets(cls, queryset_or_instances)
+        outcome = BulkOutcome(cls, "bulk_delete")
+        if are_keys:
+            client = get_client()
+            for chunk in chunks(targets, batch_size):
+                _delete_keys(cls, client, chunk, outcome)
+        else:
+            run_calls(plan_delete(cls, targets), batch_size, outcome)
+        outcome.finish()
+        return outcome.count
+
+    @classmethod
+    def delete_all(cls, batch_size: int = 1000) -> int:
+        """Delete every instance of the model and its index entries; returns how many existed.
+
+        Walks the class set with SSCAN (never KEYS/SMEMBERS), deleting one
+        batch of keys at a time; instances created while it runs may survive.
+        """
+        check_batch_size(cls, batch_size)
+        client = get_client()
+        outcome = BulkOutcome(cls, "delete_all")
+        chunk: list[Any] = []
+        for key in client.sscan_iter(cls._meta.db_class_set_key, count=batch_size):
+            chunk.append(key)
+            if len(chunk) >= batch_size:
+                _delete_keys(cls, client, chunk, outcome)
+                chunk = []
+        if chunk:
+            _delete_keys(cls, client, chunk, outcome)
+        outcome.finish()
+        return outcome.count
+
+    @classmethod
+    def raw_update(cls, redis_keys: Iterable[Any], batch_size: int = 1000,
+                   **field_values: Any) -> int:
+        """Write field values straight into existing hashes: no hooks, no index updates.
+
+        For migrations: values are coerced, validated and encoded like
+        ``save()`` would (bad input writes nothing), but indexes are left as
+        they are -- run ``rebuild_indexes()`` afterwards if indexed fields
+        changed. Keys whose hash does not exist are skipped, never created.
+        Returns the number of hashes updated.
+        """
+        check_batch_size(cls, batch_size)
+        meta = cls._meta
+        encoded: list[Any] = []
+        for name, value in check_updates(cls, field_values, "raw_update").items():
+            encoded += [name, meta.fields[name].to_db(value)]
+        targets = raw_update_keys(cls, redis_keys)
+        if not encoded or not targets:
+            return 0
+        client = get_client()
+        return sum(RAW_UPDATE(client, list(chunk), encoded)
+                   for chunk in chunks(targets, batch_size))
+
+    def atomic_increment(self, field_name: str, delta: int | float | Decimal = 1,
+                         pipeline: Any = None) -> Any:
+        """Add ``delta`` to a numeric field in Redis atomically; returns the new value.
+
+        One server-side script reads the stored value, adds exactly (ints and
+        Decimals of any size, floats as IEEE doubles), writes it back and moves
+        the field's sorted-set score, so concurrent increments never lose an
+        update. A missing value counts as zero. No save hooks run and
+        ``auto_now`` fields are not touched.
+
+        With ``pipeline`` the script call is only queued (the instance is not
+        updated; the pipeline's reply is the new value as text) and the
+        pipeline is returned. A field that other indexes depend on (an
+        IndexedField, a unique field, a composite index or another field's
+        partition) is updated through an optimistic WATCH/MULTI transaction
+        that reuses the save path instead, and cannot be queued on a pipeline.
+        """
+        field, step, key, scripted = prepare_increment(self, field_name, delta, pipeline)
+        if not scripted:
+            value = self._increment_watched(field, step)
+        else:
+            args = increment_args(self, field, step)
+            client = get_client()
+            if pipeline is not None:
+                INCREMENT.queue(pipeline, client, [key], args)
+                return pipeline
+            try:
+                reply = INCREMENT(client, [key], args)
+            except redis.exceptions.ResponseError as exc:
+                raise increment_error(field, key, delta, exc) from None
+            value = parse_increment_reply(field, reply)
+        remember_increment(self, field, value)
+        return value
+
+    def _increment_watched(self, field: Field, delta: Any) -> Any:
+        """Increment through the save path under WATCH, retrying when the hash changed."""
+        from .base import translate_error
+
+        model = type(self)
+        key = self._redis_key
+        client = get_client()
+        batch = None
+        with client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    value, batch = watched_increment(model, field, key, pipe.hgetall(key), delta)
+                    keys, args = batch.save_args()
+                    scripts.SAVE.ensure_loaded(client)
+                    pipe.multi()
+                    pipe.evalsha(scripts.SAVE.sha, len(keys), *keys, *args)
+                    pipe.execute()
+                    return value
+                except redis.exceptions.WatchError:
+                    continue
+                except redis.exceptions.NoScriptError:
+                    scripts.SAVE.forget()  # server lost its scripts: reload and retry
+                except redis.exceptions.ResponseError as exc:
+                    raise translate_error(model, exc, batch) from None
+
+
+def watched_increment(model: type[Model], field: Field, key: str, raw: dict[Any, Any],
+                      delta: Any) -> tuple[Any, WriteBatch]:
+    """(new value, partial save) for an increment through the save path (no I/O)."""
+    if not raw:
+        raise field.error(f"cannot increment by {delta!r}: no instance at {key!r}", None)
+    current = model.from_redis(key, raw)
+    value = _add_exact(field, getattr(current, field.name), delta, key)
+    current.__dict__[field.name] = value
+    batch = current.build_save(update_fields=[field.name], skip_auto_now=True)
+    batch.must_exist = True
+    return value, batch
+
+
+def increment_args(instance: Model, field: Field, delta: Any) -> list[Any]:
+    """ARGV of the increment script for ``instance.<field> += delta``."""
+    return [field.name, _KIND[field.type], _delta_text(delta), "1" if field.is_sorted else "0",
+            field.key_for(instance) if field.is_sorted else ""]
+
+
+def prepare_increment(instance: Model, field_name: str, delta: Any,
+                      pipeline: Any) -> tuple[Field, Any, str, bool]:
+    """Validate an increment: (field, coerced delta, instance key, runs as one script)."""
+    field = _counter_field(type(instance), field_name)
+    step = _coerce_delta(field, delta)
+    key = instance._redis_key
+    if key is None:
+        raise field.error(f"cannot increment by {delta!r}: the instance is not saved yet",
+                          getattr(instance, field_name))
+    scripted = _scripted(field)
+    if not scripted and pipeline is not None:
+        raise field.error("indexes depend on this field, so its increment cannot be "
+                          "queued on a pipeline", delta)
+    return field, step, key, scripted
+
+
+def raw_update_keys(model: type[Model], redis_keys: Iterable[Any]) -> list[str]:
+    """Instance keys for raw_update (instances are accepted too); foreign keys are refused."""
+    from .base import Model
+
+    prefix = model._meta.db_class_key + ":"
+    out = []
+    for item in [redis_keys] if isinstance(redis_keys, (str, bytes, Model)) else redis_keys:
+        if isinstance(item, Model):
+            item = item.pk
+        key = item.decode() if isinstance(item, bytes) else item
+        if not isinstance(key, str) or not key.startswith(prefix):
+            raise ModelException(f"{model.__name__}.raw_update: {item!r} is not a "
+                                 f"{model.__name__} key (expected {prefix}...)")
+        out.append(key)
+    return out
+
+
+def _delta_text(delta: Any) -> str:
+    return repr(delta) if isinstance(delta, float) else str(delta)
+
+
+def parse_increment_reply(field: Field, reply: Any) -> Any:
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return _PARSE[field.type](text)
+
+
+def remember_increment(instance: Model, field: Field, value: Any) -> None:
+    """Make the in-memory instance show the value just written."""
+    instance.__dict__[field.name] = value
+    raw = instance.__dict__.get("_raw")
+    if raw is not None:
+        raw[field.name] = field.to_db(value)
+
+
+def increment_error(field: Field, key: str, delta: Any,
+                    exc: redis.exceptions.ResponseError) -> ModelException:
+    """The ModelException for an error reply of the increment script."""
+    text = str(exc)
+    if "POPOTO_MISSING" in text:
+        return field.error(f"cannot increment by {delta!r}: no instance at {key!r}", None)
+    if "POPOTO_NOTNUM" in text:
+        stored = text.split("POPOTO_NOTNUM", 1)[1].strip()
+        return field.error(f"cannot increment by {delta!r}: the value stored at {key!r} is "
+                           f"not numeric (raw bytes {stored or '?'})")
+    if "POPOTO_RANGE" in text:
+        value = text.split("POPOTO_RANGE", 1)[1].strip()
+        return field.error(f"incrementing {key!r} by {delta!r} gives a value that cannot be "
+                           f"stored or scored", value)
+    return field.error(f"increment of {key!r} by {delta!r} failed: {text}")

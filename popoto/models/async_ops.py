@@ -1,0 +1,256 @@
+"""Async model operations (mixed into Model).
+
+Each method runs the same synchronous, I/O-free preparation as its sync twin
+(``build_save``/``build_delete`` -> WriteBatch, the bulk ``plan_*`` functions,
+increment validation) and only awaits the round trips, on the event loop's
+``redis.asyncio`` client. Nothing runs in a thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from ..exceptions import KeyMutationError, ModelException, UniqueViolation
+from ..query.async_exec import execute_calls_async, fetch_async, keys_async, run_script_async
+from ..redis_db import get_async_client
+from . import bulk, scripts
+
+if TYPE_CHECKING:
+    from .base import Model
+
+logger = logging.getLogger("popoto.models")
+
+_loaded: set[tuple[int, str]] = set()
+
+
+async def _queue(pipeline: Any, script: scripts.LuaScript, keys: list[str],
+                 args: list[Any]) -> None:
+    """Queue a script call on the caller's pipeline, making sure the server has the script."""
+    client = get_async_client()
+    ident = (id(client), script.sha)
+    if ident not in _loaded:
+        await client.script_load(script.body)
+        _loaded.add(ident)
+    pipeline.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def _run_bulk(calls: Sequence[bulk.Call], batch_size: int,
+                    outcome: bulk.BulkOutcome) -> None:
+    for chunk in bulk.chunks(calls, batch_size):
+        outcome.settle(chunk, await execute_calls_async(chunk))
+
+
+async def _delete_keys(model: type[Model], keys: Sequence[Any],
+                       outcome: bulk.BulkOutcome) -> None:
+    raws = None
+    if bulk.delete_needs_data(model):
+        pipe = get_async_client().pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        raws = await pipe.execute()
+    calls = [bulk._delete_call(i) for i in bulk.shells(model, keys, raws)]
+    outcome.settle(calls, await execute_calls_async(calls))
+
+
+class AsyncModelMixin:
+    """async_save / async_delete / async_create / async_load / async_get_or_create /
+    async_update_or_create / async_bulk_* / async_delete_all / async_atomic_increment."""
+
+    async def async_save(
+        self,
+        pipeline: Any = None,
+        ignore_errors: bool = False,
+        skip_auto_now: bool = False,
+        update_fields: Iterable[str] | None = None,
+        migrate_key: bool = False,
+        **options: Any,
+    ) -> Any:
+        """Async ``save()``: same validation and single script call, awaited."""
+        from .base import translate_error
+
+        if update_fields is not None and not list(update_fields):
+            return pipeline if pipeline is not None else True
+        must_not_exist = options.pop("_must_not_exist", False)
+        if not self._gate(**options):
+            return pipeline if pipeline is not None else False
+        try:
+            batch = self.build_save(update_fields, migrate_key, skip_auto_now, must_not_exist)
+            keys, args = batch.save_args()
+            if pipeline is not None:
+                await _queue(pipeline, scripts.SAVE, keys, args)
+            else:
+                try:
+                    await run_script_async(scripts.SAVE, keys, args)
+                except redis.exceptions.ResponseError as exc:
+                    raise translate_error(type(self), exc, batch) from None
+        except ModelException as exc:
+            if not ignore_errors or isinstance(exc, KeyMutationError):
+                raise
+            logger.error("save of %r failed: %s", self, exc)
+            return pipeline if pipeline is not None else False
+        self._saved(batch)
+        return pipeline if pipeline is not None else True
+
+    async def async_delete(self, pipeline: Any = None) -> Any:
+        """Async ``delete()``: True if the instance existed (the pipeline when one is given)."""
+        batch = self.build_delete()
+        keys, args = batch.delete_args()
+        if pipeline is not None:
+            await _queue(pipeline, scripts.DELETE, keys, args)
+            self.__dict__["_redis_key"] = None
+            return pipeline
+        result = await run_script_async(scripts.DELETE, keys, args)
+        self.__dict__["_redis_key"] = None
+        return bool(result)
+
+    @classmethod
+    async def async_create(cls, pipeline: Any = None, **kwargs: Any) -> Model:
+        """Async ``create()``: raises UniqueViolation if the key already exists."""
+        instance = cls(**kwargs)
+        await instance.async_save(pipeline=pipeline, _must_not_exist=True)
+        return instance
+
+    @classmethod
+    async def async_load(cls, db_key: str | None = None, **kwargs: Any) -> Model | None:
+        """Async ``load()`` by ``db_key`` or key field values (None if absent)."""
+        if db_key is not None:
+            return await cls.query.async_get(db_key=db_key)
+        return await cls.query.async_get(**kwargs)
+
+    @classmethod
+    async def async_get_or_create(cls, defaults: dict[str, Any] | None = None,
+                                  **lookup: Any) -> tuple[Model, bool]:
+        """Async ``get_or_create()``; safe against a concurrent creator of the same key."""
+        found = await cls.query.async_get(**lookup)
+        if found is not None:
+            return found, False
+        try:
+            return await cls.async_create(**{**lookup, **(defaults or {})}), True
+        except UniqueViolation:
+            found = await cls.query.async_get(**lookup)
+            if found is None:
+                raise
+            return found, False
+
+    @classmethod
+    async def async_update_or_create(cls, defaults: dict[str, Any] | None = None,
+                                     **lookup: Any) -> tuple[Model, bool]:
+        """Async ``update_or_create()``."""
+        found = await cls.query.async_get(**lookup)
+        if found is None:
+            try:
+                return await cls.async_create(**{**lookup, **(defaults or {})}), True
+            except UniqueViolation:
+                found = await cls.query.async_get(**lookup)
+                if found is None:
+                    raise
+        for name, value in (defaults or {}).items():
+            setattr(found, name, value)
+        await found.async_save()
+        return found, False
+
+    @classmethod
+    async def async_bulk_create(cls, instances: Iterable[Model],
+                                batch_size: int = 1000) -> list[Model]:
+        """Async ``bulk_create()`` (same validation and failure policy)."""
+        bulk.check_batch_size(cls, batch_size)
+        calls = bulk.plan_create(cls, instances)
+        outcome = bulk.BulkOutcome(cls, "bulk_create")
+        await _run_bulk(calls, batch_size, outcome)
+        outcome.finish()
+        return outcome.written
+
+    @classmethod
+    async def async_bulk_update(cls, queryset_or_instances: Any, batch_size: int = 1000,
+                                **updates: Any) -> int:
+        """Async ``bulk_update()``; a query is evaluated with async reads."""
+        from ..query.queryset import QuerySet
+
+        bulk.check_batch_size(cls, batch_size)
+        if not updates:
+            return 0
+        bulk.check_updates(cls, updates)
+        if isinstance(queryset_or_instances, QuerySet):
+            queryset_or_instances = await fetch_async(queryset_or_instances)
+        calls = bulk.plan_update(cls, queryset_or_instances, updates)
+        outcome = bulk.BulkOutcome(cls, "bulk_update")
+        await _run_bulk(calls, batch_size, outcome)
+        outcome.finish()
+        return outcome.count
+
+    @classmethod
+    async def async_bulk_delete(cls, queryset_or_instances: Any, batch_size: int = 1000) -> int:
+        """Async ``bulk_delete()``; a query is resolved to keys with async reads."""
+        from ..query.queryset import QuerySet
+
+        bulk.check_batch_size(cls, batch_size)
+        outcome = bulk.BulkOutcome(cls, "bulk_delete")
+        if isinstance(queryset_or_instances, QuerySet):
+            if queryset_or_instances.model is not cls:
+                raise ModelException(f"{cls.__name__}.bulk_delete: the query is for "
+                                     f"{queryset_or_instances.model.__name__}")
+            keys = await keys_async(queryset_or_instances)
+            for chunk in bulk.chunks(keys, batch_size):
+                await _delete_keys(cls, chunk, outcome)
+        else:
+            await _run_bulk(bulk.plan_delete(cls, queryset_or_instances), batch_size, outcome)
+        outcome.finish()
+        return outcome.count
+
+    @classmethod
+    async def async_delete_all(cls, batch_size: int = 1000) -> int:
+        """Async ``delete_all()``: SSCAN of the class set, one batch of deletes at a time."""
+        bulk.check_batch_size(cls, batch_size)
+        outcome = bulk.BulkOutcome(cls, "delete_all")
+        chunk: list[Any] = []
+        async for key in get_async_client().sscan_iter(cls._meta.db_class_set_key,
+                                                       count=batch_size):
+            chunk.append(key)
+            if len(chunk) >= batch_size:
+                await _delete_keys(cls, chunk, outcome)
+                chunk = []
+        if chunk:
+            await _delete_keys(cls, chunk, outcome)
+        outcome.finish()
+        return outcome.count
+
+    async def async_atomic_increment(self, field_name: str,
+                                     delta: int | float | Decimal = 1) -> Any:
+        """Async ``atomic_increment()`` (same script, same exactness, same errors)."""
+        from .base import translate_error
+
+        field, step, key, scripted = bulk.prepare_increment(self, field_name, delta, None)
+        if scripted:
+            try:
+                reply = await run_script_async(bulk.INCREMENT, [key],
+                                               bulk.increment_args(self, field, step))
+            except redis.exceptions.ResponseError as exc:
+                raise bulk.increment_error(field, key, delta, exc) from None
+            value = bulk.parse_increment_reply(field, reply)
+        else:
+            client = get_async_client()
+            batch = None
+            async with client.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        value, batch = bulk.watched_increment(
+                            type(self), field, key, await pipe.hgetall(key), step)
+                        keys, args = batch.save_args()
+                        pipe.multi()
+                        pipe.evalsha(scripts.SAVE.sha, len(keys), *keys, *args)
+                        await pipe.execute()
+                        break
+                    except redis.exceptions.WatchError:
+                        continue
+                    except redis.exceptions.NoScriptError:
+                        await client.script_load(scripts.SAVE.body)
+                    except redis.exceptions.ResponseError as exc:
+                        raise translate_error(type(self), exc, batch) from None
+        bulk.remember_increment(self, field, value)
+        return value
