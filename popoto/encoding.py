@@ -9,6 +9,7 @@ stay naive and aware ones keep their offset. ``None`` is msgpack nil.
 from __future__ import annotations
 
 import datetime as _dt
+import threading
 from decimal import Decimal
 from typing import Any
 from collections.abc import Callable
@@ -79,13 +80,27 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return entry[2](data)
 
 
+def _new_packer() -> msgpack.Packer:
+    return msgpack.Packer(default=_default, strict_types=True, use_bin_type=True)
+
+
+_local = threading.local()  # one reusable Packer per thread (packb builds one per call)
+
+
 def pack(value: Any) -> bytes:
     """Encode one value to msgpack bytes."""
+    local = _local
+    packer = getattr(local, "packer", None)
+    if packer is None:
+        packer = _new_packer()
+    else:
+        local.packer = None  # taken: a nested pack() (ext encoders call it) builds its own
     try:
-        return msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
+        return packer.pack(value)  # a failed pack leaves the Packer's buffer empty
     except OverflowError:
-        return msgpack.packb(_big_ints(value), default=_default, strict_types=True,
-                             use_bin_type=True)
+        return _new_packer().pack(_big_ints(value))
+    finally:
+        local.packer = packer
 
 
 def unpack(data: bytes) -> Any:
@@ -96,8 +111,8 @@ def unpack(data: bytes) -> Any:
 
 def decode_field(data: bytes, redis_key: str, field_name: str) -> Any:
     """Decode a stored value, naming key and field when it is corrupt."""
-    try:
-        return unpack(data)
+    try:  # unpack() inlined: this runs once per field read of every loaded instance
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated exception types
         raise DecodeError(
             f"Cannot decode field {field_name!r} of {redis_key!r}: {exc} (raw {data[:40]!r})"

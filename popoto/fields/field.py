@@ -143,6 +143,7 @@ class Field:
     is_geo: ClassVar[bool] = False
     is_relationship: ClassVar[bool] = False
     _lookups: ClassVar[dict[str, type[Lookup]]] = {}
+    _uses_from_db = True  # refined per field in contribute_to_class
     _creation_counter: ClassVar[int] = 0
 
     def __init__(
@@ -173,6 +174,8 @@ class Field:
         """Install this field on ``model`` under ``name`` and register it in ``_meta``."""
         self.name = name
         self.model = model
+        # reading a loaded value skips the from_db call when it would change nothing
+        self._uses_from_db = type(self).from_db is not Field.from_db or self.type is float
         model._meta.add_field(name, self)
         setattr(model, name, self)
 
@@ -192,12 +195,15 @@ class Field:
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None:
             return self
-        raw = instance.__dict__.get("_raw")
+        state = instance.__dict__
+        raw = state.get("_raw")
         if raw is not None:
             data = raw.get(self.name)
             if data is not None:
-                value = self.from_db(encoding.decode_field(data, instance._redis_key, self.name))
-                instance.__dict__[self.name] = value
+                value = encoding.decode_field(data, state.get("_redis_key"), self.name)
+                if self._uses_from_db:
+                    value = self.from_db(value)
+                state[self.name] = value
                 return value
         return self.get_default()
 

@@ -123,7 +123,10 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, metaclass=ModelBase):
     def from_redis(cls, redis_key: str, raw: dict[bytes | str, bytes]) -> Model:
         """Build an instance from a stored hash; field values decode on first access."""
         obj = cls.__new__(cls)
-        decoded = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+        try:
+            decoded = {k.decode(): v for k, v in raw.items()}
+        except AttributeError:  # str field names (a client with decode_responses)
+            decoded = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
         obj.__dict__.update(_raw=decoded, _redis_key=redis_key, _ttl=cls._meta.ttl,
                             _expire_at=None)
         obj._post_init()

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
+from ..encoding import pack
 
 IDX_PREFIX = "@idx:"
 
@@ -211,7 +211,7 @@ class WriteBatch:
         for owner in self.owners:
             rows = self.entries[owner]
             if rows:
-                mapping[IDX_PREFIX + owner] = msgpack.packb([[k, rk, m] for k, rk, m, _s in rows])
+                mapping[IDX_PREFIX + owner] = pack([[k, rk, m] for k, rk, m, _s in rows])
             else:
                 hdel.append(IDX_PREFIX + owner)
         argv.append(len(mapping))

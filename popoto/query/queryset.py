@@ -148,22 +148,21 @@ class QuerySet:
         if source is None:
             source = SetSource(self.model._meta.db_class_set_key)
         if isinstance(source, ScoreRange):
+            # members only: a range's scores are the sorted field's own values, which the
+            # hashes hold anyway (WITHSCORES made Redis format and redis-py parse every score)
             low, high = source.low, source.high
             pipe = client.pipeline(transaction=False)
             pipe.zcount(source.key, low, high)
             num = None if count < 0 else count
+            page = {} if num is None else {"start": offset, "num": num}
             if rev:
-                pipe.zrevrangebyscore(source.key, high, low, start=offset, num=num,
-                                      withscores=True) if num is not None else \
-                    pipe.zrevrangebyscore(source.key, high, low, withscores=True)
-            elif num is not None:
-                pipe.zrangebyscore(source.key, low, high, start=offset, num=num, withscores=True)
+                pipe.zrevrangebyscore(source.key, high, low, **page)
             else:
-                pipe.zrangebyscore(source.key, low, high, withscores=True)
-            total, rows = pipe.execute()
+                pipe.zrangebyscore(source.key, low, high, **page)
+            total, members = pipe.execute()
             if num is None and offset:
-                rows = rows[offset:]
-            return total, rows
+                members = members[offset:]
+            return total, [(m, 0.0) for m in members]
         prog = Program(temp_prefix=keys.temp_key(uuid.uuid4().hex))
         result = source.emit(prog)
         conv = prog.temp()
@@ -212,6 +211,14 @@ class QuerySet:
                 for key, _score in chunk:
                     pipe.hgetall(key)
             replies = pipe.execute()
+            if self._values is None:  # the common case, kept tight: it runs once per result
+                from_redis = model.from_redis
+                for (key, score), reply in zip(chunk, replies):
+                    if reply:
+                        obj = from_redis(key.decode() if isinstance(key, bytes) else key, reply)
+                        obj.__dict__["_score"] = score
+                        out.append(obj)
+                continue
             for (key, score), reply in zip(chunk, replies):
                 skey = key.decode() if isinstance(key, bytes) else key
                 if self._values is not None:
@@ -331,6 +338,8 @@ class QuerySet:
 
     def count(self) -> int:
         """Number of matches; answered by SCARD/ZCOUNT/ZCARD when indexes cover the filter."""
+        if not self._where and not self._options and self._limit is None and not self._offset:
+            return get_client().scard(self.model._meta.db_class_set_key)  # no plan to compile
         source, residual, _ = self._plan()
         if residual is None and self._limit is None and not self._offset:
             return self._count_source(source)
@@ -442,6 +451,8 @@ class Query:
         return self._qs().values(*fields)
 
     def count(self, *conditions: Q, **kwargs: Any) -> int:
+        if not conditions and not kwargs:
+            return self._qs().count()
         return self._qs().filter(*conditions, **kwargs).count()
 
     def exists(self, *conditions: Q, **kwargs: Any) -> bool:

@@ -1,0 +1,5 @@
+"""``python -m ops.bench``: run the benchmark and write bench/results.json."""
+
+from .runner import main
+
+raise SystemExit(main())
