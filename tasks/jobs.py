@@ -1,0 +1,319 @@
+"""Job progress and leases in Redis: what makes chunked jobs resumable and non-overlapping.
+
+A job (a rebuild, clean-up or bulk update of one model) is a hash
+``$Job:<id>`` holding its kind, model, status, cursor, ``done``/``total`` and
+chunk counters, plus a set ``$JobDone:<id>`` of finished chunk ids. Finishing
+a chunk is one script: the chunk id is added to the set and the counters move
+only if it was new, so a redelivered or re-run chunk never counts twice, and
+the chunk that brings ``chunks_done`` up to ``chunks`` (after the scan ended)
+marks the job done and releases its lease.
+
+A lease (``$Lock:<kind>:<model>``, value = job id, with a TTL renewed by every
+step) makes two runs of the same job never overlap: a second start while the
+first holds the lease returns ``None``. A job whose workers all vanished
+loses its lease after ``lock_ttl`` seconds without progress.
+
+``$Jobs`` is a sorted set of recent job ids by start time (``popoto-ops jobs``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import redis
+
+from popoto.keys import SEP, escape
+from popoto.models.scripts import LuaScript
+from popoto.redis_db import get_client
+
+JOB_TTL = 7 * 24 * 3600
+RECENT_JOBS = 500
+
+
+def job_key(job_id: str) -> str:
+    return f"$Job{SEP}{escape(job_id)}"
+
+
+def job_done_key(job_id: str) -> str:
+    return f"$JobDone{SEP}{escape(job_id)}"
+
+
+def job_list_key(job_id: str) -> str:
+    """A list the job keeps (e.g. the index keys a clean-up walks)."""
+    return f"$JobKeys{SEP}{escape(job_id)}"
+
+
+def jobs_index_key() -> str:
+    return "$Jobs"
+
+
+def lock_key(*parts: str) -> str:
+    return SEP.join(["$Lock", *(escape(p) for p in parts)])
+
+
+# KEYS: lock, job, jobs index; ARGV: job_id, lock_ttl_ms, now, job_ttl, max_recent, (k v)*
+_START = LuaScript("job_start", r"""
+local ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+if not ok then return redis.call('GET', KEYS[1]) end
+local h = {'HSET', KEYS[2]}
+for i = 6, #ARGV do h[#h + 1] = ARGV[i] end
+redis.call(unpack(h))
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
+return false
+""")
+
+# KEYS: lock; ARGV: owner, ttl_ms. 1 = ours (renewed or re-taken), 0 = someone else's.
+_RENEW = LuaScript("lock_renew", r"""
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+""")
+
+# KEYS: lock; ARGV: owner
+_RELEASE = LuaScript("lock_release", r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""")
+
+# KEYS: job, done set, lock; ARGV: chunk_id ('' = only check completion), n_done, n_removed,
+# now, lock_ttl_ms, job_ttl, job_id, scan epoch of the chunk ('' = any).
+# Returns {chunk_was_new, outcome (0 running, 1 job done, 2 next phase begun), done, total,
+# current phase}. A chunk of an abandoned scan epoch is not counted at all.
+_COMPLETE = LuaScript("job_complete", r"""
+local new = 0
+if ARGV[8] ~= '' and (redis.call('HGET', KEYS[1], 'epoch') or '0') ~= ARGV[8] then
+  local p = redis.call('HMGET', KEYS[1], 'done', 'total', 'phase')
+  return {0, 0, tonumber(p[1] or '0'), tonumber(p[2] or '0'), p[3] or ''}
+end
+if ARGV[1] ~= '' then
+  new = redis.call('SADD', KEYS[2], ARGV[1])
+  if new == 1 then
+    redis.call('HINCRBY', KEYS[1], 'done', ARGV[2])
+    redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
+    redis.call('HINCRBY', KEYS[1], 'removed', ARGV[3])
+  end
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
+redis.call('HSET', KEYS[1], 'updated', ARGV[4])
+local st = redis.call('HMGET', KEYS[1], 'status', 'scan_done', 'chunks', 'chunks_done',
+                      'phase', 'phases')
+local outcome = 0
+local phase = st[5] or ''
+local ours = redis.call('GET', KEYS[3]) == ARGV[7]
+if st[1] == 'running' and st[2] == '1'
+    and tonumber(st[4] or '0') >= tonumber(st[3] or '0') then
+  local nextp, seen = nil, false
+  for p in string.gmatch(st[6] or '', '[^,]+') do
+    if seen and not nextp then nextp = p end
+    if p == phase then seen = true end
+  end
+  if nextp then
+    redis.call('HSET', KEYS[1], 'phase', nextp, 'scan_done', 0)
+    phase = nextp
+    outcome = 2
+    if ours then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
+  else
+    redis.call('HSET', KEYS[1], 'status', 'done', 'finished', ARGV[4])
+    if ours then redis.call('DEL', KEYS[3]) end
+    outcome = 1
+  end
+elseif ours then
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+local p = redis.call('HMGET', KEYS[1], 'done', 'total')
+return {new, outcome, tonumber(p[1] or '0'), tonumber(p[2] or '0'), phase}
+""")
+
+
+_INT_FIELDS = frozenset({"total", "done", "chunks", "chunks_done", "removed", "scan_done",
+                         "enqueued", "problems", "epoch"})
+_FLOAT_FIELDS = frozenset({"started", "finished", "updated"})
+
+
+def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key, text = k.decode(), v.decode()
+        if key in _INT_FIELDS:
+            out[key] = int(text)
+        elif key in _FLOAT_FIELDS:
+            out[key] = float(text)
+        else:
+            out[key] = text
+    return out
+
+
+class ChunkResult(NamedTuple):
+    new: bool  # False: this chunk id had already been counted (a redelivery)
+    finished: bool  # this chunk finished the whole job
+    phase_begun: bool  # this chunk finished a phase; ``phase`` is the next one
+    done: int
+    total: int
+    phase: str
+
+
+class Job:
+    """Handle on one job's progress hash and lease.
+
+    A job runs one or more phases in order (a rebuild: ``reindex`` then
+    ``clean``). Each phase has a coordinator that scans and enqueues chunks;
+    the chunk that completes a phase (after its scan ended) moves the job to
+    the next phase, and the caller then starts that phase's coordinator.
+    """
+
+    def __init__(self, job_id: str, kind: str, model: str, lock_ttl: int,
+                 scope: str = "") -> None:
+        self.id = job_id
+        self.kind = kind
+        self.model = model
+        self.scope = scope
+        self.lock_ttl = lock_ttl
+        self.key = job_key(job_id)
+        self.done_key = job_done_key(job_id)
+        self.lock = lock_key(kind, model, *([scope] if scope else []))
+
+    @classmethod
+    def start(cls, kind: str, model: str, lock_ttl: int, phases: tuple[str, ...],
+              total: int = 0, job_id: str | None = None, scope: str = "",
+              **fields: Any) -> tuple[Job | None, str]:
+        """Take the lease and create the job; ``(None, holder_id)`` if a run holds it.
+
+        The holder may be this very job (``job_id``) when its first message is
+        redelivered: callers compare and :meth:`resume` in that case.
+        """
+        job = cls(job_id or uuid.uuid4().hex, kind, model, lock_ttl, scope)
+        now = time.time()
+        mapping = {"id": job.id, "kind": kind, "model": model, "scope": scope,
+                   "status": "running", "phases": ",".join(phases), "phase": phases[0],
+                   "total": total, "done": 0, "chunks": 0, "chunks_done": 0, "removed": 0,
+                   "enqueued": 0, "scan_done": 0, "started": now, "updated": now, **fields}
+        argv: list[Any] = [job.id, lock_ttl * 1000, now, JOB_TTL, RECENT_JOBS]
+        for k, v in mapping.items():
+            argv += [k, v]
+        holder = _START(get_client(), [job.lock, job.key, jobs_index_key()], argv)
+        if holder:
+            return None, holder.decode() if isinstance(holder, bytes) else str(holder)
+        return job, job.id
+
+    @classmethod
+    def resume(cls, job_id: str, lock_ttl: int) -> Job | None:
+        """The running job ``job_id``, or None when it is gone or no longer running."""
+        state = get(job_id)
+        if state is None or state.get("status") != "running":
+            return None
+        return cls(job_id, state["kind"], state["model"], lock_ttl, state.get("scope", ""))
+
+    def state(self) -> dict[str, Any]:
+        return get(self.id) or {}
+
+    def renew(self) -> bool:
+        """Extend the lease; False when another job took it (this one must stop)."""
+        return bool(_RENEW(get_client(), [self.lock], [self.id, self.lock_ttl * 1000]))
+
+    def set(self, **fields: Any) -> None:
+        get_client().hset(self.key, mapping={**fields, "updated": time.time()})
+
+    def position(self, phase: str) -> tuple[str, int]:
+        """Where the coordinator of ``phase`` stopped: ``(cursor, next chunk number)``."""
+        cursor, step = get_client().hmget(self.key, f"{phase}:cursor", f"{phase}:step")
+        return (cursor.decode() if cursor else "0"), int(step or 0)
+
+    def advance(self, phase: str, cursor: Any, step: int, enqueued: int = 0) -> None:
+        """Record the coordinator's position and, atomically, the chunk it just enqueued."""
+        pipe = get_client().pipeline(transaction=True)
+        pipe.hset(self.key, mapping={f"{phase}:cursor": str(cursor), f"{phase}:step": step,
+                                     "updated": time.time()})
+        if enqueued:
+            pipe.hincrby(self.key, "chunks", 1)
+            pipe.hincrby(self.key, "enqueued", enqueued)
+        pipe.execute()
+
+    def complete_chunk(self, chunk_id: str, done: int, removed: int = 0,
+                       epoch: int | None = None) -> ChunkResult:
+        """Count a finished chunk once (a redelivered chunk id is not counted again).
+
+        ``epoch``: the scan epoch the chunk was cut in; a chunk of an epoch that
+        was abandoned (see :meth:`restart_scan`) is ignored.
+        """
+        new, outcome, total_done, total, phase = _COMPLETE(
+            get_client(), [self.key, self.done_key, self.lock],
+            [chunk_id, done, removed, time.time(), self.lock_ttl * 1000, JOB_TTL, self.id,
+             "" if epoch is None else epoch],
+        )
+        phase = phase.decode() if isinstance(phase, bytes) else str(phase)
+        return ChunkResult(bool(new), outcome == 1, outcome == 2, int(total_done),
+                           int(total), phase)
+
+    def epoch(self) -> int:
+        return int(get_client().hget(self.key, "epoch") or 0)
+
+    def restart_scan(self, phase: str) -> int:
+        """Abandon the scan of ``phase`` (the job's first phase) and count from zero again.
+
+        For a cursor that became meaningless (the server restarted): the scan
+        starts over in a new epoch; chunks cut in the old epoch still do their
+        idempotent work but are no longer counted, so progress and completion
+        depend on the new scan alone. Returns the new epoch.
+        """
+        pipe = get_client().pipeline(transaction=True)
+        pipe.hincrby(self.key, "epoch", 1)
+        pipe.hset(self.key, mapping={"chunks": 0, "chunks_done": 0, "done": 0, "enqueued": 0,
+                                     f"{phase}:cursor": "0", f"{phase}:step": 0,
+                                     "updated": time.time()})
+        return int(pipe.execute()[0])
+
+    def finish_scan(self, phase: str) -> ChunkResult:
+        """The coordinator of ``phase`` enqueued everything: total becomes exact."""
+        client = get_client()
+        enqueued = int(client.hget(self.key, "enqueued") or 0)
+        self.set(scan_done=1, total=enqueued, **{f"{phase}:scanned": 1})
+        return self.complete_chunk("", 0)
+
+    def fail(self, reason: str) -> None:
+        self.set(status="failed", error=reason[:500], finished=time.time())
+        _RELEASE(get_client(), [self.lock], [self.id])
+
+
+def get(job_id: str) -> dict[str, Any] | None:
+    """Progress of a job as a dict (``done``, ``total``, ``status``, ...) or None."""
+    raw = get_client().hgetall(job_key(job_id))
+    return _decode(raw) if raw else None
+
+
+def recent(limit: int = 20) -> list[dict[str, Any]]:
+    """The most recently started jobs, newest first."""
+    client = get_client()
+    ids = client.zrevrange(jobs_index_key(), 0, limit - 1)
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hgetall(job_key(job_id.decode()))
+    return [_decode(raw) for raw in pipe.execute() if raw]
+
+
+@contextmanager
+def lease(name: str, ttl: int, owner: str | None = None) -> Iterator[bool]:
+    """Hold ``$Lock:<name>`` for the duration of the block; yields False if it is taken.
+
+    For single-task jobs (``check_indexes``, a stream drain): the lease is
+    released on exit, or expires after ``ttl`` seconds if the process dies.
+    """
+    client = get_client()
+    key = lock_key(*name.split(":"))
+    token = owner or uuid.uuid4().hex
+    acquired = bool(client.set(key, token, nx=True, ex=ttl))
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            try:
+                _RELEASE(client, [key], [token])
+            except redis.RedisError:
+                pass  # the lease expires by itself after ``ttl``
