@@ -9,12 +9,17 @@ from .exceptions import (
     BulkWriteError,
     ConnectionConfigError,
     DecodeError,
+    FieldUsageError,
     KeyMutationError,
     ModelException,
     PopotoError,
     QueryException,
     UniqueViolation,
+    UnknownFieldError,
 )
+from .behaviours import AccessTrackerMixin, EventStreamMixin, WriteFilterMixin
+from .fields.capped import CappedListProxy
+from .fields.decaying import CyclicDecayField, DecayingSortedField
 from .fields.field import Field
 from .fields.shortcuts import (
     AutoKeyField,
@@ -46,17 +51,23 @@ from .redis_db import configure
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessTrackerMixin",
     "AutoKeyField",
     "BooleanField",
     "BulkWriteError",
     "BytesField",
+    "CappedListProxy",
     "ConnectionConfigError",
+    "CyclicDecayField",
     "DateField",
     "DatetimeField",
+    "DecayingSortedField",
     "DecimalField",
     "DecodeError",
     "DictField",
+    "EventStreamMixin",
     "Field",
+    "FieldUsageError",
     "FloatField",
     "GeoField",
     "IndexedField",
@@ -77,6 +88,8 @@ __all__ = [
     "TupleField",
     "UniqueKeyField",
     "UniqueViolation",
+    "UnknownFieldError",
+    "WriteFilterMixin",
     "configure",
     "get_model",
 ]

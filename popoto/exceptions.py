@@ -8,7 +8,10 @@ The tree::
     │   ├── KeyMutationError       a saved KeyField changed without migrate_key=True
     │   ├── UniqueViolation        a unique field / composite index / key is already taken
     │   ├── BulkWriteError         some instances of a bulk write failed (listed in .failures)
-    │   └── DecodeError            a stored hash value cannot be decoded
+    │   ├── DecodeError            a stored hash value cannot be decoded
+    │   ├── FieldUsageError        (also a TypeError) a field method used on an unsaved
+    │   │                          instance or on a field of the wrong kind/configuration
+    │   └── UnknownFieldError      (also an AttributeError) a field method named no field
     └── QueryException             invalid query: unknown field or lookup, missing partition
 """
 
@@ -53,6 +56,18 @@ class BulkWriteError(ModelException):
 
 class DecodeError(ModelException):
     """A value stored in Redis cannot be decoded; names the key and the field."""
+
+
+class FieldUsageError(ModelException, TypeError):
+    """A field method (``touch``, ``resolve_pressure``, ``push``...) cannot be used here.
+
+    The instance is unsaved, or the named field is of the wrong kind or lacks the
+    configuration the method needs. Also a ``TypeError``, as the spec raises.
+    """
+
+
+class UnknownFieldError(ModelException, AttributeError):
+    """A field method was given a name that is not a field of the model."""
 
 
 class QueryException(PopotoError):

@@ -62,6 +62,24 @@ def behaviour_key(kind: str, model_name: str, *parts: Any) -> str:
     return SEP.join([f"${kind}", tag(model_name), *(escape(p) for p in parts)])
 
 
+def companion_key(kind: str, instance_key: str, slot: str) -> str:
+    """A key holding data of ONE instance beside its hash, e.g. ``$List:Post:42:comments``.
+
+    ``instance_key`` is embedded as is (its segments are already escaped), so the
+    companion follows its instance wherever the instance key is placed (a cluster
+    hash tag in the instance key keeps both in one slot).
+    """
+    return SEP.join([f"${kind}", instance_key, escape(slot)])
+
+
+def stream_key(name: str, partition: Any = None) -> str:
+    """Mutation stream ``stream:<name>`` or ``stream:<name>:<partition>`` (both escaped)."""
+    parts = ["stream", escape(name)]
+    if partition is not None:
+        parts.append(escape(partition))
+    return SEP.join(parts)
+
+
 def temp_key(token: str) -> str:
     return f"$Tmp{SEP}{token}"
 

@@ -3,17 +3,23 @@
 import popoto
 
 EXPECTED = [
+    "AccessTrackerMixin",
     "AutoKeyField",
     "BooleanField",
     "BulkWriteError",
     "BytesField",
+    "CappedListProxy",
     "ConnectionConfigError",
+    "CyclicDecayField",
     "DateField",
     "DatetimeField",
+    "DecayingSortedField",
     "DecimalField",
     "DecodeError",
     "DictField",
+    "EventStreamMixin",
     "Field",
+    "FieldUsageError",
     "FloatField",
     "GeoField",
     "IndexedField",
@@ -34,6 +40,8 @@ EXPECTED = [
     "TupleField",
     "UniqueKeyField",
     "UniqueViolation",
+    "UnknownFieldError",
+    "WriteFilterMixin",
     "configure",
     "get_model",
 ]

@@ -41,7 +41,19 @@ class BytesField(Field):
 
 
 class ListField(Field):
+    """A list stored in the hash; ``ListField(max_length=N)`` is a capped list instead.
+
+    A capped list lives in its own Redis LIST (see :mod:`popoto.fields.capped`).
+    """
+
     type = list
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is ListField and kwargs.get("max_length") is not None:
+            from .capped import CappedListField
+
+            return super().__new__(CappedListField)
+        return super().__new__(cls)
 
 
 class DictField(Field):

@@ -19,6 +19,7 @@ import redis
 
 from .. import keys
 from ..exceptions import KeyMutationError, ModelException, UniqueViolation
+from ..fields.decaying import DecayMethodsMixin
 from ..fields.field import Field
 from ..fields.shortcuts import AutoKeyField
 from ..redis_db import get_client
@@ -83,7 +84,8 @@ class ModelBase(type):
         return cls
 
 
-class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, metaclass=ModelBase):
+class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
+            metaclass=ModelBase):
     """Base class of every Popoto model: an instance is a Redis hash at ``Name:k1:k2``."""
 
     _meta: ClassVar[ModelOptions]

@@ -150,11 +150,13 @@ class ModelOptions:
                 if dep not in self.fields:
                     raise ModelException(f"{field.label}: partition_by field {dep!r} does not "
                                          f"exist on {name}")
-        # owners of index entries and the fields each depends on
+        # owners of index entries and the fields each depends on; a field may name more
+        # fields whose saves must re-run its hook in ``depends_on`` (e.g. every field)
         owners: dict[str, frozenset[str]] = {}
         for fname, field in self.fields.items():
             if field.owns_index():
-                owners[fname] = frozenset({fname, *getattr(field, "partition_by", ())})
+                owners[fname] = frozenset({fname, *getattr(field, "partition_by", ()),
+                                           *getattr(field, "depends_on", ())})
         for index in self.composite_indexes:
             owners[index.name] = index.depends_on
         self.index_owners = owners

@@ -12,6 +12,15 @@ The batch compiles into ONE call of a server-side Lua script which:
 3. writes the hash, the class-set entry, the new index entries, the TTL and
    any extra behaviour commands.
 
+Entry kinds ``L`` and ``H`` are *persistent companions*: data that belongs to
+one instance but is not derived from its field values (a capped list, learned
+per-member state), so rewriting the owner must not reset it. On a rewrite of
+the same instance they are kept; on a key migration an ``L`` key is RENAMEd to
+the new entry with the same member (its "slot") and an ``H`` hash field moves
+to the new instance key; they are deleted with the instance, or when a rewrite
+of their owner no longer lists them. ``H`` writes its value (the score slot)
+with HSETNX, i.e. only when the instance has none yet.
+
 ``save()`` runs that call on its own pipeline and executes it; with
 ``save(pipeline=p)`` the same call is only queued on ``p``. There is no
 second copy of the logic.
@@ -28,14 +37,21 @@ IDX_PREFIX = "@idx:"
 
 # Entry kinds: how an index entry is added and removed.
 SET, ZSET, CLAIM, KEY, GEO = "S", "Z", "C", "K", "G"
+# Persistent companions (see the module docstring): a key beside the hash, a hash field.
+LINKED_KEY, COMPANION_FIELD = "L", "H"
 
 _LUA_COMMON = r"""
-local function remove_entries(packed, owner_key)
+-- kept: persistent companions (L, H) of a rewrite, by identity; nil when deleting
+local function remove_entries(packed, owner_key, kept)
   if not packed then return end
   local entries = cmsgpack.unpack(packed)
   for _, e in ipairs(entries) do
     local kind, k, m = e[1], e[2], e[3]
-    if kind == 'S' then redis.call('SREM', k, m)
+    if kept and kind == 'L' then kept['L' .. m] = e
+    elseif kept and kind == 'H' then kept['H' .. k] = e
+    elseif kind == 'L' then redis.call('DEL', k)
+    elseif kind == 'H' then redis.call('HDEL', k, m)
+    elseif kind == 'S' then redis.call('SREM', k, m)
     elseif kind == 'Z' or kind == 'G' then redis.call('ZREM', k, m)
     elseif kind == 'C' then
       if redis.call('HGET', k, m) == owner_key then redis.call('HDEL', k, m) end
@@ -82,13 +98,14 @@ end
 local n_replaced = tonumber(ARGV[pos]); pos = pos + 1
 local src = key
 if old_key ~= '' and old_key ~= key then src = old_key end
+local kept = {}
 for i = 1, n_replaced do
-  remove_entries(redis.call('HGET', src, '@idx:' .. ARGV[pos]), src)
+  remove_entries(redis.call('HGET', src, '@idx:' .. ARGV[pos]), src, kept)
   pos = pos + 1
 end
 local n_migrated = tonumber(ARGV[pos]); pos = pos + 1
 for i = 1, n_migrated do
-  remove_entries(redis.call('HGET', src, '@idx:' .. ARGV[pos]), src)
+  remove_entries(redis.call('HGET', src, '@idx:' .. ARGV[pos]), src, kept)
   pos = pos + 1
 end
 if src ~= key then
@@ -119,7 +136,27 @@ for i = 1, n_entries do
     local sep = string.find(s, ',', 1, true)
     redis.call('GEOADD', k, string.sub(s, sep + 1), string.sub(s, 1, sep - 1), m)
   elseif kind == 'C' then redis.call('HSET', k, m, key)
+  elseif kind == 'L' then
+    local old = kept['L' .. m]
+    kept['L' .. m] = nil
+    if old and old[2] ~= k and redis.call('EXISTS', old[2]) == 1 then
+      redis.call('RENAME', old[2], k)
+    end
+  elseif kind == 'H' then
+    local old = kept['H' .. k]
+    kept['H' .. k] = nil
+    if old and old[3] ~= m then
+      local v = redis.call('HGET', k, old[3])
+      if v then
+        redis.call('HDEL', k, old[3])
+        redis.call('HSET', k, m, v)
+      end
+    end
+    redis.call('HSETNX', k, m, s)
   end
+end
+for _, e in pairs(kept) do
+  if e[1] == 'L' then redis.call('DEL', e[2]) else redis.call('HDEL', e[2], e[3]) end
 end
 redis.call('SADD', class_set, key)
 local ttl_mode = ARGV[2]

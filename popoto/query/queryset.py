@@ -470,6 +470,21 @@ class Query:
     def no_track(self) -> QuerySet:
         return self._qs().no_track()
 
+    def top_by_decay(self, field_name: str | None = None, n: int = 10,
+                     decay_rate: float | None = None, base_score_field: str | None = None,
+                     as_of: Any = None, **partition: Any) -> list[Any]:
+        """The ``n`` best instances by decayed score (see ``popoto.fields.decaying``)."""
+        from ..fields.decaying import top_by_decay
+
+        return top_by_decay(self.model, field_name, n, decay_rate, base_score_field, as_of,
+                            **partition)
+
+    def priority(self, n: int = 10) -> list[Any]:
+        """The ``n`` instances with the highest write-filter score (WriteFilterMixin)."""
+        from ..behaviours.write_filter import priority
+
+        return priority(self.model, n)
+
     # async reads (redis.asyncio)
     async def async_get(self, *conditions: Q, **kwargs: Any) -> Any:
         from .async_exec import get_async

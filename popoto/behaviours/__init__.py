@@ -1,0 +1,19 @@
+"""Model behaviours: mixins that plug hooks into the single write path.
+
+A behaviour is a class with ``popoto_behaviour = True``; ``Model`` calls the
+``behaviour_*`` functions it defines (see ``popoto.models.base``). Everything a
+behaviour writes is a command or entry of the save/delete WriteBatch, so it
+commits or fails with the write it belongs to.
+"""
+
+from .access_tracker import AccessTrackerMixin
+from .event_stream import EventStreamMixin, parse_event
+from .write_filter import SkipSaveException, WriteFilterMixin
+
+__all__ = [
+    "AccessTrackerMixin",
+    "EventStreamMixin",
+    "SkipSaveException",
+    "WriteFilterMixin",
+    "parse_event",
+]

@@ -1,0 +1,235 @@
+"""AccessTrackerMixin: count and log the reads that hydrate instances.
+
+Every query result that builds instances (``get``, ``filter``, ``all``,
+iteration, ``first``/``last``, ``exists`` - anything that loads hashes, but not
+``count``/``keys``/``values``) records one access per instance, through the
+``behaviour_after_load`` hook: ONE pipelined round trip per query result (one
+script call per 500 instances in it), never one per object. ``.no_track()``
+on the query skips it.
+
+Per instance:
+
+* ``access_count`` / ``last_accessed`` (epoch seconds, None if never) are two
+  fields of the instance hash itself (``@access:count``, ``@access:last``),
+  updated with HINCRBY/HSET, so loading an instance reads them for free and
+  they disappear and expire with the hash. The values on a loaded instance
+  include the access that loaded it.
+* the access log: the last ``_max_access_log`` (default 100) access times,
+  oldest first, in the LIST ``$AccessLog:<instance key>:log`` - an ``L`` entry
+  of the write path, so it is deleted with the instance, renamed by a key
+  migration and given the instance's TTL by every save and every access.
+
+The script only touches instances whose hash still exists, so tracking can
+never resurrect a deleted or expired instance.
+
+Staging (``_access_staging = True``): reads only stage an access on the
+loaded objects; ``confirm_access()`` records it (e.g. once the item was
+actually used), ``discard_staged_access()`` drops it, and
+``Model.confirm_accesses(objs)`` records many in one round trip.
+``record_access()`` records an access directly in either mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from .. import keys
+from ..exceptions import ModelException
+from ..models import scripts
+from ..models.write import LINKED_KEY
+from ..redis_db import get_client
+
+if TYPE_CHECKING:
+    from ..models.write import WriteBatch
+
+OWNER = "@access"
+COUNT_FIELD = "@access:count"
+LAST_FIELD = "@access:last"
+#: Instances per script call when recording the accesses of a query result.
+CHUNK = 500
+
+# KEYS: (instance hash, access log)*. ARGV: 1 now, 2 max log length, 3 count field,
+# 4 last field. Returns the new count per instance (0 when its hash is gone).
+ACCESS_LUA = r"""
+local out = {}
+local cap = tonumber(ARGV[2])
+for i = 1, #KEYS, 2 do
+  local h, log = KEYS[i], KEYS[i + 1]
+  if redis.call('EXISTS', h) == 1 then
+    out[#out + 1] = redis.call('HINCRBY', h, ARGV[3], 1)
+    redis.call('HSET', h, ARGV[4], ARGV[1])
+    redis.call('RPUSH', log, ARGV[1])
+    redis.call('LTRIM', log, -cap, -1)
+    local ttl = redis.call('PTTL', h)
+    if ttl > 0 then redis.call('PEXPIRE', log, ttl) else redis.call('PERSIST', log) end
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+ACCESS = scripts.LuaScript("access_tracker", ACCESS_LUA)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _execute(pipe: Any, client: Any) -> list[Any]:
+    """Run the queued script calls; reload the script once if the server forgot it."""
+    stack = list(pipe.command_stack)
+    try:
+        return pipe.execute()
+    except redis.exceptions.NoScriptError:
+        ACCESS.forget()
+        ACCESS.ensure_loaded(client)
+        pipe.command_stack = stack
+        return pipe.execute()
+
+
+def record_accesses(objs: Iterable[Any], when: float | None = None) -> list[int]:
+    """Record one access for each saved instance in ``objs`` (one round trip).
+
+    Returns the new access counts (0 for an instance whose hash is gone) and
+    updates ``access_count``/``last_accessed`` on the objects.
+    """
+    found = [o for o in objs if isinstance(o, AccessTrackerMixin) and o._redis_key]
+    if not found:
+        return []
+    now = time.time() if when is None else when
+    client = get_client()
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, len(found), CHUNK):
+        part = found[start:start + CHUNK]
+        cap = min(type(o)._max_access_log for o in part)
+        keys_: list[str] = []
+        for obj in part:
+            keys_ += [obj._redis_key, obj.access_log_key()]
+        ACCESS.queue(pipe, client, keys_, [repr(now), cap, COUNT_FIELD, LAST_FIELD])
+    counts = [int(c) for reply in _execute(pipe, client) for c in reply]
+    for obj, count in zip(found, counts):
+        if count:
+            obj.__dict__["_access_count"] = count
+            obj.__dict__["_last_accessed"] = now
+    return counts
+
+
+class AccessTrackerMixin:
+    """Record reads of instances: ``access_count``, ``last_accessed``, a capped log.
+
+    Class attributes: ``_max_access_log`` (100), ``_access_staging`` (False).
+    See the module docstring.
+    """
+
+    popoto_behaviour = True
+    _max_access_log: int = 100
+    _access_staging: bool = False
+    _meta: Any
+    _redis_key: str | None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cap = cls._max_access_log
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+            raise ModelException(f"{cls.__name__}: _max_access_log must be a positive int, "
+                                 f"got {cap!r}")
+
+    # --- values ----------------------------------------------------------
+    @property
+    def access_count(self) -> int:
+        """Recorded accesses (as of the last load or access recorded by this process)."""
+        return self.__dict__.get("_access_count", 0)
+
+    @property
+    def last_accessed(self) -> float | None:
+        """Epoch time of the last recorded access, None if never accessed."""
+        return self.__dict__.get("_last_accessed")
+
+    def access_log_key(self, instance_key: str | None = None) -> str:
+        return keys.companion_key("AccessLog", instance_key or self._redis_key, "log")
+
+    def access_log(self) -> list[float]:
+        """The recorded access times, oldest first (at most ``_max_access_log``)."""
+        if self._redis_key is None:
+            return []
+        return [float(t) for t in get_client().lrange(self.access_log_key(), 0, -1)]
+
+    # --- recording -------------------------------------------------------
+    def record_access(self) -> int:
+        """Record one access now (one script call); returns the new count (0 if gone)."""
+        if self._redis_key is None:
+            raise ModelException(f"Cannot record an access of an unsaved "
+                                 f"{type(self).__name__} instance")
+        return record_accesses([self])[0]
+
+    def confirm_access(self) -> bool:
+        """Record the access staged when this instance was loaded; False if none was staged."""
+        staged = self.__dict__.pop("_staged_access", None)
+        if staged is None:
+            return False
+        record_accesses([self], staged)
+        return True
+
+    def discard_staged_access(self) -> bool:
+        """Drop the staged access without recording it; False if none was staged."""
+        return self.__dict__.pop("_staged_access", None) is not None
+
+    @classmethod
+    def confirm_accesses(cls, objs: Iterable[Any]) -> int:
+        """Record the staged accesses of many instances in one round trip; returns how many."""
+        staged: dict[float, list[Any]] = {}
+        for obj in objs:
+            when = obj.__dict__.pop("_staged_access", None)
+            if when is not None:
+                staged.setdefault(when, []).append(obj)
+        done = 0
+        for when, group in staged.items():
+            done += sum(1 for c in record_accesses(group, when) if c)
+        return done
+
+    # --- behaviour hooks ---------------------------------------------------
+    def behaviour_post_init(self) -> None:
+        raw = self.__dict__.get("_raw")
+        if raw:
+            count = raw.get(COUNT_FIELD)
+            last = raw.get(LAST_FIELD)
+            if count is not None:
+                self.__dict__["_access_count"] = int(count)
+            if last is not None:
+                self.__dict__["_last_accessed"] = float(last)
+
+    @staticmethod
+    def behaviour_after_load(objs: list[Any], options: dict[str, Any]) -> None:
+        if options.get("no_track"):
+            return
+        found = [o for o in objs if isinstance(o, AccessTrackerMixin)]
+        if not found:
+            return
+        if found[0]._access_staging:
+            now = time.time()
+            for obj in found:
+                obj.__dict__["_staged_access"] = now
+            return
+        record_accesses(found)
+
+    def behaviour_on_save(self, batch: WriteBatch) -> None:
+        log_key = self.access_log_key(batch.key)
+        batch.add(OWNER, LINKED_KEY, log_key, "log")
+        if batch.old_key:  # the hash is rewritten at its new key: carry the counters
+            state = self.__dict__
+            if "_access_count" in state:
+                batch.mapping[COUNT_FIELD] = str(state["_access_count"])
+            if state.get("_last_accessed") is not None:
+                batch.mapping[LAST_FIELD] = repr(state["_last_accessed"])
+        if getattr(self, "_ttl", None):
+            batch.command("EXPIRE", log_key, int(self._ttl))
+        elif getattr(self, "_expire_at", None):
+            batch.command("EXPIREAT", log_key, int(self._expire_at.timestamp()))
+
+    def behaviour_on_delete(self, batch: WriteBatch) -> None:
+        batch.own(OWNER)

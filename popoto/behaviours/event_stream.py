@@ -1,0 +1,169 @@
+"""EventStreamMixin: every committed create, update and delete appends one stream entry.
+
+The XADD runs inside the same script call as the write it reports (a command
+of the save/delete WriteBatch), so an entry exists if and only if the write
+committed: a write that fails (unique violation, missing instance, ...) adds
+nothing, and a delete of an instance that did not exist adds nothing.
+Index rebuilds (``reindex_keys``) add no entries.
+
+Stream key (``popoto.keys.stream_key``)::
+
+    stream:<_stream_name>                        (no partition field)
+    stream:<_stream_name>:<partition value>      (escaped str() of the value;
+                                                  None -> the unpartitioned key)
+
+Entry format, a contract with stream consumers. Every field and value is a
+string (UTF-8)::
+
+    model           model class name, e.g. "Order"
+    pk              instance key, e.g. "Order:42" (after the write)
+    op              "create" | "update" | "delete"
+    ts              client time of the write, epoch seconds as a float literal
+                    ("1700000000.123456")
+    changed_fields  JSON list of field names, sorted: every field of the model
+                    for "create" and full saves, the update_fields of a partial
+                    save (touch()/push() are partial saves of one field), []
+                    for "delete"
+    old_pk          only present when the save moved the instance to a new key
+                    (save(migrate_key=True)): the key it moved from
+    <name>          one per name in _stream_metadata_fields: the field's value
+                    as JSON (null for None; datetimes, dates, Decimals, ... as
+                    their str())
+
+"create" means the first save of a new instance object (``Model.create``,
+``Model(...).save()``, bulk_create), even when ``Model(...).save()`` overwrote
+an existing key; "update" is any save of a loaded or already saved instance.
+``parse_event`` turns an entry back into Python values. The stream is capped
+with ``XADD ... MAXLEN ~ <_stream_max_length>`` (approximate trimming; None
+disables the cap).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from .. import keys
+from ..exceptions import ModelException
+from ..redis_db import get_client
+
+if TYPE_CHECKING:
+    from ..models.write import WriteBatch
+
+#: Entry fields every event has (metadata field names must differ from these).
+STANDARD_FIELDS = ("model", "pk", "op", "ts", "changed_fields", "old_pk")
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_event(fields: dict[Any, Any]) -> dict[str, Any]:
+    """One stream entry as Python values: ``ts`` float, ``changed_fields`` list, metadata
+    decoded from JSON, everything else str."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        name, value = _s(name), _s(value)
+        if name == "ts":
+            out[name] = float(value)
+        elif name in STANDARD_FIELDS and name != "changed_fields":
+            out[name] = value
+        else:
+            out[name] = json.loads(value)
+    return out
+
+
+class EventStreamMixin:
+    """Append ``{model, pk, op, ts, changed_fields, <metadata>}`` to a stream per write.
+
+    Class attributes: ``_stream_name`` ('mutations'), ``_stream_partition_field``
+    (None, or a field name: one stream per value), ``_stream_max_length``
+    (10000, approximate cap), ``_stream_metadata_fields`` (() - field values to
+    copy into each entry). See the module docstring for the exact entry format.
+    """
+
+    popoto_behaviour = True
+    _stream_name: str = "mutations"
+    _stream_partition_field: str | None = None
+    _stream_max_length: int | None = 10000
+    _stream_metadata_fields: tuple[str, ...] = ()
+    _meta: Any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name, cap = cls._stream_name, cls._stream_max_length
+        part, meta = cls._stream_partition_field, cls._stream_metadata_fields
+        problem = None
+        if not isinstance(name, str) or not name:
+            problem = f"_stream_name must be a non-empty str, got {name!r}"
+        elif cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+            problem = f"_stream_max_length must be a positive int or None, got {cap!r}"
+        elif part is not None and not isinstance(part, str):
+            problem = f"_stream_partition_field must be a field name or None, got {part!r}"
+        elif not isinstance(meta, (tuple, list)) or not all(isinstance(m, str) for m in meta):
+            problem = f"_stream_metadata_fields must be a tuple of field names, got {meta!r}"
+        elif set(meta) & set(STANDARD_FIELDS):
+            problem = (f"_stream_metadata_fields cannot use the reserved entry names "
+                       f"{sorted(set(meta) & set(STANDARD_FIELDS))}")
+        if problem:
+            raise ModelException(f"{cls.__name__}: {problem}")
+
+    # --- stream keys and reading -------------------------------------------
+    @classmethod
+    def _check_stream_fields(cls) -> None:
+        if cls.__dict__.get("_stream_fields_ok"):
+            return
+        fields = cls._meta.fields
+        named = [cls._stream_partition_field] if cls._stream_partition_field else []
+        for name in [*named, *cls._stream_metadata_fields]:
+            if name not in fields:
+                raise ModelException(f"{cls.__name__}: stream field {name!r} is not a field "
+                                     f"(fields: {', '.join(fields)})")
+        cls._stream_fields_ok = True
+
+    @classmethod
+    def stream_key(cls, partition: Any = None) -> str:
+        """Key of this model's stream (of one partition when partitioned)."""
+        return keys.stream_key(cls._stream_name, partition)
+
+    @classmethod
+    def stream_range(cls, start: str = "-", end: str = "+", count: int | None = None,
+                     partition: Any = None) -> list[tuple[str, dict[str, Any]]]:
+        """``(entry id, parse_event(entry))`` pairs, oldest first (XRANGE).
+
+        The stream may be shared with other models (same ``_stream_name``).
+        """
+        rows = get_client().xrange(cls.stream_key(partition), start, end, count=count)
+        return [(_s(entry_id), parse_event(fields)) for entry_id, fields in rows]
+
+    @classmethod
+    def stream_len(cls, partition: Any = None) -> int:
+        """Number of entries in the stream (XLEN)."""
+        return get_client().xlen(cls.stream_key(partition))
+
+    # --- behaviour hooks ---------------------------------------------------
+    def _xadd_mutation(self, batch: WriteBatch, op: str, changed: list[str]) -> None:
+        import time
+
+        cls = type(self)
+        cls._check_stream_fields()
+        partition = getattr(self, cls._stream_partition_field) \
+            if cls._stream_partition_field else None
+        args: list[Any] = ["XADD", cls.stream_key(partition)]
+        if cls._stream_max_length is not None:
+            args += ["MAXLEN", "~", cls._stream_max_length]
+        args += ["*", "model", self._meta.model_name, "pk", batch.key, "op", op,
+                 "ts", repr(time.time()), "changed_fields", json.dumps(changed)]
+        if batch.old_key:
+            args += ["old_pk", batch.old_key]
+        for name in cls._stream_metadata_fields:
+            args += [name, json.dumps(getattr(self, name), default=str)]
+        batch.command(*args)
+
+    def behaviour_on_save(self, batch: WriteBatch) -> None:
+        changed = sorted(self._meta.fields if batch.update_fields is None
+                         else batch.update_fields)
+        self._xadd_mutation(batch, "create" if batch.is_create else "update", changed)
+
+    def behaviour_on_delete(self, batch: WriteBatch) -> None:
+        self._xadd_mutation(batch, "delete", [])

@@ -1,0 +1,178 @@
+"""WriteFilterMixin: drop low-value saves, keep high-value instances in a priority set.
+
+The model implements ``compute_filter_score() -> float``. On ``save()``:
+
+* score < ``_min_threshold`` (default 0.1): nothing is written and ``save()``
+  returns False (``save(pipeline=p)`` returns ``p`` with nothing queued). The
+  internal :class:`SkipSaveException` never escapes ``save()``.
+* score >= ``_priority_threshold`` (default 0.7): the instance is also a member
+  of the sorted set ``$Priority:<Model>`` scored by its filter score, written in
+  the same script call as the save; a later save scoring lower removes it, and
+  so does ``delete()``.
+* ``save(skip_write_filter=True)`` bypasses the minimum (the priority set is
+  still maintained from the score).
+
+``bulk_create``/``bulk_update`` apply the same filter per instance. Partial
+writes made by field methods (``touch()``, ``CappedListProxy.push()``) are not
+filtered; they re-score the priority entry like any save.
+
+``Model.query.priority(n)`` returns the n instances with the highest filter
+score (ties by key), dropping entries whose instance has expired.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from .. import keys
+from ..exceptions import ModelException, PopotoError, QueryException
+from ..models import scripts
+from ..models.write import ZSET
+from ..redis_db import get_client
+
+if TYPE_CHECKING:
+    from ..models.base import Model
+    from ..models.write import WriteBatch
+
+logger = logging.getLogger("popoto.behaviours")
+
+#: Owner name of the priority entry in each instance's ``@idx`` records.
+OWNER = "@write_filter"
+
+# KEYS[1]: priority zset. ARGV[1]: n. The n best members whose hash exists, as
+# (member, score)*, score descending then member ascending; members whose hash is
+# gone (expired) are removed on the way.
+PRIORITY_LUA = r"""
+local n = tonumber(ARGV[1])
+local got = {}
+local start, page = 0, 256
+local stop = false
+while not stop do
+  local rows = redis.call('ZREVRANGE', KEYS[1], start, start + page - 1, 'WITHSCORES')
+  if #rows == 0 then break end
+  local removed = 0
+  for i = 1, #rows, 2 do
+    local m, s = rows[i], tonumber(rows[i + 1])
+    if #got >= n and s < got[n][1] then stop = true; break end
+    if redis.call('EXISTS', m) == 1 then
+      got[#got + 1] = {s, m}
+    else
+      redis.call('ZREM', KEYS[1], m)
+      removed = removed + 1
+    end
+  end
+  start = start + page - removed
+end
+table.sort(got, function(a, b) return a[1] > b[1] or (a[1] == b[1] and a[2] < b[2]) end)
+local out = {}
+for i = 1, math.min(n, #got) do
+  out[#out + 1] = got[i][2]
+  out[#out + 1] = string.format('%.17g', got[i][1])
+end
+return out
+"""
+
+PRIORITY = scripts.LuaScript("write_filter_priority", PRIORITY_LUA)
+
+
+class SkipSaveException(PopotoError):
+    """Internal signal: the write filter rejected a save. Never escapes ``save()``."""
+
+    def __init__(self, score: float) -> None:
+        super().__init__(f"filter score {score!r} is below the minimum")
+        self.score = score
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+class WriteFilterMixin:
+    """Skip saves scoring below ``_min_threshold``; rank the best in a priority set.
+
+    Class attributes (override per model): ``_min_threshold`` (0.1),
+    ``_priority_threshold`` (0.7); the model must implement
+    ``compute_filter_score()``.
+    """
+
+    popoto_behaviour = True
+    _min_threshold: float = 0.1
+    _priority_threshold: float = 0.7
+    _meta: Any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        low, high = cls._min_threshold, cls._priority_threshold
+        if not _finite(low) or not _finite(high) or low > high:
+            raise ModelException(
+                f"{cls.__name__}: _min_threshold and _priority_threshold must be finite "
+                f"numbers with _min_threshold <= _priority_threshold, got {low!r} and {high!r}"
+            )
+
+    def compute_filter_score(self) -> float:
+        """The value of this instance, compared with the thresholds on every save."""
+        raise ModelException(f"{type(self).__name__} uses WriteFilterMixin and must implement "
+                             f"compute_filter_score()")
+
+    # --- scoring ---------------------------------------------------------
+    def filter_score(self) -> float:
+        """``compute_filter_score()``, checked to be a finite number."""
+        score = self.compute_filter_score()
+        if not _finite(score):
+            raise ModelException(f"{type(self).__name__}.compute_filter_score() must return a "
+                                 f"finite number, got {score!r}")
+        return float(score)
+
+    def _check_write_filter(self) -> float:
+        """The filter score; raises SkipSaveException when it is below the minimum."""
+        score = self.filter_score()
+        if score < self._min_threshold:
+            raise SkipSaveException(score)
+        return score
+
+    @classmethod
+    def priority_key(cls) -> str:
+        return keys.behaviour_key("Priority", cls._meta.model_name)
+
+    # --- behaviour hooks ---------------------------------------------------
+    def behaviour_allow_save(self, skip_write_filter: bool = False, **_options: Any) -> bool:
+        try:
+            score = self.filter_score() if skip_write_filter else self._check_write_filter()
+        except SkipSaveException as skipped:
+            logger.debug("write filter skipped saving %r (score %r < %r)", self,
+                         skipped.score, self._min_threshold)
+            return False
+        self.__dict__["_write_filter_score"] = score
+        return True
+
+    def behaviour_on_save(self, batch: WriteBatch) -> None:
+        score = self.__dict__.pop("_write_filter_score", None)
+        if score is None:
+            score = self.filter_score()
+        batch.own(OWNER)
+        if score >= self._priority_threshold:
+            batch.add(OWNER, ZSET, self.priority_key(), batch.key, repr(score))
+
+    def behaviour_on_delete(self, batch: WriteBatch) -> None:
+        batch.own(OWNER)
+
+
+def priority(model: type[Model], n: int = 10) -> list[Model]:
+    """The ``n`` instances with the highest filter score (>= the priority threshold)."""
+    from ..query.queryset import QuerySet
+
+    if not issubclass(model, WriteFilterMixin):
+        raise QueryException(f"{model.__name__}.query.priority() needs a model with "
+                             f"WriteFilterMixin")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise QueryException(f"{model.__name__}.query.priority: n must be an int >= 0, "
+                             f"got {n!r}")
+    if n == 0:
+        return []
+    flat = PRIORITY(get_client(), [model.priority_key()], [n])
+    rows = [(m.decode() if isinstance(m, bytes) else m, float(s))
+            for m, s in zip(flat[0::2], flat[1::2])]
+    return QuerySet(model)._hydrate(rows)

@@ -1,0 +1,498 @@
+"""Time-decaying rankings: DecayingSortedField, CyclicDecayField and ``top_by_decay``.
+
+A :class:`DecayingSortedField` is a float SortedField whose value is the epoch
+time (``time.time()``) of the instance's last save or ``touch()``; its sorted set
+``$SortedF:M:<field>[:<partition>]`` is scored by that time, so it also answers
+range queries ("touched in the last hour").
+
+``Model.query.top_by_decay(...)`` ranks the members of that sorted set by::
+
+    decay(m)   = base(m) * max(elapsed_days(m), 0.01) ** (-decay_rate)
+    score(m)   = decay(m)                                   (DecayingSortedField)
+    score(m)   = decay(m)
+                 + sum(amplitude * cos(2*pi*(as_of - phase) / period) for each cycle of m)
+                 + pressure_rate(m) * max(days since m's pressure was last resolved, 0)
+                                                            (CyclicDecayField)
+
+with ``elapsed_days = (as_of - last save/touch) / 86400`` and ``base(m)`` the
+value of ``base_score_field`` (1 when there is none or its value is None).
+Highest first; equal scores are ordered by instance key (ascending).
+
+Cyclic state is per member and lives in two companion hashes keyed by the
+instance key, msgpack values: ``$Cycles:M:<field>`` → ``[[period_s, amplitude,
+phase_s], ...]`` and ``$Pressure:M:<field>`` → ``{"rate": r, "last_resolved":
+epoch_s}``. Both are written once, on the instance's first save (``H`` entries
+of the write path: HSETNX), so later saves and index rebuilds never reset what
+``strengthen_cycle``/``weaken_cycle``/``resolve_pressure`` learned; they move
+with a key migration and are deleted with the instance.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import encoding, keys
+from ..exceptions import FieldUsageError, ModelException, QueryException, UnknownFieldError
+from ..models import scripts
+from ..redis_db import get_client
+from .sorted import SortedField, to_score
+
+if TYPE_CHECKING:
+    from ..models.base import Model
+    from ..models.write import WriteBatch
+
+DAY = 86400.0
+MIN_ELAPSED_DAYS = 0.01
+MAX_AMPLITUDE = 100.0
+MIN_AMPLITUDE = 0.01
+BASE_TYPES = (int, float)
+
+# KEYS: 1 time zset, 2 zset whose top score bounds the base ('' = none), 3 cycles hash
+# ('' = none), 4 pressure hash ('' = none). ARGV: 1 n, 2 decay rate, 3 as_of, 4 base field
+# ('' = base 1). Scans the time zset newest first; stops early when no older member can
+# beat the n-th best (only possible without cycles/pressure and with a known base bound).
+TOP_LUA = r"""
+local zkey, maxkey, ckey, pkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local n, rate, as_of = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local base_field = ARGV[4]
+local DAY = 86400
+local maxbase = nil
+if ckey == '' and pkey == '' and rate > 0 then
+  if base_field == '' then maxbase = 1
+  elseif maxkey ~= '' then
+    maxbase = 1
+    local best = redis.call('ZREVRANGE', maxkey, 0, 0, 'WITHSCORES')
+    if best[2] and tonumber(best[2]) > 1 then maxbase = tonumber(best[2]) end
+  end
+end
+local function base_of(m)
+  if base_field == '' then return 1 end
+  local raw = redis.call('HGET', m, base_field)
+  if not raw then return 1 end
+  local ok, v = pcall(cmsgpack.unpack, raw)
+  if ok and type(v) == 'number' then return v end
+  return 1
+end
+local function extra(m)
+  local s = 0
+  if ckey ~= '' then
+    local raw = redis.call('HGET', ckey, m)
+    if raw then
+      local ok, cycles = pcall(cmsgpack.unpack, raw)
+      if ok and type(cycles) == 'table' then
+        for _, c in ipairs(cycles) do
+          local period, amp, phase = tonumber(c[1]), tonumber(c[2]), tonumber(c[3]) or 0
+          if period and amp and period > 0 then
+            s = s + amp * math.cos(2 * math.pi * (as_of - phase) / period)
+          end
+        end
+      end
+    end
+  end
+  if pkey ~= '' then
+    local raw = redis.call('HGET', pkey, m)
+    if raw then
+      local ok, p = pcall(cmsgpack.unpack, raw)
+      if ok and type(p) == 'table' and tonumber(p['rate']) and tonumber(p['last_resolved']) then
+        local days = (as_of - tonumber(p['last_resolved'])) / DAY
+        if days > 0 then s = s + tonumber(p['rate']) * days end
+      end
+    end
+  end
+  return s
+end
+local function better(s1, m1, s2, m2) return s1 > s2 or (s1 == s2 and m1 < m2) end
+local top = {}
+local start, page, done = 0, 256, false
+while not done do
+  local rows = redis.call('ZREVRANGE', zkey, start, start + page - 1, 'WITHSCORES')
+  if #rows == 0 then break end
+  for i = 1, #rows, 2 do
+    local m, ts = rows[i], tonumber(rows[i + 1])
+    local e = (as_of - ts) / DAY
+    if e < 0.01 then e = 0.01 end
+    local f = e ^ (-rate)
+    if maxbase and #top >= n and maxbase * f < top[n][1] then done = true; break end
+    local s = base_of(m) * f + extra(m)
+    if (#top < n or better(s, m, top[#top][1], top[#top][2]))
+        and redis.call('EXISTS', m) == 1 then
+      local pos = #top + 1
+      while pos > 1 and better(s, m, top[pos - 1][1], top[pos - 1][2]) do pos = pos - 1 end
+      table.insert(top, pos, {s, m})
+      if #top > n then table.remove(top) end
+    end
+  end
+  start = start + page
+end
+local out = {}
+for _, t in ipairs(top) do
+  out[#out + 1] = t[2]
+  out[#out + 1] = string.format('%.17g', t[1])
+end
+return out
+"""
+
+# KEYS: 1 instance key, 2 cycles hash. ARGV: 1 factor. Atomic read-modify-write of the
+# member's amplitudes: multiply, clamp to [0, 100], snap below 0.01 to 0.
+SCALE_LUA = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('POPOTO_MISSING ' .. KEYS[1])
+end
+local raw = redis.call('HGET', KEYS[2], KEYS[1])
+if not raw then return false end
+local cycles = cmsgpack.unpack(raw)
+local factor = tonumber(ARGV[1])
+for _, c in ipairs(cycles) do
+  local a = tonumber(c[2]) * factor
+  if a > 100 then a = 100 end
+  if a < 0.01 then a = 0 end
+  c[2] = a
+end
+if #cycles == 0 then return raw end
+local packed = cmsgpack.pack(cycles)
+redis.call('HSET', KEYS[2], KEYS[1], packed)
+return packed
+"""
+
+# KEYS: 1 instance key, 2 companion hash. ARGV: 1 value. HSET the member's value if it exists.
+SET_STATE_LUA = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('POPOTO_MISSING ' .. KEYS[1])
+end
+redis.call('HSET', KEYS[2], KEYS[1], ARGV[1])
+return 1
+"""
+
+TOP = scripts.LuaScript("top_by_decay", TOP_LUA)
+SCALE = scripts.LuaScript("scale_cycles", SCALE_LUA)
+SET_STATE = scripts.LuaScript("set_cycle_state", SET_STATE_LUA)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+class DecayingSortedField(SortedField):
+    """A sorted index scored by the time of the instance's last save or ``touch()``.
+
+    Args:
+        decay_rate: default exponent of the power-law decay used by
+            ``top_by_decay`` (>= 0; 0 means no decay).
+        base_score_field: name of an int/float field multiplying the decay
+            (default: none, base 1).
+        partition_by: as for SortedField; ``top_by_decay`` then needs the
+            partition values.
+
+    The value is set on every save that writes the field (full saves, and
+    partial saves naming it) and by ``touch()``; ``save(skip_auto_now=True)``
+    keeps the stored time (index rebuilds use it, so they do not refresh it).
+    """
+
+    type = float
+
+    def __init__(self, decay_rate: float = 0.1, base_score_field: str | None = None,
+                 partition_by: str | tuple[str, ...] | list[str] | None = None,
+                 **kwargs: Any) -> None:
+        given = kwargs.pop("type", float)
+        if given is not float:
+            raise ModelException(f"{type(self).__name__} always holds a float epoch time, "
+                                 f"not {given!r}")
+        if not _number(decay_rate) or decay_rate < 0:
+            raise ModelException(f"{type(self).__name__}: decay_rate must be a finite number "
+                                 f">= 0, got {decay_rate!r}")
+        if base_score_field is not None and not isinstance(base_score_field, str):
+            raise ModelException(f"{type(self).__name__}: base_score_field must be a field "
+                                 f"name, got {base_score_field!r}")
+        super().__init__(partition_by=partition_by, **kwargs)
+        self.decay_rate = float(decay_rate)
+        self.base_score_field = base_score_field
+
+    def pre_save(self, instance: Model, value: Any, is_create: bool, skip_auto_now: bool) -> Any:
+        if skip_auto_now and value is not None:
+            return value
+        return time.time()
+
+    def base_field(self, name: str | None = None, error: type[Exception] = ModelException
+                   ) -> Any:
+        """The field named ``name`` (default: ``base_score_field``), checked to be int/float."""
+        name = self.base_score_field if name is None else name
+        if name is None:
+            return None
+        field = self.model._meta.fields.get(name)
+        if field is None:
+            raise error(f"{self.label}: base_score_field {name!r} is not a field of "
+                        f"{self.model.__name__}")
+        if field.type not in BASE_TYPES:
+            raise error(f"{self.label}: base_score_field {name!r} must be an int or float "
+                        f"field, not {field.type.__name__}")
+        return field
+
+    def on_save(self, instance: Model, value: Any, batch: WriteBatch) -> None:
+        if self.base_score_field is not None and not getattr(self, "_base_checked", False):
+            self.base_field()
+            self._base_checked = True
+        super().on_save(instance, value, batch)
+
+
+class CyclicDecayField(DecayingSortedField):
+    """A decaying score plus per-member periodic cycles and homeostatic pressure.
+
+    Args:
+        cycles: ``[(period_s, amplitude[, phase_s]), ...]``, the initial cycles
+            of every new member: ``period_s > 0``, ``0 <= amplitude <= 100``,
+            ``phase_s`` (default 0) the epoch time of a peak.
+        pressure_rate: score added per day since the member's pressure was
+            last resolved (>= 0; 0 disables pressure).
+        decay_rate, base_score_field, partition_by: as for DecayingSortedField.
+
+    ``strengthen_cycle``/``weaken_cycle`` scale a member's amplitudes,
+    ``resolve_pressure`` resets its pressure clock. Changing ``cycles=`` in the
+    code affects new members only (existing ones keep what they learned).
+    """
+
+    def __init__(self, cycles: Any = (), pressure_rate: float = 0.0, decay_rate: float = 0.1,
+                 **kwargs: Any) -> None:
+        super().__init__(decay_rate=decay_rate, **kwargs)
+        self.cycles = self._check_cycles(cycles)
+        if not _number(pressure_rate) or pressure_rate < 0:
+            raise ModelException(f"CyclicDecayField: pressure_rate must be a finite number "
+                                 f">= 0, got {pressure_rate!r}")
+        self.pressure_rate = float(pressure_rate)
+
+    @staticmethod
+    def _check_cycles(cycles: Any) -> list[list[float]]:
+        try:
+            given = list(cycles)
+        except TypeError:
+            raise ModelException(f"CyclicDecayField: cycles must be a list of (period_s, "
+                                 f"amplitude[, phase_s]) tuples, got {cycles!r}") from None
+        out = []
+        for cycle in given:
+            ok = isinstance(cycle, (tuple, list)) and len(cycle) in (2, 3) \
+                and all(_number(x) for x in cycle)
+            if ok:
+                period, amplitude, *rest = cycle
+                phase = rest[0] if rest else 0.0
+                ok = period > 0 and 0 <= amplitude <= MAX_AMPLITUDE
+            if not ok:
+                raise ModelException(
+                    f"CyclicDecayField: each cycle must be (period_s > 0, 0 <= amplitude <= "
+                    f"{MAX_AMPLITUDE:g}[, phase_s]) of finite numbers, got {cycle!r}")
+            out.append([float(period), float(amplitude), float(phase)])
+        return out
+
+    @property
+    def cycles_key(self) -> str:
+        return keys.behaviour_key("Cycles", self.model._meta.model_name, self.name)
+
+    @property
+    def pressure_key(self) -> str:
+        return keys.behaviour_key("Pressure", self.model._meta.model_name, self.name)
+
+    def on_save(self, instance: Model, value: Any, batch: WriteBatch) -> None:
+        from ..models.write import COMPANION_FIELD
+
+        super().on_save(instance, value, batch)
+        batch.add(self.name, COMPANION_FIELD, self.cycles_key, batch.key,
+                  encoding.pack(self.cycles))
+        if self.pressure_rate > 0:
+            state = {"rate": self.pressure_rate, "last_resolved": float(value)}
+            batch.add(self.name, COMPANION_FIELD, self.pressure_key, batch.key,
+                      encoding.pack(state))
+
+    # --- reading the per-member state ------------------------------------------
+    def cycles_of(self, instance: Model) -> list[tuple[float, float, float]]:
+        """The member's current ``(period_s, amplitude, phase_s)`` cycles ([] if none)."""
+        raw = get_client().hget(self.cycles_key, instance.pk)
+        return _cycles(raw)
+
+    def pressure_of(self, instance: Model) -> dict[str, float] | None:
+        """The member's ``{"rate", "last_resolved"}`` pressure state, None if it has none."""
+        raw = get_client().hget(self.pressure_key, instance.pk)
+        if raw is None:
+            return None
+        state = encoding.unpack(raw)
+        return {k: float(v) for k, v in state.items()}
+
+
+def _cycles(raw: bytes | None) -> list[tuple[float, float, float]]:
+    if not raw:
+        return []
+    found = encoding.unpack(raw) or []
+    return [(float(c[0]), float(c[1]), float(c[2]) if len(c) > 2 else 0.0) for c in found]
+
+
+# --- instance methods (mixed into Model) -------------------------------------------
+
+class DecayMethodsMixin:
+    """``touch``, ``resolve_pressure``, ``strengthen_cycle``, ``weaken_cycle`` on instances."""
+
+    _meta: Any
+    _redis_key: str | None
+
+    def _decay_field(self, field_name: str, kind: type, action: str) -> Any:
+        field = self._meta.fields.get(field_name)
+        if field is None:
+            raise UnknownFieldError(f"{type(self).__name__} has no field {field_name!r} "
+                                    f"({action}() needs a {kind.__name__})")
+        if not isinstance(field, kind):
+            raise FieldUsageError(f"{action}() requires a {kind.__name__}; "
+                                  f"{type(self).__name__}.{field_name} is "
+                                  f"{type(field).__name__}")
+        return field
+
+    def _require_saved(self, action: str) -> str:
+        if self._redis_key is None:
+            raise FieldUsageError(f"Cannot call {action}() on an unsaved "
+                                  f"{type(self).__name__} instance; save it first")
+        return self._redis_key
+
+    def touch(self, field_name: str, pipeline: Any = None) -> Any:
+        """Set a DecayingSortedField to now (hash and sorted set) without a full save.
+
+        A partial save of that field requiring the instance to exist, through the
+        write path (behaviours see an update of the field). Returns the new
+        timestamp, or the pipeline when one is given (the write is then queued).
+        """
+        from ..behaviours.partial import save_fields
+
+        self._decay_field(field_name, DecayingSortedField, "touch")
+        save_fields(self, [field_name], pipeline, action="touch")  # type: ignore[arg-type]
+        return pipeline if pipeline is not None else self.__dict__[field_name]
+
+    def resolve_pressure(self, field_name: str, pipeline: Any = None) -> Any:
+        """Reset the member's pressure clock of a CyclicDecayField (last_resolved = now).
+
+        Returns the new timestamp (or the pipeline). FieldUsageError when the
+        field's ``pressure_rate`` is 0 or the instance is unsaved.
+        """
+        field = self._decay_field(field_name, CyclicDecayField, "resolve_pressure")
+        if field.pressure_rate <= 0:
+            raise FieldUsageError(f"resolve_pressure() requires pressure_rate > 0; "
+                                  f"{field.label} has pressure_rate={field.pressure_rate}")
+        key = self._require_saved("resolve_pressure")
+        now = time.time()
+        state = encoding.pack({"rate": field.pressure_rate, "last_resolved": now})
+        self._run_state_script(SET_STATE, [key, field.pressure_key], [state], pipeline)
+        return pipeline if pipeline is not None else now
+
+    def strengthen_cycle(self, field_name: str, factor: float = 1.2, pipeline: Any = None
+                         ) -> Any:
+        """Multiply the member's cycle amplitudes by ``factor`` (clamped to [0, 100])."""
+        return self._adjust_cycle_amplitudes(field_name, factor, pipeline, "strengthen_cycle")
+
+    def weaken_cycle(self, field_name: str, factor: float = 0.8, pipeline: Any = None) -> Any:
+        """Multiply the member's cycle amplitudes by ``factor``; below 0.01 becomes 0."""
+        return self._adjust_cycle_amplitudes(field_name, factor, pipeline, "weaken_cycle")
+
+    def _adjust_cycle_amplitudes(self, field_name: str, factor: float, pipeline: Any = None,
+                                 action: str = "strengthen_cycle") -> Any:
+        """Scale every amplitude atomically in Redis; returns the new cycles (or the pipeline).
+
+        ``[]`` when the member has no stored cycles.
+        """
+        field = self._decay_field(field_name, CyclicDecayField, action)
+        if not _number(factor) or factor < 0:
+            raise field.error(f"{action}() factor must be a finite number >= 0", factor)
+        key = self._require_saved(action)
+        raw = self._run_state_script(SCALE, [key, field.cycles_key], [repr(float(factor))],
+                                     pipeline)
+        return pipeline if pipeline is not None else _cycles(raw)
+
+    def _run_state_script(self, script: scripts.LuaScript, keys_: list[str], args: list[Any],
+                          pipeline: Any) -> Any:
+        import redis
+
+        from ..models.base import translate_error
+
+        client = get_client()
+        if pipeline is not None:
+            script.queue(pipeline, client, keys_, args)
+            return None
+        try:
+            return script(client, keys_, args)
+        except redis.exceptions.ResponseError as exc:
+            raise translate_error(type(self), exc) from None  # type: ignore[arg-type]
+
+
+# --- queries -----------------------------------------------------------------------
+
+def _ranking_field(model: type[Model], field_name: str | None) -> DecayingSortedField:
+    fields = model._meta.fields
+    if field_name is None:
+        found = [f for f in fields.values() if isinstance(f, DecayingSortedField)]
+        if len(found) != 1:
+            what = "no DecayingSortedField" if not found else \
+                f"several ({', '.join(f.name for f in found)}); pass field_name"
+            raise QueryException(f"{model.__name__}.top_by_decay: the model has {what}")
+        return found[0]
+    field = fields.get(field_name)
+    if not isinstance(field, DecayingSortedField):
+        what = "not a field" if field is None else f"a {type(field).__name__}"
+        raise QueryException(f"{model.__name__}.top_by_decay: {field_name!r} is {what}; "
+                             f"it needs a DecayingSortedField or CyclicDecayField")
+    return field
+
+
+def _as_of(model: type[Model], as_of: Any) -> float:
+    if as_of is None:
+        return time.time()
+    if isinstance(as_of, _dt.datetime):
+        return to_score(as_of)
+    if _number(as_of):
+        return float(as_of)
+    raise QueryException(f"{model.__name__}.top_by_decay: as_of must be an epoch time or a "
+                         f"datetime, got {as_of!r}")
+
+
+def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
+                 decay_rate: float | None = None, base_score_field: str | None = None,
+                 as_of: float | _dt.datetime | None = None, **partition: Any) -> list[Model]:
+    """The ``n`` best instances by decayed score, best first (see the module docstring).
+
+    One Lua script ranks the members of the field's sorted set server-side
+    (O(members) worst case, early exit when the base is bounded and there are
+    no cycles/pressure) and returns only the winners; their hashes are then
+    read in one pipelined round trip. ``partition`` gives the values of the
+    field's ``partition_by`` fields. Each result carries its score in ``_score``.
+    """
+    from ..query.queryset import QuerySet
+
+    field = _ranking_field(model, field_name)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise QueryException(f"{model.__name__}.top_by_decay: n must be an int >= 0, got {n!r}")
+    rate = field.decay_rate if decay_rate is None else decay_rate
+    if not _number(rate) or rate < 0:
+        raise QueryException(f"{model.__name__}.top_by_decay: decay_rate must be a finite "
+                             f"number >= 0, got {rate!r}")
+    base = field.base_field(base_score_field, QueryException)
+    moment = _as_of(model, as_of)
+    unknown = set(partition) - set(field.partition_by)
+    if unknown:
+        raise QueryException(f"{model.__name__}.top_by_decay: unexpected argument(s) "
+                             f"{', '.join(sorted(unknown))} ({field.label} is partitioned by "
+                             f"{field.partition_by or 'nothing'})")
+    context = {}
+    for name, value in partition.items():
+        try:
+            context[name] = model._meta.fields[name].coerce(value)
+        except ModelException as exc:
+            raise QueryException(str(exc)) from None
+    zkey = field.key_from_context(context)
+    if n == 0:
+        return []
+    max_key = ""
+    if base is not None and base.is_sorted and not getattr(base, "partition_by", ()):
+        max_key = base.sorted_key(())
+    cyclic = isinstance(field, CyclicDecayField)
+    keys_ = [zkey, max_key, field.cycles_key if cyclic else "",
+             field.pressure_key if cyclic else ""]
+    args = [n, repr(float(rate)), repr(moment), base.name if base is not None else ""]
+    flat = TOP(get_client(), keys_, args)
+    rows = [(m.decode() if isinstance(m, bytes) else m, float(s))
+            for m, s in zip(flat[0::2], flat[1::2])]
+    return QuerySet(model)._hydrate(rows)

@@ -1,0 +1,159 @@
+"""AccessTrackerMixin: reads that hydrate instances are counted and logged, in batches."""
+
+import time
+
+import pytest
+
+from popoto import AccessTrackerMixin, Field, IndexedField, KeyField, Model, ModelException
+from tests.helpers import count_round_trips
+
+
+class Doc(AccessTrackerMixin, Model):
+    name = KeyField()
+    kind = IndexedField(null=True)
+    body = Field(type=str, null=True)
+
+    _max_access_log = 3
+
+
+class TtlDoc(AccessTrackerMixin, Model):
+    name = KeyField()
+
+    class Meta:
+        ttl = 600
+
+
+class Staged(AccessTrackerMixin, Model):
+    name = KeyField()
+
+    _access_staging = True
+
+
+def test_get_filter_all_each_record_one_access(r):
+    """Every hydrating read records one access; the loaded object shows it."""
+    Doc.create(name="a", kind="x")
+    assert Doc.query.get(name="a").access_count == 1
+    assert [d.access_count for d in Doc.query.filter(kind="x")] == [2]
+    (doc,) = list(Doc.query.all())
+    assert doc.access_count == 3
+    assert abs(doc.last_accessed - time.time()) < 5
+    assert int(r.hget("Doc:a", "@access:count")) == 3
+    assert Doc.query.get(db_key="Doc:a").access_count == 4
+
+
+def test_fresh_and_unread_instances_have_no_accesses():
+    """A created instance has count 0 and last_accessed None until read."""
+    doc = Doc.create(name="a")
+    assert doc.access_count == 0 and doc.last_accessed is None
+    assert doc.access_log() == []
+
+
+def test_tracking_costs_one_round_trip_per_result(r):
+    """Tracking 50 results adds exactly one round trip, not one per object."""
+    for i in range(50):
+        Doc.create(name=f"d{i}", kind="x")
+    with count_round_trips() as untracked:
+        assert len(Doc.query.no_track().filter(kind="x")) == 50
+    with count_round_trips() as tracked:
+        assert len(Doc.query.filter(kind="x")) == 50
+    assert tracked[0] == untracked[0] + 1
+    assert {int(r.hget(f"Doc:d{i}", "@access:count")) for i in range(50)} == {1}
+
+
+def test_no_track_count_and_keys_record_nothing(r):
+    """no_track(), count() and keys() do not record accesses."""
+    Doc.create(name="a", kind="x")
+    assert Doc.query.no_track().get(name="a").access_count == 0
+    list(Doc.query.no_track().all())
+    Doc.query.count()
+    Doc.query.keys()
+    assert r.hget("Doc:a", "@access:count") is None
+    assert not r.exists("$AccessLog:Doc:a:log")
+
+
+def test_access_log_is_capped_and_ordered(r):
+    """The log keeps the last _max_access_log access times, oldest first."""
+    doc = Doc.create(name="a")
+    for _ in range(5):
+        Doc.query.get(name="a")
+    log = doc.access_log()
+    assert len(log) == 3 and log == sorted(log)
+    assert Doc.query.no_track().get(name="a").last_accessed == log[-1]
+    assert Doc.query.no_track().get(name="a").access_count == 5
+
+
+def test_saves_keep_the_counters(r):
+    """Full and partial saves do not reset access_count/last_accessed."""
+    Doc.create(name="a")
+    doc = Doc.query.get(name="a")
+    doc.body = "x"
+    doc.save()
+    doc.save(update_fields=["body"])
+    assert doc.access_count == 1
+    assert Doc.query.no_track().get(name="a").access_count == 1
+
+
+def test_tracking_data_is_deleted_with_the_instance(r):
+    """delete() removes the counters (in the hash) and the access log."""
+    Doc.create(name="a")
+    Doc.query.get(name="a").delete()
+    assert r.keys("*") == []
+
+
+def test_tracking_never_resurrects_a_deleted_instance(r):
+    """Recording an access of an instance deleted meanwhile writes nothing."""
+    doc = Doc.create(name="a")
+    Doc.query.get(name="a").delete()
+    assert doc.record_access() == 0
+    assert r.keys("*") == []
+    with pytest.raises(ModelException, match="unsaved"):
+        Doc(name="b").record_access()
+
+
+def test_access_log_expires_with_the_instance(r):
+    """The log gets the instance's TTL, on save and on every access."""
+    TtlDoc.create(name="a")
+    TtlDoc.query.get(name="a")
+    assert 590 < r.ttl("$AccessLog:TtlDoc:a:log") <= 600
+    r.expire("TtlDoc:a", 100)
+    TtlDoc.query.get(name="a")
+    assert 90 < r.ttl("$AccessLog:TtlDoc:a:log") <= 100
+
+
+def test_key_migration_carries_counters_and_log(r):
+    """save(migrate_key=True) keeps the access count and renames the log."""
+    Doc.create(name="a")
+    doc = Doc.query.get(name="a")
+    Doc.query.get(name="a")
+    doc = Doc.query.no_track().get(name="a")
+    doc.name = "b"
+    doc.save(migrate_key=True)
+    moved = Doc.query.no_track().get(name="b")
+    assert moved.access_count == 2
+    assert len(moved.access_log()) == 2
+    assert not r.exists("$AccessLog:Doc:a:log")
+
+
+def test_staged_accesses_need_confirmation(r):
+    """With _access_staging, reads stage; confirm records, discard drops."""
+    Staged.create(name="a")
+    Staged.create(name="b")
+    one = Staged.query.get(name="a")
+    assert one.access_count == 0 and r.hget("Staged:a", "@access:count") is None
+    assert one.confirm_access() is True
+    assert one.access_count == 1 and one.confirm_access() is False
+    two = Staged.query.get(name="a")
+    assert two.discard_staged_access() is True and two.discard_staged_access() is False
+    both = list(Staged.query.all())
+    assert Staged.confirm_accesses(both) == 2
+    assert int(r.hget("Staged:a", "@access:count")) == 2
+    assert int(r.hget("Staged:b", "@access:count")) == 1
+    assert Staged.query.get(name="a").record_access() == 3
+
+
+def test_bad_log_size_is_refused():
+    """_max_access_log must be a positive int."""
+    with pytest.raises(ModelException, match="_max_access_log"):
+        class BadLog(AccessTrackerMixin, Model):
+            name = KeyField()
+            _max_access_log = 0

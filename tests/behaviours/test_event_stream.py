@@ -1,0 +1,210 @@
+"""EventStreamMixin: one stream entry per committed create/update/delete, none otherwise."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from popoto import (
+    DecayingSortedField,
+    EventStreamMixin,
+    Field,
+    KeyField,
+    ListField,
+    Model,
+    ModelException,
+    UniqueViolation,
+)
+from popoto.behaviours import parse_event
+from popoto.redis_db import get_client
+
+
+class Order(EventStreamMixin, Model):
+    oid = KeyField()
+    status = Field(type=str, null=True)
+    email = Field(type=str, null=True, unique=True)
+    seen = DecayingSortedField()
+    log = ListField(max_length=3)
+
+
+class Tenanted(EventStreamMixin, Model):
+    name = KeyField()
+    tenant = Field(type=str, null=True)
+    amount = Field(type=int, null=True)
+
+    _stream_name = "billing"
+    _stream_partition_field = "tenant"
+    _stream_metadata_fields = ("tenant", "amount")
+
+
+class Capped(EventStreamMixin, Model):
+    name = KeyField()
+
+    _stream_name = "small"
+    _stream_max_length = 100
+
+
+ALL_ORDER_FIELDS = sorted(["oid", "status", "email", "seen", "log"])
+
+
+def events(model=Order, **kwargs):
+    """Parsed events of a model's stream."""
+    return [e for _id, e in model.stream_range(**kwargs)]
+
+
+def test_create_update_delete_each_add_one_entry(r):
+    """create -> 'create', save -> 'update', delete -> 'delete', in that order."""
+    before = time.time()
+    order = Order.create(oid="1", status="new")
+    order.status = "paid"
+    order.save()
+    order.delete()
+    got = events()
+    assert [e["op"] for e in got] == ["create", "update", "delete"]
+    assert all(e["model"] == "Order" and e["pk"] == "Order:1" for e in got)
+    assert got[0]["changed_fields"] == ALL_ORDER_FIELDS == got[1]["changed_fields"]
+    assert got[2]["changed_fields"] == []
+    assert all(before <= e["ts"] <= time.time() for e in got)
+    assert Order.stream_key() == "stream:mutations" and Order.stream_len() == 3
+
+
+def test_raw_entry_is_strings_with_json_changed_fields(r):
+    """Consumers in other processes read plain strings; changed_fields is a JSON list."""
+    Order.create(oid="1")
+    order = Order.query.get(oid="1")
+    order.status = "x"
+    order.save(update_fields=["status", "email"])
+    (_id1, first), (_id2, second) = r.xrange("stream:mutations")
+    assert set(first) == {b"model", b"pk", b"op", b"ts", b"changed_fields"}
+    assert second[b"op"] == b"update"
+    assert json.loads(second[b"changed_fields"]) == ["email", "status"]
+    assert float(second[b"ts"]) > 0
+    assert parse_event(second)["changed_fields"] == ["email", "status"]
+
+
+def test_failing_writes_leave_no_entry(r):
+    """A unique violation, a duplicate create or a delete of nothing adds no entry."""
+    Order.create(oid="1", email="a@x.org")
+    with pytest.raises(UniqueViolation):
+        Order.create(oid="2", email="a@x.org")
+    with pytest.raises(UniqueViolation):
+        Order.create(oid="1")
+    other = Order.query.get(oid="1")
+    other.delete()
+    assert other.delete() is False
+    assert [e["op"] for e in events()] == ["create", "delete"]
+
+
+def test_every_committed_write_has_an_entry_under_concurrency(r):
+    """Racing creators of one key: exactly one wins and exactly one entry exists."""
+    wins = []
+
+    def attempt():
+        try:
+            Order.create(oid="race")
+            wins.append(1)
+        except UniqueViolation:
+            pass
+
+    threads = [threading.Thread(target=attempt) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert [e["op"] for e in events()] == ["create"]
+    for _ in range(30):
+        Order.query.get(oid="race").save()
+    assert Order.stream_len() == 31
+
+
+def test_partitions_and_metadata(r):
+    """Partitioned models write to stream:<name>:<value>; metadata values are JSON."""
+    Tenanted.create(name="a", tenant="acme", amount=5)
+    Tenanted.create(name="b", tenant="globex", amount=None)
+    Tenanted.create(name="c", tenant=None, amount=1)
+    assert Tenanted.stream_key("acme") == "stream:billing:acme"
+    (acme,) = events(Tenanted, partition="acme")
+    assert acme["tenant"] == "acme" and acme["amount"] == 5
+    (globex,) = events(Tenanted, partition="globex")
+    assert globex["amount"] is None
+    assert r.xrange("stream:billing:globex")[0][1][b"amount"] == b"null"
+    assert [e["pk"] for e in events(Tenanted)] == ["Tenanted:c"]
+
+
+def test_partial_writes_by_field_methods_are_updates(r):
+    """touch() and push() are partial saves: 'update' naming just that field."""
+    order = Order.create(oid="1")
+    order.touch("seen")
+    order.log.push("shipped")
+    assert [(e["op"], e["changed_fields"]) for e in events()[1:]] == [
+        ("update", ["seen"]), ("update", ["log"])]
+
+
+def test_key_migration_reports_the_old_key(r):
+    """save(migrate_key=True) emits an update with pk = new key and old_pk = old key."""
+    order = Order.create(oid="1")
+    order.oid = "2"
+    order.save(migrate_key=True)
+    last = events()[-1]
+    assert (last["op"], last["pk"], last["old_pk"]) == ("update", "Order:2", "Order:1")
+
+
+def test_pipeline_entry_appears_on_execute(r):
+    """With save(pipeline=p) the entry is written when p executes, with the write."""
+    pipe = get_client().pipeline()
+    Order(oid="1").save(pipeline=pipe)
+    assert Order.stream_len() == 0
+    pipe.execute()
+    assert [e["op"] for e in events()] == ["create"]
+
+
+def test_bulk_writes_emit_and_rebuilds_do_not(r):
+    """bulk_create/bulk_delete emit one entry per instance; rebuild_indexes emits none."""
+    Order.bulk_create([Order(oid=str(i)) for i in range(5)])
+    Order.rebuild_indexes()
+    assert Order.stream_len() == 5
+    Order.bulk_delete(Order.query.all())
+    assert [e["op"] for e in events()].count("delete") == 5
+
+
+def test_stream_is_capped_approximately(r):
+    """XADD MAXLEN ~ keeps the stream near _stream_max_length."""
+    for i in range(400):
+        Capped.create(name=str(i))
+    assert 100 <= Capped.stream_len() < 400
+    assert events(Capped)[-1]["pk"] == "Capped:399"
+
+
+def test_stream_range_bounds_and_count(r):
+    """stream_range passes start/end/count to XRANGE."""
+    for i in range(5):
+        Order.create(oid=str(i))
+    ids = [entry_id for entry_id, _e in Order.stream_range()]
+    assert [e["pk"] for _i, e in Order.stream_range(count=2)] == ["Order:0", "Order:1"]
+    assert len(Order.stream_range(start=ids[3])) == 2
+
+
+def test_bad_definitions_raise(r):
+    """Reserved metadata names, bad caps and unknown fields raise ModelException."""
+    with pytest.raises(ModelException, match="reserved"):
+        class Bad1(EventStreamMixin, Model):
+            name = KeyField()
+            _stream_metadata_fields = ("op",)
+    with pytest.raises(ModelException, match="_stream_max_length"):
+        class Bad2(EventStreamMixin, Model):
+            name = KeyField()
+            _stream_max_length = 0
+    with pytest.raises(ModelException, match="_stream_name"):
+        class Bad3(EventStreamMixin, Model):
+            name = KeyField()
+            _stream_name = ""
+
+    class Bad4(EventStreamMixin, Model):
+        name = KeyField()
+        _stream_metadata_fields = ("missing",)
+
+    with pytest.raises(ModelException, match="missing"):
+        Bad4(name="x").save()
+    assert r.keys("*") == []

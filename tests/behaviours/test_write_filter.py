@@ -1,0 +1,174 @@
+"""WriteFilterMixin: low-value saves are skipped, high-value instances are ranked."""
+
+import pytest
+
+from popoto import Field, FloatField, KeyField, Model, ModelException, QueryException
+from popoto import WriteFilterMixin
+from popoto.redis_db import get_client
+
+
+class Note(WriteFilterMixin, Model):
+    name = KeyField()
+    value = FloatField(default=0.5)
+    text = Field(type=str, null=True)
+
+    def compute_filter_score(self) -> float:
+        return self.value
+
+
+class Strict(WriteFilterMixin, Model):
+    name = KeyField()
+    value = FloatField(default=0.0)
+
+    _min_threshold = 0.5
+    _priority_threshold = 0.9
+
+    def compute_filter_score(self) -> float:
+        return self.value
+
+
+class Plainish(Model):
+    name = KeyField()
+
+
+PRIO = "$Priority:Note"
+
+
+def test_low_score_save_writes_nothing_and_returns_false(r):
+    """Below _min_threshold save() returns False and nothing reaches Redis."""
+    note = Note(name="a", value=0.05)
+    assert note.save() is False
+    assert r.keys("*") == []
+    assert note.is_persisted is False
+
+
+def test_low_score_save_on_pipeline_queues_nothing(r):
+    """save(pipeline=p) of a filtered instance returns p with nothing queued."""
+    pipe = get_client().pipeline()
+    assert Note(name="a", value=0.0).save(pipeline=pipe) is pipe
+    assert len(pipe.command_stack) == 0
+
+
+def test_threshold_is_inclusive(r):
+    """A score equal to the minimum is saved; equal to the priority threshold is ranked."""
+    assert Note(name="min", value=0.1).save() is True
+    assert Note(name="prio", value=0.7).save() is True
+    assert r.zrange(PRIO, 0, -1, withscores=True) == [(b"Note:prio", 0.7)]
+
+
+def test_mid_score_is_saved_but_not_ranked(r):
+    """Between the thresholds the instance is saved and not in the priority set."""
+    assert Note(name="a", value=0.5).save() is True
+    assert Note.query.get(name="a").value == 0.5
+    assert not r.exists(PRIO)
+
+
+def test_priority_membership_follows_the_score(r):
+    """A save scoring lower leaves the priority set; delete removes the entry too."""
+    note = Note(name="a", value=0.9)
+    note.save()
+    assert r.zscore(PRIO, "Note:a") == 0.9
+    note.value = 0.95
+    note.save(update_fields=["value"])
+    assert r.zscore(PRIO, "Note:a") == 0.95
+    note.value = 0.3
+    note.save()
+    assert r.zscore(PRIO, "Note:a") is None
+    note.value = 0.8
+    note.save()
+    note.delete()
+    assert r.keys("*") == []
+
+
+def test_vetoed_save_changes_nothing(r):
+    """A filtered save of a ranked instance leaves its stored state and rank as they were."""
+    note = Note.create(name="a", value=0.9, text="kept")
+    note.value = 0.01
+    note.text = "lost"
+    assert note.save() is False
+    stored = Note.query.get(name="a")
+    assert (stored.value, stored.text) == (0.9, "kept")
+    assert r.zscore(PRIO, "Note:a") == 0.9
+
+
+def test_skip_write_filter_bypasses_the_minimum(r):
+    """save(skip_write_filter=True) writes a low-value instance (and ranks from its score)."""
+    assert Note(name="a", value=0.0).save(skip_write_filter=True) is True
+    assert Note.query.get(name="a") is not None
+    assert not r.exists(PRIO)
+
+
+def test_create_of_filtered_instance_is_not_persisted(r):
+    """Model.create() of a low-value instance returns it unsaved."""
+    note = Note.create(name="a", value=0.0)
+    assert note.is_persisted is False
+    assert r.keys("*") == []
+
+
+def test_per_model_thresholds(r):
+    """_min_threshold/_priority_threshold are overridable per model."""
+    assert Strict(name="a", value=0.4).save() is False
+    assert Strict(name="b", value=0.6).save() is True
+    assert Strict(name="c", value=0.95).save() is True
+    assert r.zrange("$Priority:Strict", 0, -1) == [b"Strict:c"]
+
+
+def test_bulk_create_applies_the_filter(r):
+    """bulk_create writes only the instances that pass the filter."""
+    made = Note.bulk_create([Note(name=f"n{i}", value=i / 10) for i in range(10)])
+    assert sorted(n.name for n in made) == [f"n{i}" for i in range(1, 10)]
+    assert Note.query.count() == 9
+    assert r.zcard(PRIO) == 3  # 0.7, 0.8, 0.9
+
+
+def test_priority_query_orders_by_score_then_key(r):
+    """query.priority(n) returns the n best instances, ties broken by key."""
+    for name, value in (("c", 0.8), ("a", 0.8), ("b", 0.95), ("d", 0.75), ("e", 0.2)):
+        Note(name=name, value=value).save()
+    assert [n.name for n in Note.query.priority(3)] == ["b", "a", "c"]
+    assert [n.name for n in Note.query.priority(10)] == ["b", "a", "c", "d"]
+    assert Note.query.priority(0) == []
+    top = Note.query.priority(1)[0]
+    assert top._score == 0.95
+
+
+def test_priority_query_drops_vanished_instances(r):
+    """Entries whose instance hash expired are skipped and removed from the set."""
+    for name, value in (("a", 0.9), ("b", 0.8), ("c", 0.75)):
+        Note(name=name, value=value).save()
+    r.delete("Note:a")
+    assert [n.name for n in Note.query.priority(2)] == ["b", "c"]
+    assert r.zscore(PRIO, "Note:a") is None
+
+
+def test_priority_query_errors():
+    """priority() needs a WriteFilterMixin model and a non-negative int."""
+    with pytest.raises(QueryException, match="WriteFilterMixin"):
+        Plainish.query.priority(3)
+    with pytest.raises(QueryException, match="n must be"):
+        Note.query.priority(-2)
+
+
+def test_bad_scores_and_definitions_raise(r):
+    """A non-numeric score, a missing scorer or inverted thresholds raise ModelException."""
+
+    class NoScore(WriteFilterMixin, Model):
+        name = KeyField()
+
+    with pytest.raises(ModelException, match="compute_filter_score"):
+        NoScore(name="x").save()
+
+    class NaNScore(WriteFilterMixin, Model):
+        name = KeyField()
+
+        def compute_filter_score(self):
+            return float("nan")
+
+    with pytest.raises(ModelException, match="finite"):
+        NaNScore(name="x").save()
+    with pytest.raises(ModelException, match="_min_threshold"):
+        class Inverted(WriteFilterMixin, Model):
+            name = KeyField()
+            _min_threshold = 0.8
+            _priority_threshold = 0.2
+    assert r.keys("*") == []
