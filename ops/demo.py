@@ -8,18 +8,26 @@ This is a command-line program, so it prints.
 from __future__ import annotations
 
 import os
+import time
 from decimal import Decimal
 
 import popoto
 from popoto import (
+    DecayingSortedField,
     DecimalField,
+    EventStreamMixin,
     Field,
+    GeoField,
     IndexedField,
+    IntField,
     KeyField,
+    ListField,
     Model,
     Q,
+    Relationship,
     SortedField,
     UniqueViolation,
+    WriteFilterMixin,
 )
 from popoto.redis_db import get_client
 
@@ -36,6 +44,24 @@ class Book(Model):
     genre = IndexedField(null=True)
     rating = SortedField(type=float, null=True)
     price = DecimalField(null=True)
+    author = Relationship(model=Author, null=True)
+
+
+class Shop(Model):
+    name = KeyField()
+    location = GeoField()
+    stock = IntField(default=0)
+
+
+class Headline(WriteFilterMixin, EventStreamMixin, Model):
+    slug = KeyField()
+    votes = IntField(default=0)
+    seen = DecayingSortedField(decay_rate=0.8, base_score_field="votes")
+    feed = ListField(max_length=3)
+    _stream_name = "demo"
+
+    def compute_filter_score(self) -> float:
+        return min(self.votes / 10, 1.0)
 
 
 def section(title: str) -> None:
@@ -58,14 +84,15 @@ def main() -> int:
     Author.create(handle="ursula", name="Ursula K. Le Guin", email="ukl@example.org")
     Author.create(handle="terry", name="Terry Pratchett", email="tp@example.org")
     books = [
-        ("978-0441478125", "The Left Hand of Darkness", "scifi", 4.6, "9.99"),
-        ("978-0061054884", "The Dispossessed", "scifi", 4.4, "12.50"),
-        ("978-0552166591", "Guards! Guards!", "fantasy", 4.7, "8.99"),
-        ("978-0552152679", "Small Gods", "fantasy", 4.5, "7.99"),
-        ("978-0547773742", "A Wizard of Earthsea", "fantasy", 4.2, "10.00"),
+        ("978-0441478125", "The Left Hand of Darkness", "scifi", 4.6, "9.99", "ursula"),
+        ("978-0061054884", "The Dispossessed", "scifi", 4.4, "12.50", "ursula"),
+        ("978-0552166591", "Guards! Guards!", "fantasy", 4.7, "8.99", "terry"),
+        ("978-0552152679", "Small Gods", "fantasy", 4.5, "7.99", "terry"),
+        ("978-0547773742", "A Wizard of Earthsea", "fantasy", 4.2, "10.00", "ursula"),
     ]
-    for isbn, title, genre, rating, price in books:
-        Book(isbn=isbn, title=title, genre=genre, rating=rating, price=Decimal(price)).save()
+    for isbn, title, genre, rating, price, handle in books:
+        Book(isbn=isbn, title=title, genre=genre, rating=rating, price=Decimal(price),
+             author=Author.query.get(handle=handle)).save()
     show("authors saved", Author.query.count())
     show("books saved", Book.query.count())
     show("a book's Redis key", Book.query.get(isbn="978-0552166591").db_key)
@@ -86,6 +113,22 @@ def main() -> int:
     show("values('title','price') of scifi",
          Book.query.filter(genre="scifi").values("title", "price")[:2])
 
+    section("Relationships (related instances loaded in one batched read)")
+    show("books by terry", sorted(b.title for b in Book.query.filter(author__handle="terry")))
+    show("author of Small Gods", Book.query.get(isbn="978-0552152679").author.name)
+    show("to_dict(relationships=True)",
+         Book.query.get(isbn="978-0441478125").to_dict(include=["title", "author"],
+                                                         relationships=True))
+
+    section("Geo")
+    for name, lat, lon in (("louvre", 48.8606, 2.3376), ("orsay", 48.8600, 2.3266),
+                           ("bastille", 48.8532, 2.3692), ("versailles", 48.8049, 2.1204)):
+        Shop(name=name, location=(lat, lon)).save()
+    near = Shop.query.filter(location=(48.8584, 2.2945), location_radius=4,
+                             location_radius_unit="km", location_with_distances=True)
+    show("within 4 km of the Eiffel tower", [f"{s.name} {s.location_distance:.2f} km"
+                                             for s in near])
+
     section("Update")
     book.rating = 4.9
     book.save(update_fields=["rating"])
@@ -103,9 +146,47 @@ def main() -> int:
     show("books left", Book.query.count())
     show("fantasy index now holds", Book.query.count(genre="fantasy"))
 
+    section("Index health: check, break, repair")
+    show("check_indexes()['total'] (healthy)", Book.check_indexes()["total"])
+    client.srem("$IndexF:Book:genre:scifi", "Book:978-0061054884")   # lose an entry
+    client.zadd("$SortedF:Book:rating", {"Book:978-0061054884": 1.0})  # corrupt a score
+    client.delete("Book:978-0547773742")                             # delete behind the ORM
+    report = Book.check_indexes()
+    show("after corrupting three ways", {k: report[k] for k in ("orphans", "missing", "wrong",
+                                                                 "total")})
+    show("clean_indexes() removed", Book.clean_indexes())
+    show("rebuild_indexes() rewrote", Book.rebuild_indexes())
+    show("check_indexes()['total'] (repaired)", Book.check_indexes()["total"])
+    show("scifi books again", Book.query.count(genre="scifi"))
+
+    behaviours()
+
     section("Done")
     show("keys in Redis", sorted(k.decode() for k in client.scan_iter(count=1000))[:6] + ["..."])
     return 0
+
+
+def behaviours() -> None:
+    now = time.time()
+    section("Capped feed (ListField(max_length=3))")
+    h = Headline.create(slug="launch", votes=8)
+    for n in range(1, 6):
+        h.feed.push(f"comment {n}")
+    show("after 5 pushes, oldest first", list(h.feed))
+
+    section("Decaying 'trending' ranking")
+    for slug, votes, hours in (("old-news", 9, 72), ("fresh", 3, 1), ("steady", 6, 12)):
+        Headline(slug=slug, votes=votes, seen=now - hours * 3600).save(skip_auto_now=True)
+    show("top_by_decay(n=4)", [x.slug for x in Headline.query.top_by_decay(n=4, as_of=now)])
+
+    section("Write filter")
+    show("save() of a 0-vote headline", Headline(slug="spam", votes=0).save())
+    show("stored?", Headline.query.get(slug="spam") is not None)
+    show("priority(3)", [x.slug for x in Headline.query.priority(3)])
+
+    section("Mutation stream (written in the same script as each save)")
+    for _id, event in Headline.stream_range():
+        show(event["op"], f"{event['pk']} changed={event['changed_fields']}")
 
 
 if __name__ == "__main__":
