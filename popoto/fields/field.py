@@ -20,7 +20,10 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, ClassVar
 from collections.abc import Callable
 
+from msgpack import unpackb as _unpackb
+
 from .. import encoding
+from ..encoding import _ext_hook
 from ..exceptions import ModelException, QueryException
 from ..query import lookups as _lk
 
@@ -198,12 +201,16 @@ class Field:
         state = instance.__dict__
         raw = state.get("_raw")
         if raw is not None:
-            data = raw.get(self.name)
+            name = self.name
+            data = raw.get(name)
             if data is not None:
-                value = encoding.decode_field(data, state.get("_redis_key"), self.name)
+                try:  # encoding.unpack inlined: this runs for every field read of a loaded object
+                    value = _unpackb(data, ext_hook=_ext_hook, strict_map_key=False)
+                except Exception:  # corrupt: decode_field raises the DecodeError naming it
+                    value = encoding.decode_field(data, state.get("_redis_key"), name)
                 if self._uses_from_db:
                     value = self.from_db(value)
-                state[self.name] = value
+                state[name] = value
                 return value
         return self.get_default()
 

@@ -129,8 +129,11 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
             decoded = {k.decode(): v for k, v in raw.items()}
         except AttributeError:  # str field names (a client with decode_responses)
             decoded = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
-        obj.__dict__.update(_raw=decoded, _redis_key=redis_key, _ttl=cls._meta.ttl,
-                            _expire_at=None)
+        state = obj.__dict__
+        state["_raw"] = decoded
+        state["_redis_key"] = redis_key
+        state["_ttl"] = cls._meta.ttl
+        state["_expire_at"] = None
         obj._post_init()
         return obj
 
