@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from kombu import Queue
+
 from popoto.exceptions import ConnectionConfigError
 from popoto.redis_db import DEFAULT_URL, mask_url
 
@@ -259,7 +261,7 @@ class Settings:
             "result_serializer": self.serializer,
             "accept_content": [self.serializer],
             "task_default_queue": MAINTENANCE_QUEUE,
-            "task_create_missing_queues": True,
+            "task_queues": (Queue(MAINTENANCE_QUEUE), Queue(EVENTS_QUEUE)),
             "task_routes": {
                 "popoto.maintenance.*": {"queue": MAINTENANCE_QUEUE},
                 "popoto.events.*": {"queue": EVENTS_QUEUE},

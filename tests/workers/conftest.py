@@ -1,0 +1,59 @@
+"""Fixtures for stream consumer tests: a clean handler registry, a real Celery worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery.contrib.testing.worker import start_worker
+
+from tasks import app
+from tasks.config import default_broker_url
+from tasks.testing import broker_idle, wait_until
+from workers.registry import registry
+
+
+@pytest.fixture(autouse=True)
+def clean_registry() -> Iterator[None]:
+    """Handlers registered by one test never see another test's events."""
+    registry.clear()
+    yield
+    registry.clear()
+
+
+@pytest.fixture(scope="session")
+def broker_url(redis_url: str) -> str:
+    return default_broker_url(redis_url)
+
+
+@pytest.fixture(scope="session")
+def broker(broker_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(broker_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def celery_app(broker_url: str) -> Any:
+    app.conf.update(broker_url=broker_url, result_backend=broker_url, task_ignore_result=False)
+    for task in app.tasks.values():
+        task.ignore_result = False
+    return app
+
+
+@pytest.fixture(scope="module")
+def worker(celery_app: Any, broker: redis.Redis) -> Iterator[Any]:
+    """An in-process worker (2 threads) consuming both queues."""
+    broker.flushdb()
+    with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False,
+                      loglevel="WARNING", shutdown_timeout=20) as w:
+        yield w
+    broker.flushdb()
+
+
+@pytest.fixture
+def idle_after(broker: redis.Redis) -> Iterator[None]:
+    yield
+    wait_until(lambda: broker_idle(broker), timeout=20, message="broker idle after test")

@@ -1,0 +1,63 @@
+"""Exactly-once effects on top of at-least-once delivery.
+
+A consumer may see an entry twice (it crashed after the handler ran but
+before XACK, or the entry was reclaimed from a slow consumer). Handlers make
+that harmless in one of two ways:
+
+* **by event id** — :func:`apply_once` runs the handler's Redis writes in one
+  script together with a marker ``ZADD NX <marker> <event_id>``: the writes
+  happen only if the marker is new, atomically, so a second delivery (or a
+  replay from the dead-letter stream: ``Event.event_id`` survives it) changes
+  nothing. Markers older than ``retention`` are trimmed in the same call;
+* **by object version** — the handler writes a projection only if the event
+  is newer than what the projection already reflects (compare ``event.ts`` or
+  a version field inside one script / WATCH transaction): redelivering an old
+  event is then a no-op by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from popoto.models.scripts import LuaScript
+
+DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+# KEYS[1] marker zset. ARGV: event id, score (ms), retention ms, n_cmds, (nargs, cmd...)*.
+_APPLY_ONCE = LuaScript("apply_once", r"""
+if redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 0 then return 0 end
+local pos = 5
+for _ = 1, tonumber(ARGV[4]) do
+  local n = tonumber(ARGV[pos]); pos = pos + 1
+  local cmd = {}
+  for j = 1, n do cmd[j] = ARGV[pos + j - 1] end
+  pos = pos + n
+  redis.call(unpack(cmd))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (tonumber(ARGV[2]) - tonumber(ARGV[3])))
+return 1
+""")
+
+
+def event_ms(event_id: str) -> int:
+    """The millisecond part of a stream id (``"1700000000000-3"`` -> 1700000000000)."""
+    return int(event_id.split("-", 1)[0])
+
+
+def apply_once(client: redis.Redis, marker_key: str, event_id: str,
+               commands: Iterable[Sequence[Any]],
+               retention_ms: int = DEFAULT_RETENTION_MS) -> bool:
+    """Run ``commands`` (e.g. ``[("HINCRBY", "totals", "orders", 1)]``) once per event id.
+
+    Returns True when they ran, False when this event id had already been
+    applied. The marker and the writes commit together or not at all.
+    """
+    cmds = [tuple(c) for c in commands]
+    argv: list[Any] = [event_id, event_ms(event_id), retention_ms, len(cmds)]
+    for cmd in cmds:
+        argv.append(len(cmd))
+        argv.extend(cmd)
+    return bool(_APPLY_ONCE(client, [marker_key], argv))
