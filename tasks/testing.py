@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,21 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
         if time.monotonic() > deadline:
             raise TimeoutError(f"{message} not met within {timeout:.0f}s")
         time.sleep(interval)
+
+
+def use_test_broker(app: Any, broker_url: str) -> Any:
+    """Point ``app`` at a test broker that also stores results (so tests can ``.get()``).
+
+    Safe to call again from several test modules in one session: tasks bound
+    earlier get ``ignore_result=False`` too, and a backend the app cached
+    before (e.g. "disabled") is dropped.
+    """
+    app.conf.update(broker_url=broker_url, result_backend=broker_url, task_ignore_result=False)
+    app._backend_cache = None  # Celery caches the backend per app (or per thread)
+    app._local = threading.local()
+    for task in app.tasks.values():
+        task.ignore_result = False
+    return app
 
 
 def broker_idle(broker: redis.Redis) -> bool:

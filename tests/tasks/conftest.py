@@ -16,7 +16,7 @@ from celery.contrib.testing.worker import start_worker
 
 from tasks import app
 from tasks.config import default_broker_url
-from tasks.testing import broker_idle, wait_until
+from tasks.testing import broker_idle, use_test_broker, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -33,11 +33,8 @@ def broker(broker_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def celery_app(broker_url: str) -> Any:
-    """The project's Celery app pointed at the test broker, with results stored there."""
-    app.conf.update(broker_url=broker_url, result_backend=broker_url, task_ignore_result=False)
-    for task in app.tasks.values():  # tasks bound before this update read the old setting
-        task.ignore_result = False
-    return app
+    """The project's Celery app on the test broker, with results stored there."""
+    return use_test_broker(app, broker_url)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from celery.contrib.testing.worker import start_worker
 
 from tasks import app
 from tasks.config import default_broker_url
-from tasks.testing import broker_idle, wait_until
+from tasks.testing import broker_idle, use_test_broker, wait_until
 from workers.registry import registry
 
 
@@ -37,10 +37,8 @@ def broker(broker_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def celery_app(broker_url: str) -> Any:
-    app.conf.update(broker_url=broker_url, result_backend=broker_url, task_ignore_result=False)
-    for task in app.tasks.values():
-        task.ignore_result = False
-    return app
+    """The project's Celery app on the test broker, with results stored there."""
+    return use_test_broker(app, broker_url)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,7 @@
+"""``python -m ops``: the operator CLI (same as ``popoto-ops``)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
