@@ -147,6 +147,12 @@ class QuerySet:
         rev = self._rev()
         if source is None:
             source = SetSource(self.model._meta.db_class_set_key)
+        order = self._order and self.model._meta.fields[self._order.lstrip("-")]
+        if count < 0 and not offset and type(source) is SetSource and not (
+                order and order.is_sorted):  # (ordering by a sorted field: source is its zset)
+            # a whole set needs no paging script: SMEMBERS, in the member order ZRANGE gives
+            members = sorted(client.smembers(source.key), reverse=rev)
+            return len(members), [(m, 0.0) for m in members]
         if isinstance(source, ScoreRange):
             # members only: a range's scores are the sorted field's own values, which the
             # hashes hold anyway (WITHSCORES made Redis format and redis-py parse every score)
