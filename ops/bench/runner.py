@@ -139,10 +139,16 @@ def measure(impls: list[Impl], reps: int) -> dict[str, dict[str, Any]]:
         for impl in impls:
             if impl.setup is not None:
                 impl.setup()
+            # the harness's own data (up to 1M rows) must not make the timed code's garbage
+            # collections slower: freeze what exists, so only objects the run makes are scanned
             gc.collect()
-            start = time.perf_counter()
-            impl.run()
-            samples[impl.name].append(time.perf_counter() - start)
+            gc.freeze()
+            try:
+                start = time.perf_counter()
+                impl.run()
+                samples[impl.name].append(time.perf_counter() - start)
+            finally:
+                gc.unfreeze()
     out = {}
     for impl in impls:
         med = statistics.median(samples[impl.name])

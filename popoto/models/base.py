@@ -217,14 +217,14 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
                                      f"{', '.join(unknown)}")
         names = meta.fields if update_fields is None else update_fields
         state = self.__dict__
-        values: dict[str, Any] = {}
+        values: dict[str, bytes] = {}  # encoded as they are validated
         for name in names:
             field = meta.fields[name]
             value = field.pre_save(self, getattr(self, name), is_create, skip_auto_now)
             value = field.coerce(value)
             field.validate(value)
             state[name] = value
-            values[name] = value
+            values[name] = field.to_db(value)
         key = self.db_key
         old_key = self._redis_key
         migrating = old_key is not None and old_key != key
@@ -239,7 +239,7 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
                            old_key=old_key if migrating else "", is_create=is_create,
                            must_not_exist=must_not_exist or migrating,
                            update_fields=None if update_fields is None else frozenset(names))
-        batch.mapping = {name: meta.fields[name].to_db(v) for name, v in values.items()}
+        batch.mapping = values
         touched = None if update_fields is None else set(update_fields)
         for field in meta.index_fields:
             if touched is None or meta.index_owners[field.name] & touched:
