@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(SERVER) $(BIN)/python -m ops.bench
 
 run: $(STAMP)
-	$(SERVER) $(BIN)/honcho start
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(SERVER) $(BIN)/honcho start
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -9,6 +9,8 @@ from __future__ import annotations
 from popoto import (
     AutoKeyField,
     DatetimeField,
+    DecimalField,
+    EventStreamMixin,
     IndexedField,
     KeyField,
     Model,
@@ -35,3 +37,20 @@ class Session(Model):
 
     class Meta:
         ttl = 3600
+
+
+class Order(EventStreamMixin, Model):
+    """An order whose every write appends to ``stream:orders`` (read by the consumer).
+
+    No producer-side cap (``_stream_max_length = None``): the consumer trims only
+    what every group has acknowledged, so no unread event is ever dropped.
+    """
+
+    order_id = KeyField()
+    customer = IndexedField(type=str)
+    status = IndexedField(type=str, default="new")
+    total = DecimalField(default=0)
+
+    _stream_name = "orders"
+    _stream_max_length = None
+    _stream_metadata_fields = ("status", "total")

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from popoto.exceptions import ConnectionConfigError
 from popoto.redis_db import DEFAULT_URL, mask_url
@@ -261,7 +261,10 @@ class Settings:
             "result_serializer": self.serializer,
             "accept_content": [self.serializer],
             "task_default_queue": MAINTENANCE_QUEUE,
-            "task_queues": (Queue(MAINTENANCE_QUEUE), Queue(EVENTS_QUEUE)),
+            # one direct exchange per queue, bound by the queue's own name: a message
+            # routed to one queue never lands in the other
+            "task_queues": tuple(Queue(q, Exchange(q, type="direct"), routing_key=q)
+                                 for q in (MAINTENANCE_QUEUE, EVENTS_QUEUE)),
             "task_routes": {
                 "popoto.maintenance.*": {"queue": MAINTENANCE_QUEUE},
                 "popoto.events.*": {"queue": EVENTS_QUEUE},

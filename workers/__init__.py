@@ -7,7 +7,7 @@ runs a long-lived consumer; ``popoto.events.drain_stream`` (see
 
 from .consumer import ConsumerStats, StreamConsumer
 from .events import Event, MalformedEntry
-from .idempotency import apply_once
+from .idempotency import apply_if_newer, apply_once
 from .registry import HandlerRegistry, handler, registry
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "HandlerRegistry",
     "MalformedEntry",
     "StreamConsumer",
+    "apply_if_newer",
     "apply_once",
     "handler",
     "registry",

@@ -9,10 +9,11 @@ that harmless in one of two ways:
   happen only if the marker is new, atomically, so a second delivery (or a
   replay from the dead-letter stream: ``Event.event_id`` survives it) changes
   nothing. Markers older than ``retention`` are trimmed in the same call;
-* **by object version** — the handler writes a projection only if the event
-  is newer than what the projection already reflects (compare ``event.ts`` or
-  a version field inside one script / WATCH transaction): redelivering an old
-  event is then a no-op by construction.
+* **by object version** — :func:`apply_if_newer` writes a projection only if
+  the event is newer than what the projection already reflects (the version
+  kept per object, e.g. ``event.ts``, is compared and updated in the same
+  script): an old or repeated event is a no-op by construction, and events
+  arriving out of order (a retried entry after a newer one) never roll back.
 """
 
 from __future__ import annotations
@@ -42,6 +43,23 @@ return 1
 """)
 
 
+# KEYS[1] version hash. ARGV: member, version, n_cmds, (nargs, cmd...)*.
+_APPLY_IF_NEWER = LuaScript("apply_if_newer", r"""
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current and tonumber(current) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local pos = 4
+for _ = 1, tonumber(ARGV[3]) do
+  local n = tonumber(ARGV[pos]); pos = pos + 1
+  local cmd = {}
+  for j = 1, n do cmd[j] = ARGV[pos + j - 1] end
+  pos = pos + n
+  redis.call(unpack(cmd))
+end
+return 1
+""")
+
+
 def event_ms(event_id: str) -> int:
     """The millisecond part of a stream id (``"1700000000000-3"`` -> 1700000000000)."""
     return int(event_id.split("-", 1)[0])
@@ -61,3 +79,18 @@ def apply_once(client: redis.Redis, marker_key: str, event_id: str,
         argv.append(len(cmd))
         argv.extend(cmd)
     return bool(_APPLY_ONCE(client, [marker_key], argv))
+
+
+def apply_if_newer(client: redis.Redis, versions_key: str, member: str, version: float,
+                   commands: Iterable[Sequence[Any]]) -> bool:
+    """Run ``commands`` only if ``version`` is newer than the one recorded for ``member``.
+
+    ``versions_key`` is a hash of member -> last applied version (e.g. the
+    event's ``ts`` per instance key). Returns True when the commands ran.
+    """
+    cmds = [tuple(c) for c in commands]
+    argv: list[Any] = [member, repr(float(version)), len(cmds)]
+    for cmd in cmds:
+        argv.append(len(cmd))
+        argv.extend(cmd)
+    return bool(_APPLY_IF_NEWER(client, [versions_key], argv))

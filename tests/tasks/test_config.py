@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -113,3 +114,14 @@ def test_beat_schedule_from_intervals() -> None:
     assert drain["kwargs"]["max_entries"] == 50
     for entry in schedule.values():
         assert entry["task"] in app.tasks
+
+
+def test_each_task_is_published_to_exactly_one_queue(celery_app: Any,
+                                                     broker: redis.Redis) -> None:
+    """A maintenance task lands only in ``maintenance``, a drain only in ``events``."""
+    broker.flushdb()
+    celery_app.send_task("popoto.maintenance.check_indexes", ("Nothing",))
+    celery_app.send_task("popoto.events.drain_stream", ("s", "g"))
+    celery_app.send_task("popoto.events.drain_stream", ("s", "g"))
+    assert (broker.llen("maintenance"), broker.llen("events")) == (1, 2)
+    broker.flushdb()

@@ -65,6 +65,8 @@ def test_rebuild_job_restores_lost_index_entries(r: redis.Redis) -> None:
     with capture() as logs:
         result = maintenance.rebuild_indexes.apply_async((LABEL,), {"chunk_size": 500})
         state = wait_job(result.id)
+        # the chunk that finished the job logs it just after marking it done
+        wait_until(lambda: any(e["event"] == "job finished" for e in logs), timeout=10)
     assert state["status"] == "done"
     assert state["phase"] == "clean"
     assert state["done"] == state["total"] == 2500 + len(MaintGadget.index_keys())

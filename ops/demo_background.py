@@ -1,0 +1,137 @@
+"""The background layer end to end, against real worker processes on one Redis.
+
+``python -m popoto.testing.server run -- python -m ops.demo_background``:
+
+1. a web-style save (the example WSGI app, in-process) with a request_id;
+2. a task-driven index rebuild with a progress bar, run by a ``celery worker``;
+3. a beat-scheduled clean-up after TTL expiry (``celery beat`` publishes it);
+4. a ``python -m workers consume`` process projecting the demo's order events.
+
+This is a command-line program, so it prints. It flushes the database.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+
+import redis
+
+import popoto
+from popoto.redis_db import get_client
+from tasks.config import default_broker_url
+from tasks.testing import Process, spawn_beat, spawn_consumer, spawn_worker, wait_until
+
+
+def section(title: str) -> None:
+    print(f"\n== {title} " + "=" * max(0, 60 - len(title)), flush=True)
+
+
+def show(label: str, value: object) -> None:
+    print(f"  {label:<44} {value}", flush=True)
+
+
+def web(method: str, path: str, body: Any = None, request_id: str = "") -> Any:
+    """Call the example WSGI app in-process, as a web server would."""
+    from ops.web import application
+
+    raw = json.dumps(body).encode() if body is not None else b""
+    environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path,
+                               "CONTENT_LENGTH": str(len(raw)), "wsgi.input": io.BytesIO(raw)}
+    if request_id:
+        environ["HTTP_X_REQUEST_ID"] = request_id
+    setup_testing_defaults(environ)
+    return json.loads(b"".join(application(environ, lambda status, headers: None)))
+
+
+def main() -> int:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        print("run through: python -m popoto.testing.server run -- python -m ops.demo_background")
+        return 2
+    popoto.configure(url=url)
+    from tasks.logconfig import configure_logging
+
+    configure_logging("console", "INFO")  # the web requests' log lines, on stderr
+    client = get_client()
+    client.flushdb()
+    broker_url = default_broker_url(url)
+    redis.Redis.from_url(broker_url).flushdb()
+    from tasks import app
+
+    app.conf.update(broker_url=broker_url)
+    from ops.example_models import Note, Order, Session
+    from ops.cli import wait_for_job
+
+    env = {"REDIS_URL": url, "CELERY_BROKER_URL": broker_url,
+           "POPOTO_MODEL_MODULES": "ops.example_models",
+           "POPOTO_HANDLER_MODULES": "ops.example_handlers",
+           "POPOTO_TTL_CLEANUP_INTERVAL": "2", "POPOTO_CHECK_INTERVAL": "0",
+           "POPOTO_CLEAN_INTERVAL": "0", "POPOTO_LOG_LEVEL": "INFO"}
+    section("Starting a worker (2 processes), beat and a stream consumer")
+    schedule = os.path.join(tempfile.mkdtemp(prefix="popoto-demo-"), "beat-schedule")
+    processes: list[Process] = []
+    try:
+        processes.append(spawn_worker(env, concurrency=2, name="demo"))
+        processes.append(spawn_beat(env, schedule))
+        processes.append(spawn_consumer(env, ["--stream", "orders", "--group", "projections",
+                                              "--consumer", "demo-consumer",
+                                              "--block-ms", "200"]))
+        show("worker, beat, consumer pids", [p.pid for p in processes])
+
+        section("1. Web-style saves (request id demo-req-1)")
+        order = web("POST", "/orders", {"order_id": "A-1", "customer": "ann", "total": "30"},
+                    "demo-req-1")
+        show("POST /orders", order)
+        show("POST /orders/A-1/status paid",
+             web("POST", "/orders/A-1/status", {"status": "paid"}, "demo-req-1")["status"])
+        web("POST", "/orders", {"order_id": "B-2", "customer": "bob", "total": "12"})
+        show("POST /notes", web("POST", "/notes", {"title": "hello", "tag": "demo"})["key"])
+
+        section("2. A task-driven rebuild with progress")
+        Note.bulk_create([Note(title=f"n{i}", tag=f"t{i % 10}", score=float(i))
+                          for i in range(20_000)], batch_size=5000)
+        for key in client.scan_iter(match="$IndexF:Note:tag:*"):
+            client.delete(key)
+        show("tag indexes deleted: Note(tag='t3').count()", Note.query.filter(tag="t3").count())
+        show("check_indexes()['total']", Note.check_indexes()["total"])
+        job = web("POST", "/jobs/rebuild/Note", request_id="demo-req-2")
+        show("POST /jobs/rebuild/Note", job["job_id"])
+        state = wait_for_job(job["job_id"], sys.stdout, timeout=120, poll=0.2)
+        show("job", f"{state.get('status')} {state.get('done')}/{state.get('total')}")
+        show("after: Note(tag='t3').count()", Note.query.filter(tag="t3").count())
+        show("check_indexes()['total']", Note.check_indexes()["total"])
+
+        section("3. Beat-scheduled clean-up after TTL expiry")
+        for i in range(5):
+            Session(token=f"s{i}", user="ann", _ttl=1).save()
+        show("sessions saved with _ttl=1, index size",
+             client.scard("$IndexF:Session:user:ann"))
+        wait_until(lambda: not client.exists("$IndexF:Session:user:ann"), timeout=60,
+                   message="beat-driven TTL clean-up")
+        show("after expiry + beat tick, index size", client.scard("$IndexF:Session:user:ann"))
+
+        section("4. The consumer projected the order events")
+        wait_until(lambda: web("GET", "/orders/projection")["latest_status"].get("Order:B-2"),
+                   timeout=30, message="consumer caught up")
+        show("GET /orders/projection", web("GET", "/orders/projection"))
+        show("stream entries of Order", Order.stream_len())
+        worker_log = processes[0].output()
+        carried = sum(1 for line in worker_log.splitlines() if '"demo-req-2"' in line)
+        show("worker log lines with request_id demo-req-2", carried)
+    finally:
+        section("Stopping (SIGTERM: warm shutdown)")
+        for proc in reversed(processes):
+            show(f"pid {proc.pid} exit code", proc.terminate())
+    time.sleep(0.1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
