@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(SERVER) $(BIN)/python -m ops.demo
+	$(SERVER) sh -c '$(BIN)/python -m ops.demo && $(BIN)/python -m ops.demo_background'
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
