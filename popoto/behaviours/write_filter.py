@@ -175,4 +175,4 @@ def priority(model: type[Model], n: int = 10) -> list[Model]:
     flat = PRIORITY(get_client(), [model.priority_key()], [n])
     rows = [(m.decode() if isinstance(m, bytes) else m, float(s))
             for m, s in zip(flat[0::2], flat[1::2])]
-    return QuerySet(model)._hydrate(rows)
+    return QuerySet(model).hydrate(rows)

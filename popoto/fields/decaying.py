@@ -495,4 +495,4 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
     flat = TOP(get_client(), keys_, args)
     rows = [(m.decode() if isinstance(m, bytes) else m, float(s))
             for m, s in zip(flat[0::2], flat[1::2])]
-    return QuerySet(model)._hydrate(rows)
+    return QuerySet(model).hydrate(rows)

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from .. import keys
 from ..encoding import decode_field
 from ..exceptions import QueryException
-from ..redis_db import get_client
 from .compiler import Compiled, compile_q, keep_scores, set_score_source
 from .expressions import Q
+from .io import Command, Steps, run, run_async
 from .sources import Program, ScoreRange, SetSource, Source
 
 if TYPE_CHECKING:
@@ -139,11 +139,25 @@ class QuerySet:
     def _rev(self) -> bool:
         return bool(self._order and self._order.startswith("-"))
 
-    def _page(self, source: Source | None, offset: int, count: int) -> tuple[int, list[Any]]:
-        """(total, members[, scores]) of one page of ``source`` in Redis order."""
+    # --- evaluation as I/O-free steps (run by popoto.query.io, sync or async) ----
+    def _query_call(self, source: Source, mode: str, offset: int = 0,
+                    count: int = 0) -> Command:
+        """The QUERY script call evaluating ``source`` inside Redis."""
         from ..models import scripts
 
-        client = get_client()
+        prog = Program(temp_prefix=keys.temp_key(uuid.uuid4().hex))
+        result = source.emit(prog)
+        conv = prog.temp()
+        argv: list[Any] = [len(prog.ops)]
+        for op in prog.ops:
+            argv += op
+        scores = "1" if mode == "page" else "0"
+        argv += [result, mode, offset, count, "1" if self._rev() else "0", scores, conv]
+        return ("evalsha", (scripts.QUERY.sha, len(prog.keys), *prog.keys, *argv))
+
+    def _page_steps(self, source: Source | None, offset: int,
+                    count: int) -> Steps[tuple[int, list[Any]]]:
+        """(total, [(member, score)]) of one page of ``source`` in Redis order."""
         rev = self._rev()
         if source is None:
             source = SetSource(self.model._meta.db_class_set_key)
@@ -151,95 +165,70 @@ class QuerySet:
         if count < 0 and not offset and type(source) is SetSource and not (
                 order and order.is_sorted):  # (ordering by a sorted field: source is its zset)
             # a whole set needs no paging script: SMEMBERS, in the member order ZRANGE gives
-            members = sorted(client.smembers(source.key), reverse=rev)
+            (members,) = yield [("smembers", (source.key,))]
+            members = sorted(members, reverse=rev)
             return len(members), [(m, 0.0) for m in members]
         if isinstance(source, ScoreRange):
             # members only: a range's scores are the sorted field's own values, which the
             # hashes hold anyway (WITHSCORES made Redis format and redis-py parse every score)
             low, high = source.low, source.high
-            pipe = client.pipeline(transaction=False)
-            pipe.zcount(source.key, low, high)
-            num = None if count < 0 else count
-            page = {} if num is None else {"start": offset, "num": num}
-            if rev:
-                pipe.zrevrangebyscore(source.key, high, low, **page)
-            else:
-                pipe.zrangebyscore(source.key, low, high, **page)
-            total, members = pipe.execute()
-            if num is None and offset:
+            page = () if count < 0 else (offset, count)
+            rng = (("zrevrangebyscore", (source.key, high, low, *page)) if rev
+                   else ("zrangebyscore", (source.key, low, high, *page)))
+            total, members = yield [("zcount", (source.key, low, high)), rng]
+            if count < 0 and offset:
                 members = members[offset:]
             return total, [(m, 0.0) for m in members]
-        prog = Program(temp_prefix=keys.temp_key(uuid.uuid4().hex))
-        result = source.emit(prog)
-        conv = prog.temp()
-        argv: list[Any] = [len(prog.ops)]
-        for op in prog.ops:
-            argv += op
-        argv += [result, "page", offset, count, "1" if rev else "0", "1", conv]
-        total, flat = scripts.QUERY(client, prog.keys, argv)
+        ((total, flat),) = yield [self._query_call(source, "page", offset, count)]
         return total, list(zip(flat[0::2], (float(s) for s in flat[1::2])))
 
-    def _count_source(self, source: Source | None) -> int:
-        from ..models import scripts
-
-        client = get_client()
+    def _count_steps(self, source: Source | None) -> Steps[int]:
         if source is None:
-            return client.scard(self.model._meta.db_class_set_key)
+            source = SetSource(self.model._meta.db_class_set_key)
         if isinstance(source, SetSource):
-            return client.scard(source.key)
-        if isinstance(source, ScoreRange):
-            return client.zcount(source.key, source.low, source.high)
-        prog = Program(temp_prefix=keys.temp_key(uuid.uuid4().hex))
-        result = source.emit(prog)
-        conv = prog.temp()
-        argv: list[Any] = [len(prog.ops)]
-        for op in prog.ops:
-            argv += op
-        argv += [result, "count", 0, 0, "0", "0", conv]
-        return scripts.QUERY(client, prog.keys, argv)[0]
+            (n,) = yield [("scard", (source.key,))]
+        elif isinstance(source, ScoreRange):
+            (n,) = yield [("zcount", (source.key, source.low, source.high))]
+        else:
+            ((n,),) = yield [self._query_call(source, "count")]
+        return n
 
-    def _hydrate(self, rows: list[tuple[Any, float]]) -> list[Any]:
-        """Load instances (or value dicts) for ``rows`` in one pipelined round trip per batch.
+    def _hydrate_steps(self, rows: list[tuple[Any, float]]) -> Steps[list[Any]]:
+        """Instances (or value dicts) for ``rows``, one pipelined round trip per batch.
 
         Keys whose hash no longer exists (expired, deleted behind the ORM's
         back) are skipped.
         """
         out: list[Any] = []
-        client = get_client()
         model = self.model
+        values = self._values
         for start in range(0, len(rows), BATCH):
             chunk = rows[start:start + BATCH]
-            pipe = client.pipeline(transaction=False)
-            if self._values is not None:
-                for key, _score in chunk:
-                    pipe.hmget(key, self._values)
-            else:
-                for key, _score in chunk:
-                    pipe.hgetall(key)
-            replies = pipe.execute()
-            if self._values is None:  # the common case, kept tight: it runs once per result
-                from_redis = model.from_redis
+            if values is None:
+                replies = yield [("hgetall", (key,)) for key, _score in chunk]
+                from_redis = model.from_redis  # the common case, kept tight
                 for (key, score), reply in zip(chunk, replies):
                     if reply:
                         obj = from_redis(key.decode() if isinstance(key, bytes) else key, reply)
                         obj.__dict__["_score"] = score
                         out.append(obj)
                 continue
-            for (key, score), reply in zip(chunk, replies):
-                skey = key.decode() if isinstance(key, bytes) else key
-                if self._values is not None:
-                    if all(v is None for v in reply):
-                        if not client.exists(skey):
-                            continue
-                    out.append(self._value_dict(skey, reply))
-                    continue
-                if not reply:
-                    continue
-                obj = model.from_redis(skey, reply)
-                obj.__dict__["_score"] = score
-                out.append(obj)
-        model._meta.after_load(out, self._options)
+            replies = yield [("hmget", (key, values)) for key, _score in chunk]
+            names = [k.decode() if isinstance(k, bytes) else k for k, _score in chunk]
+            blank = [i for i, reply in enumerate(replies) if all(v is None for v in reply)]
+            gone: set[int] = set()
+            if blank:  # all-None could be a missing hash: ask which ones still exist
+                exists = yield [("exists", (names[i],)) for i in blank]
+                gone = {i for i, n in zip(blank, exists) if not n}
+            out += [self._value_dict(names[i], reply) for i, reply in enumerate(replies)
+                    if i not in gone]
+        if values is None:
+            model._meta.after_load(out, self._options)
         return out
+
+    def hydrate(self, rows: list[tuple[Any, float]]) -> list[Any]:
+        """Load the instances for ``(key, score)`` rows (skipping vanished hashes)."""
+        return run(self._hydrate_steps(rows))
 
     def _value_dict(self, key: str, reply: list[bytes | None]) -> dict[str, Any]:
         fields = self.model._meta.fields
@@ -261,45 +250,58 @@ class QuerySet:
 
         return sorted(objs, key=sort_key, reverse=self._rev())
 
-    def _fetch(self) -> list[Any]:
+    def _fetch_steps(self) -> Steps[list[Any]]:
         source, residual, redis_order = self._plan()
-        offset, limit = self._offset, self._limit
+        offset, limit, values = self._offset, self._limit, self._values
         if limit == 0:
             return []
-        values = self._values
         if residual is not None or not redis_order:
             # Python has work to do: evaluate over every candidate Redis returns.
-            if values is not None:
-                self._values = None
-            try:
-                _total, rows = self._page(source, 0, -1)
-                objs = [o for o in self._hydrate(rows) if residual is None or residual(o)]
-            finally:
-                self._values = values
-            objs = self._python_sort(objs)
-            end = None if limit is None else offset + limit
-            objs = objs[offset:end]
+            _total, rows = yield from self._page_steps(source, 0, -1)
+            loaded = yield from self._clone(_values=None)._hydrate_steps(rows)
+            objs = self._python_sort([o for o in loaded if residual is None or residual(o)])
+            objs = objs[offset:None if limit is None else offset + limit]
             if values is not None:
                 objs = [{n: getattr(o, n) for n in values} for o in objs]
             return objs
-        if source is None and self._order is None and not offset and limit is None:
-            return self._hydrate([(k, 0.0) for k in self._scan_class_set()])
         want = -1 if limit is None else limit
-        total, rows = self._page(source, offset, want)
-        objs = self._hydrate(rows)
+        total, rows = yield from self._page_steps(source, offset, want)
+        objs = yield from self._hydrate_steps(rows)
         # stale index entries were skipped: top the page up from further down
         next_offset = offset + len(rows)
         while want > 0 and len(objs) < want and next_offset < total:
-            _t, more = self._page(source, next_offset, want - len(objs))
+            _t, more = yield from self._page_steps(source, next_offset, want - len(objs))
             if not more:
                 break
             next_offset += len(more)
-            objs += self._hydrate(more)
+            objs += yield from self._hydrate_steps(more)
         return objs
 
-    def _scan_class_set(self) -> Iterator[bytes]:
-        client = get_client()
-        yield from client.sscan_iter(self.model._meta.db_class_set_key, count=BATCH)
+    def _count_all_steps(self) -> Steps[int]:
+        if not self._where and not self._options and self._limit is None and not self._offset:
+            return (yield from self._count_steps(None))  # no plan to compile
+        source, residual, _ = self._plan()
+        if residual is None and self._limit is None and not self._offset:
+            return (yield from self._count_steps(source))
+        return len((yield from self._clone(_values=None)._fetch_steps()))
+
+    def _keys_steps(self) -> Steps[list[str]]:
+        source, residual, redis_order = self._plan()
+        if residual is not None or not redis_order:
+            return [o.pk for o in (yield from self._clone(_values=None)._fetch_steps())]
+        want = -1 if self._limit is None else self._limit
+        _total, rows = yield from self._page_steps(source, self._offset, want)
+        return [k.decode() if isinstance(k, bytes) else k for k, _s in rows]
+
+    def _get_steps(self) -> Steps[Any]:
+        found = yield from self.limit(2)._fetch_steps()
+        if len(found) > 1:
+            raise QueryException(f"{self.model.__name__}.get() matched more than one instance; "
+                                 f"use filter() or add conditions")
+        return found[0] if found else None
+
+    def _fetch(self) -> list[Any]:
+        return run(self._fetch_steps())
 
     # --- public evaluation API -------------------------------------------
     def __iter__(self) -> Iterator[Any]:
@@ -344,12 +346,7 @@ class QuerySet:
 
     def count(self) -> int:
         """Number of matches; answered by SCARD/ZCOUNT/ZCARD when indexes cover the filter."""
-        if not self._where and not self._options and self._limit is None and not self._offset:
-            return get_client().scard(self.model._meta.db_class_set_key)  # no plan to compile
-        source, residual, _ = self._plan()
-        if residual is None and self._limit is None and not self._offset:
-            return self._count_source(source)
-        return len(self._clone(_values=None))
+        return run(self._count_all_steps())
 
     def exists(self) -> bool:
         return bool(self.limit(1)._fetch())
@@ -369,20 +366,11 @@ class QuerySet:
 
     def keys(self) -> list[str]:
         """Instance keys of the matches (no hashes are read when indexes cover the filter)."""
-        source, residual, redis_order = self._plan()
-        if residual is not None or not redis_order:
-            return [o.pk for o in self._clone(_values=None)]
-        want = -1 if self._limit is None else self._limit
-        _total, rows = self._page(source, self._offset, want)
-        return [k.decode() if isinstance(k, bytes) else k for k, _s in rows]
+        return run(self._keys_steps())
 
     def get(self, *conditions: Q, **kwargs: Any) -> Any:
         """The single match, None when there is none; QueryException when several match."""
-        found = self.filter(*conditions, **kwargs).limit(2)._fetch()
-        if len(found) > 1:
-            raise QueryException(f"{self.model.__name__}.get() matched more than one instance; "
-                                 f"use filter() or add conditions")
-        return found[0] if found else None
+        return run(self.filter(*conditions, **kwargs)._get_steps())
 
     def all(self) -> QuerySet:
         return self._clone()
@@ -393,16 +381,20 @@ class QuerySet:
         qs._options["no_track"] = True
         return qs
 
-    # --- async ---------------------------------------------------------
+    # --- async: the same steps on redis.asyncio ---------------------------
     async def async_list(self) -> list[Any]:
-        from .async_exec import fetch_async
-
-        return await fetch_async(self)
+        if self._cache is None:
+            self._cache = await run_async(self._fetch_steps())
+        return list(self._cache)
 
     async def async_count(self) -> int:
-        from .async_exec import count_async
+        return await run_async(self._count_all_steps())
 
-        return await count_async(self)
+    async def async_keys(self) -> list[str]:
+        return await run_async(self._keys_steps())
+
+    async def async_get(self) -> Any:
+        return await run_async(self._get_steps())
 
 
 class Query:
@@ -414,29 +406,30 @@ class Query:
     def _qs(self) -> QuerySet:
         return QuerySet(self.model)
 
+    def _get_steps(self, conditions: tuple[Q, ...], db_key: str | None,
+                   kwargs: dict[str, Any]) -> Steps[Any]:
+        meta = self.model._meta
+        if db_key is None and not conditions and kwargs and set(kwargs) == set(
+                meta.key_field_names):
+            ordered = [meta.fields[n].coerce(kwargs[n]) for n in meta.key_field_names]
+            db_key, kwargs = keys.instance_key(meta.model_name, ordered), {}
+        if db_key is None:
+            return (yield from self._qs().filter(*conditions, **kwargs)._get_steps())
+        if conditions or kwargs:
+            raise QueryException("get() takes either db_key/redis_key or filters, not both")
+        if not db_key.startswith(meta.db_class_key + keys.SEP):
+            return None
+        (raw,) = yield [("hgetall", (db_key,))]
+        if not raw:
+            return None
+        obj = self.model.from_redis(db_key, raw)
+        meta.after_load([obj], {})
+        return obj
+
     def get(self, *conditions: Q, db_key: str | None = None, redis_key: str | None = None,
             **kwargs: Any) -> Any:
         """One instance by key fields, ``db_key``/``redis_key`` or any filter; None if absent."""
-        key = db_key or redis_key
-        if key is not None:
-            if conditions or kwargs:
-                raise QueryException("get() takes either db_key/redis_key or filters, not both")
-            if not key.startswith(self.model._meta.db_class_key + keys.SEP):
-                return None
-            raw = get_client().hgetall(key)
-            if not raw:
-                return None
-            obj = self.model.from_redis(key, raw)
-            self.model._meta.after_load([obj], {})
-            return obj
-        meta = self.model._meta
-        if not conditions and kwargs and set(kwargs) == set(meta.key_field_names):
-            ordered = []
-            for name in meta.key_field_names:
-                field = meta.fields[name]
-                ordered.append(field.coerce(kwargs[name]))
-            return self.get(db_key=keys.instance_key(meta.model_name, ordered))
-        return self._qs().get(*conditions, **kwargs)
+        return run(self._get_steps(conditions, db_key or redis_key, kwargs))
 
     def filter(self, *conditions: Q, **kwargs: Any) -> QuerySet:
         return self._qs().filter(*conditions, **kwargs)
@@ -491,11 +484,10 @@ class Query:
 
         return priority(self.model, n)
 
-    # async reads (redis.asyncio)
-    async def async_get(self, *conditions: Q, **kwargs: Any) -> Any:
-        from .async_exec import get_async
-
-        return await get_async(self, *conditions, **kwargs)
+    # async reads (redis.asyncio): the same steps, awaited
+    async def async_get(self, *conditions: Q, db_key: str | None = None,
+                        redis_key: str | None = None, **kwargs: Any) -> Any:
+        return await run_async(self._get_steps(conditions, db_key or redis_key, kwargs))
 
     async def async_filter(self, *conditions: Q, **kwargs: Any) -> list[Any]:
         return await self.filter(*conditions, **kwargs).async_list()
