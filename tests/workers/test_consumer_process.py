@@ -58,7 +58,9 @@ def test_killed_after_read_before_ack_entries_are_reclaimed_effect_once(
     add_orders(r, 5)
     doomed = spawn_consumer(env(redis_url, TEST_HANDLER_SLEEP="60"), args("doomed"))
     with doomed:
-        wait_until(lambda: r.get("proc:invocations") == b"1", timeout=20)
+        # the handler counts its invocation, applies the effect, then sleeps: kill it asleep
+        wait_until(lambda: r.get("proc:invocations") == b"1"
+                   and r.hget("proc:totals", "handled") == b"1", timeout=20)
         doomed.kill9()
     assert r.xpending(STREAM, "projections")["pending"] == 5  # read, never acked
     assert r.hget("proc:totals", "handled") == b"1"  # its effect did happen
