@@ -59,7 +59,7 @@ class Sizes:
     counts: int = 2000
     memory: int = 10_000
     scale: tuple[int, ...] = (1_000, 100_000)
-    reps: int = 5
+    reps: int = 7
     peer_divisor: int = 10  # peers run 1/10 of the ops in the slow read scenarios
 
 
@@ -107,8 +107,18 @@ class Result:
 
     @property
     def time_ratio(self) -> float | None:
-        raw, pop = self.per_op(RAW), self.per_op(POPOTO)
-        return None if not raw or pop is None else pop / raw
+        """Median over repetitions of popoto/raw, each pair timed back to back.
+
+        The round trip of this shared machine drifts by tens of percent within a
+        minute; a ratio of two medians taken at different moments carries that drift,
+        a median of paired ratios cancels most of it.
+        """
+        raw, pop = self.timings.get(RAW), self.timings.get(POPOTO)
+        if raw is None or pop is None:
+            return None
+        pairs = [(p / pop["ops"]) / (r / raw["ops"])
+                 for r, p in zip(raw["samples_s"], pop["samples_s"])]
+        return statistics.median(pairs)
 
     def as_dict(self) -> dict[str, Any]:
         ratio = self.time_ratio
@@ -121,6 +131,8 @@ class Result:
             "stored_objects": self.stored,
             "timings": self.timings,
             "ratio_popoto_over_raw_time": ratio,
+            "ratio_of_medians": None if not self.per_op(RAW) or pop is None
+            else pop / self.per_op(RAW),
             "ratio_popoto_over_raw_throughput": None if not ratio else 1 / ratio,
             "ratio_popoto_over_plain_time": None if not plain or pop is None else pop / plain,
             "target": None if self.target is None else self.target.text(),
@@ -133,10 +145,12 @@ class Result:
 
 
 def measure(impls: list[Impl], reps: int) -> dict[str, dict[str, Any]]:
-    """Run every impl ``reps`` times, interleaved; medians of elapsed time."""
+    """Run every impl ``reps`` times, interleaved (order flipped every repetition); medians."""
+    # raw and popoto always run back to back (their ratio is taken per repetition)
+    impls = sorted(impls, key=lambda i: {RAW: 0, POPOTO: 1}.get(i.name, 2))
     samples: dict[str, list[float]] = {i.name: [] for i in impls}
-    for _ in range(reps):
-        for impl in impls:
+    for rep in range(reps):
+        for impl in impls if rep % 2 == 0 else impls[::-1]:  # no side always goes first
             if impl.setup is not None:
                 impl.setup()
             # the harness's own data (up to 1M rows) must not make the timed code's garbage
@@ -357,8 +371,9 @@ class Bench:
                 impls.append(Impl(om.name, lambda rs=rows: om.bulk_create(rs), n, self.clean))
             self.record(f"2/{n}", f"bulk_create of {n}", 0, Target("throughput", 0.60), impls,
                         reps=min(self.sizes.reps, 3),
-                        notes=["1,000 create-only save-script calls per pipeline; raw = the same "
-                               "EVALSHAs; raw-plain = HSET/SADD/ZADD/SADD per row pipelined; "
+                        notes=["3 repetitions; 1,000 create-only save-script calls per "
+                               "pipeline; raw = the same EVALSHAs; raw-plain = "
+                               "HSET/SADD/ZADD/SADD per row pipelined; "
                                "redis-om add() = one HSET per object in one pipeline"])
         self.clean()
 
@@ -609,9 +624,25 @@ def environment(client: redis.Redis, sizes: Sizes, mode: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "mode": mode,
+        "git": _git_state(),
         "repetitions": sizes.reps,
         "counts": {k: v for k, v in sizes.__dict__.items()},
     }
+
+
+def _git_state() -> dict[str, Any] | None:
+    """The commit measured and any uncommitted change to the library (None outside git)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "popoto"],
+                               capture_output=True, text=True, check=True,
+                               timeout=10).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head, "uncommitted_popoto_changes": [d[3:] for d in dirty if d]}
 
 
 def _dist_version(name: str) -> str | None:
