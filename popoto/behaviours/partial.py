@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import FieldUsageError
 from ..models import scripts
+from ..query.io import run
 
 if TYPE_CHECKING:
     from ..models.base import Model
@@ -29,6 +30,6 @@ def save_fields(instance: Model, names: Iterable[str], pipeline: Any = None,
         )
     batch = instance.build_save(update_fields=list(names), skip_auto_now=skip_auto_now)
     batch.must_exist = True
-    instance._run(scripts.SAVE, batch.save_args(), pipeline, batch)
+    run(instance._write_steps(scripts.SAVE, batch.save_args(), pipeline, batch))
     instance._saved(batch)
     return batch

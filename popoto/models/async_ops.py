@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from ..exceptions import KeyMutationError, ModelException, UniqueViolation
+from ..exceptions import ModelException, UniqueViolation
 from ..query.async_exec import execute_calls_async, fetch_async, keys_async, run_script_async
+from ..query.io import run_async
 from ..redis_db import get_async_client
 from . import bulk, scripts
 
@@ -24,20 +25,6 @@ if TYPE_CHECKING:
     from .base import Model
 
 logger = logging.getLogger("popoto.models")
-
-_loaded: set[tuple[int, str]] = set()
-
-
-async def _queue(pipeline: Any, script: scripts.LuaScript, keys: list[str],
-                 args: list[Any]) -> None:
-    """Queue a script call on the caller's pipeline, making sure the server has the script."""
-    client = get_async_client()
-    ident = (id(client), script.sha)
-    if ident not in _loaded:
-        await client.script_load(script.body)
-        _loaded.add(ident)
-    pipeline.evalsha(script.sha, len(keys), *keys, *args)
-
 
 async def _run_bulk(calls: Sequence[bulk.Call], batch_size: int,
                     outcome: bulk.BulkOutcome) -> None:
@@ -70,43 +57,13 @@ class AsyncModelMixin:
         migrate_key: bool = False,
         **options: Any,
     ) -> Any:
-        """Async ``save()``: same validation and single script call, awaited."""
-        from .base import translate_error
-
-        if update_fields is not None and not list(update_fields):
-            return pipeline if pipeline is not None else True
-        must_not_exist = options.pop("_must_not_exist", False)
-        if not self._gate(**options):
-            return pipeline if pipeline is not None else False
-        try:
-            batch = self.build_save(update_fields, migrate_key, skip_auto_now, must_not_exist)
-            keys, args = batch.save_args()
-            if pipeline is not None:
-                await _queue(pipeline, scripts.SAVE, keys, args)
-            else:
-                try:
-                    await run_script_async(scripts.SAVE, keys, args)
-                except redis.exceptions.ResponseError as exc:
-                    raise translate_error(type(self), exc, batch) from None
-        except ModelException as exc:
-            if not ignore_errors or isinstance(exc, KeyMutationError):
-                raise
-            logger.error("save of %r failed: %s", self, exc)
-            return pipeline if pipeline is not None else False
-        self._saved(batch)
-        return pipeline if pipeline is not None else True
+        """Async ``save()``: the same steps as ``save()``, awaited on redis.asyncio."""
+        return await run_async(self.save_steps(pipeline, ignore_errors, skip_auto_now,
+                                               update_fields, migrate_key, options))
 
     async def async_delete(self, pipeline: Any = None) -> Any:
         """Async ``delete()``: True if the instance existed (the pipeline when one is given)."""
-        batch = self.build_delete()
-        keys, args = batch.delete_args()
-        if pipeline is not None:
-            await _queue(pipeline, scripts.DELETE, keys, args)
-            self.__dict__["_redis_key"] = None
-            return pipeline
-        result = await run_script_async(scripts.DELETE, keys, args)
-        self.__dict__["_redis_key"] = None
-        return bool(result)
+        return await run_async(self.delete_steps(pipeline))
 
     @classmethod
     async def async_create(cls, pipeline: Any = None, **kwargs: Any) -> Model:

@@ -22,7 +22,7 @@ from ..exceptions import KeyMutationError, ModelException, UniqueViolation
 from ..fields.decaying import DecayMethodsMixin
 from ..fields.field import Field
 from ..fields.shortcuts import AutoKeyField
-from ..redis_db import get_client
+from ..query.io import Steps, run
 from . import registry, scripts
 from .async_ops import AsyncModelMixin
 from .bulk import BulkMixin
@@ -293,6 +293,13 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         when ``ignore_errors`` swallowed an error or a behaviour vetoed the save.
         ``update_fields=[]`` is a no-op.
         """
+        return run(self.save_steps(pipeline, ignore_errors, skip_auto_now, update_fields,
+                                   migrate_key, options))
+
+    def save_steps(self, pipeline: Any, ignore_errors: bool, skip_auto_now: bool,
+                   update_fields: Iterable[str] | None, migrate_key: bool,
+                   options: dict[str, Any]) -> Steps[Any]:
+        """The save as I/O-free steps; ``save`` and ``async_save`` run the same steps."""
         if update_fields is not None and not list(update_fields):
             return pipeline if pipeline is not None else True
         must_not_exist = options.pop("_must_not_exist", False)
@@ -300,7 +307,7 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
             return pipeline if pipeline is not None else False
         try:
             batch = self.build_save(update_fields, migrate_key, skip_auto_now, must_not_exist)
-            self._run(scripts.SAVE, batch.save_args(), pipeline, batch)
+            yield from self._write_steps(scripts.SAVE, batch.save_args(), pipeline, batch)
         except ModelException as exc:
             if not ignore_errors or isinstance(exc, KeyMutationError):
                 raise
@@ -309,17 +316,18 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         self._saved(batch)
         return pipeline if pipeline is not None else True
 
-    def _run(self, script: scripts.LuaScript, call: tuple[list[str], list[Any]],
-             pipeline: Any, batch: WriteBatch | None = None) -> Any:
-        client = get_client()
+    def _write_steps(self, script: scripts.LuaScript, call: tuple[list[str], list[Any]],
+                     pipeline: Any, batch: WriteBatch | None = None) -> Steps[Any]:
+        """Run ``script`` now (one round trip), or only queue it on the caller's pipeline."""
         keys_, args = call
         if pipeline is not None:
-            script.queue(pipeline, client, keys_, args)
+            script.queue_eval(pipeline, keys_, args)
             return None
         try:
-            return script(client, keys_, args)
+            (reply,) = yield [script.command(keys_, args)]
         except redis.exceptions.ResponseError as exc:
             raise translate_error(type(self), exc, batch) from None
+        return reply
 
     def build_delete(self) -> WriteBatch:
         """Describe the delete (every index owner, behaviour hooks) as a WriteBatch (no I/O)."""
@@ -340,8 +348,12 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         Returns True if the instance existed, False otherwise (the pipeline
         when one is given).
         """
+        return run(self.delete_steps(pipeline))
+
+    def delete_steps(self, pipeline: Any) -> Steps[Any]:
+        """The delete as I/O-free steps; ``delete`` and ``async_delete`` run the same steps."""
         batch = self.build_delete()
-        result = self._run(scripts.DELETE, batch.delete_args(), pipeline)
+        result = yield from self._write_steps(scripts.DELETE, batch.delete_args(), pipeline)
         self.__dict__["_redis_key"] = None
         if pipeline is not None:
             return pipeline

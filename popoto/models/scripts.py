@@ -39,6 +39,18 @@ class LuaScript:
             client.script_load(self.body)
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
+    def command(self, keys: list[str], args: list[Any]) -> tuple[str, tuple[Any, ...]]:
+        """This script's call as a command for :mod:`popoto.query.io` step generators."""
+        return ("evalsha", (self.sha, len(keys), *keys, *args))
+
+    def queue_eval(self, pipe: Any, keys: list[str], args: list[Any]) -> None:
+        """Queue a call on a caller's pipeline (sync or asyncio) as EVAL of the body.
+
+        Nothing needs loading first and a server that lost its script cache
+        still runs it, whichever client later executes the pipeline.
+        """
+        pipe.eval(self.body, len(keys), *keys, *args)
+
     def queue(self, pipe: Any, client: redis.Redis, keys: list[str], args: list[Any]) -> None:
         """Queue a call on ``pipe`` (the script is loaded through ``client`` first)."""
         self.ensure_loaded(client)

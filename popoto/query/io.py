@@ -52,12 +52,21 @@ def execute(client: Any, commands: list[Command]) -> list[Any]:
 
 
 def run(steps: Steps[T]) -> T:
-    """Drive a step generator with the synchronous client."""
+    """Drive a step generator with the synchronous client.
+
+    A Redis error of a round trip is thrown into the generator, which may
+    translate it (e.g. a script's error reply into UniqueViolation).
+    """
     client = get_client()
     try:
         commands = next(steps)
         while True:
-            commands = steps.send(execute(client, commands))
+            try:
+                replies = execute(client, commands)
+            except redis.exceptions.RedisError as exc:
+                commands = steps.throw(exc)
+                continue
+            commands = steps.send(replies)
     except StopIteration as done:
         return done.value
 
@@ -88,6 +97,11 @@ async def run_async(steps: Steps[T]) -> T:
     try:
         commands = next(steps)
         while True:
-            commands = steps.send(await execute_async(client, commands))
+            try:
+                replies = await execute_async(client, commands)
+            except redis.exceptions.RedisError as exc:
+                commands = steps.throw(exc)
+                continue
+            commands = steps.send(replies)
     except StopIteration as done:
         return done.value

@@ -153,7 +153,7 @@ class QuerySet:
             argv += op
         scores = "1" if mode == "page" else "0"
         argv += [result, mode, offset, count, "1" if self._rev() else "0", scores, conv]
-        return ("evalsha", (scripts.QUERY.sha, len(prog.keys), *prog.keys, *argv))
+        return scripts.QUERY.command(prog.keys, argv)
 
     def _page_steps(self, source: Source | None, offset: int,
                     count: int) -> Steps[tuple[int, list[Any]]]:
