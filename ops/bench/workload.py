@@ -150,8 +150,8 @@ class Raw:
             "sku", pack(row.sku), "score", pack(row.score), "color", pack(row.color),
             "name", pack(row.name), "qty", pack(row.qty), "price", pack(row.price),
             "created", pack(row.created),
-            "@idx:score", pack([["Z", SCORE_KEY, key]]),
-            "@idx:color", pack([["S", ckey, key]]),
+            "@idx:score", pack([["Z", SCORE_KEY]]),
+            "@idx:color", pack([["S", ckey]]),
             0, 2, "Z", SCORE_KEY, key, repr(row.score), "S", ckey, key, "", 0,
         ]
 

@@ -298,11 +298,11 @@ if sorted then
   if idx then entries = cmsgpack.unpack(idx) end
   local moved = false
   for _, e in ipairs(entries) do
-    if e[1] == 'Z' then redis.call('ZADD', e[2], text, e[3]); moved = true end
+    if e[1] == 'Z' then redis.call('ZADD', e[2], text, e[3] or key); moved = true end
   end
   if not moved and fallback ~= '' then
     redis.call('ZADD', fallback, text, key)
-    entries[#entries + 1] = {'Z', fallback, key}
+    entries[#entries + 1] = {'Z', fallback}
     redis.call('HSET', key, idx_field, cmsgpack.pack(entries))
   end
 end

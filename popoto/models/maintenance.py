@@ -50,7 +50,17 @@ from .. import keys
 from ..exceptions import ModelException
 from ..redis_db import get_client
 from . import scripts
-from .write import CLAIM, GEO, IDX_PREFIX, KEY, SET, ZSET, WriteBatch
+from .write import (
+    CLAIM,
+    GEO,
+    IDX_PREFIX,
+    KEY,
+    SET,
+    ZSET,
+    WriteBatch,
+    pack_record,
+    unpack_record,
+)
 
 if TYPE_CHECKING:
     from .base import Model
@@ -80,7 +90,9 @@ local function owns(inst, m)
   local ok, entries = pcall(cmsgpack.unpack, packed)
   if not ok or type(entries) ~= 'table' then return false end
   for _, e in ipairs(entries) do
-    if e[2] == idx and e[3] == m and string.find(kinds, e[1], 1, true) then return true end
+    if e[2] == idx and (e[3] or inst) == m and string.find(kinds, e[1], 1, true) then
+      return true
+    end
   end
   return false
 end
@@ -114,7 +126,7 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _stored_records(raw: dict[Any, bytes]) -> dict[str, set[Entry]]:
+def _stored_records(raw: dict[Any, bytes], owner_key: str) -> dict[str, set[Entry]]:
     """The ``@idx:<owner>`` records of a raw hash (an unreadable record counts as empty)."""
     out: dict[str, set[Entry]] = {}
     for name, packed in raw.items():
@@ -122,9 +134,8 @@ def _stored_records(raw: dict[Any, bytes]) -> dict[str, set[Entry]]:
         if not name.startswith(IDX_PREFIX):
             continue
         try:
-            rows = msgpack.unpackb(packed, raw=False)
-            out[name[len(IDX_PREFIX):]] = {(_s(k), _s(rk), _s(m)) for k, rk, m in rows}
-        except (ValueError, TypeError, msgpack.UnpackException):
+            out[name[len(IDX_PREFIX):]] = unpack_record(packed, owner_key)
+        except (ValueError, TypeError, IndexError, msgpack.UnpackException):
             out[name[len(IDX_PREFIX):]] = set()
     return out
 
@@ -135,12 +146,13 @@ def _record_problems(raw: dict[Any, bytes], batch: WriteBatch) -> list[str]:
     stored = {k[len(IDX_PREFIX):] for k in raw if k.startswith(IDX_PREFIX)}
     problems = []
     for owner in sorted(stored | {o for o, rows in batch.entries.items() if rows}):
-        rows = [[k, rk, m] for k, rk, m, _score in batch.entries.get(owner, ())]
+        rows = batch.entries.get(owner, [])
         record = raw.get(IDX_PREFIX + owner)
-        if record is not None and rows and record == msgpack.packb(rows):
+        if record is not None and rows and record == pack_record(rows, batch.key):
             continue  # byte-identical to what the write path writes: the usual case
-        want = {(k, rk, m) for k, rk, m in rows}
-        if record is None or _stored_records({IDX_PREFIX + owner: record}).get(owner) != want:
+        want = {(k, rk, m) for k, rk, m, _score in rows}
+        stored = _stored_records({IDX_PREFIX + owner: record}, batch.key) if record else {}
+        if record is None or stored.get(owner) != want:
             problems.append(owner)
     return problems
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from ..encoding import pack
 
 IDX_PREFIX = "@idx:"
@@ -39,6 +41,28 @@ IDX_PREFIX = "@idx:"
 SET, ZSET, CLAIM, KEY, GEO = "S", "Z", "C", "K", "G"
 # Persistent companions (see the module docstring): a key beside the hash, a hash field.
 LINKED_KEY, COMPANION_FIELD = "L", "H"
+_SELF_MEMBER = frozenset({SET, ZSET, GEO})  # kinds whose member is the owner's own key
+
+
+def pack_record(rows: list[tuple[str, str, str, Any]], owner_key: str) -> bytes:
+    """Pack an ``@idx:<owner>`` record: ``[kind, key]`` when the member is the owner's
+    own key (it usually is), else ``[kind, key, member]``. Keeping records short keeps
+    small instance hashes in Redis's compact encoding (values <= 64 bytes)."""
+    return pack([[k, rk] if m == owner_key and k in _SELF_MEMBER else [k, rk, m]
+                 for k, rk, m, _s in rows])
+
+
+def unpack_record(packed: bytes, owner_key: str) -> set[tuple[str, str, str]]:
+    """The ``(kind, key, member)`` entries of a record written by :func:`pack_record`."""
+    out = set()
+    for row in msgpack.unpackb(packed, raw=False):
+        kind, key = _text(row[0]), _text(row[1])
+        out.add((kind, key, _text(row[2]) if len(row) > 2 else owner_key))
+    return out
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 _LUA_COMMON = r"""
 -- kept: persistent companions (L, H) of a rewrite, by identity; nil when deleting
@@ -46,7 +70,7 @@ local function remove_entries(packed, owner_key, kept)
   if not packed then return end
   local entries = cmsgpack.unpack(packed)
   for _, e in ipairs(entries) do
-    local kind, k, m = e[1], e[2], e[3]
+    local kind, k, m = e[1], e[2], e[3] or owner_key
     if kept and kind == 'L' then kept['L' .. m] = e
     elseif kept and kind == 'H' then kept['H' .. k] = e
     elseif kind == 'L' then redis.call('DEL', k)
@@ -248,7 +272,7 @@ class WriteBatch:
         for owner in self.owners:
             rows = self.entries[owner]
             if rows:
-                mapping[IDX_PREFIX + owner] = pack([[k, rk, m] for k, rk, m, _s in rows])
+                mapping[IDX_PREFIX + owner] = pack_record(rows, self.key)
             else:
                 hdel.append(IDX_PREFIX + owner)
         argv.append(len(mapping))
