@@ -7,55 +7,19 @@ test the broker must be idle again, so no message leaks into the next test.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
-import redis
-from celery.contrib.testing.worker import start_worker
 
-from tasks import app
-from tasks.config import default_broker_url
-from tasks.testing import broker_idle, use_test_broker, wait_until
-
-
-@pytest.fixture(scope="session")
-def broker_url(redis_url: str) -> str:
-    return default_broker_url(redis_url)
-
-
-@pytest.fixture(scope="session")
-def broker(broker_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(broker_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
-def celery_app(broker_url: str) -> Any:
-    """The project's Celery app on the test broker, with results stored there."""
-    return use_test_broker(app, broker_url)
-
-
-@pytest.fixture(scope="module")
-def worker(celery_app: Any, broker: redis.Redis) -> Iterator[Any]:
-    """An in-process worker (2 threads) consuming both queues."""
-    broker.flushdb()
-    with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False,
-                      loglevel="WARNING", shutdown_timeout=20) as w:
-        yield w
-    broker.flushdb()
+from tests.celery_fixtures import (  # noqa: F401  (fixtures)
+    broker,
+    broker_url,
+    celery_app,
+    idle_after,
+    worker,
+)
 
 
 @pytest.fixture
-def idle_after(broker: redis.Redis) -> Iterator[None]:
-    """Fail the test if it leaves queued or unacked messages behind."""
-    yield
-    wait_until(lambda: broker_idle(broker), timeout=20, message="broker idle after test")
-
-
-@pytest.fixture
-def subprocess_env(redis_url: str, broker_url: str) -> dict[str, str]:
+def subprocess_env(redis_url: str, broker_url: str) -> dict[str, str]:  # noqa: F811
     """Environment for ``celery worker`` subprocesses: quick redelivery, quick retries."""
     return {
         "REDIS_URL": redis_url,
