@@ -273,6 +273,32 @@ def _snapshot(job: Job, phase: str, compute: Callable[[], list[str]]) -> list[st
     return found
 
 
+def _enqueue_chunks(task: Any, job: Job, phase: str, chunks: list[Any],
+                    send: Callable[[int, Any, str], None], repair: bool,
+                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> ChunkResult | None:
+    """Enqueue the chunks of a phase cut up front, resumably.
+
+    Goes on from the recorded position; after ``job_step_seconds`` the
+    coordinator re-enqueues itself (``args``/``kwargs``) and None is returned,
+    as it is when a redelivered coordinator finds the scan already ended.
+    Otherwise the scan is finished and its result returned.
+    """
+    if repair:
+        _requeue_missing(job, phase, chunks, send)
+    if _already_scanned(job, phase):
+        return None
+    _cursor, step = job.position(phase)
+    deadline = time.monotonic() + settings.job_step_seconds
+    while step < len(chunks):
+        send(step, chunks[step], f"{job.id}-{phase}-{step}")
+        step += 1
+        job.advance(phase, step, step, len(chunks[step - 1]))
+        if step < len(chunks) and time.monotonic() > deadline:
+            _continue(task, args, kwargs, f"{job.id}-{phase}-scan-{step}")
+            return None
+    return job.finish_scan(phase)
+
+
 def _requeue_missing(job: Job, phase: str, chunks: list[Any],
                      send: Callable[[int, Any, str], None]) -> int:
     """Repair: enqueue again every chunk already cut whose completion was never recorded."""
@@ -310,20 +336,10 @@ def clean_indexes(self: Any, label: str, job_id: str | None = None,
     def send(i: int, group: list[str], task_id: str) -> None:
         clean_index_keys.apply_async((label, job.id, i, group), task_id=task_id)
 
-    if repair:
-        _requeue_missing(job, "clean", groups, send)
-    if _already_scanned(job, "clean"):
+    result = _enqueue_chunks(self, job, "clean", groups, send, repair, (label,),
+                             {"job_id": job.id})
+    if result is None:
         return job.id
-    _cursor, step = job.position("clean")
-    deadline = time.monotonic() + settings.job_step_seconds
-    while step < len(groups):
-        send(step, groups[step], f"{job.id}-clean-{step}")
-        step += 1
-        job.advance("clean", step, step, len(groups[step - 1]))
-        if step < len(groups) and time.monotonic() > deadline:
-            _continue(self, (label,), {"job_id": job.id}, f"{job.id}-clean-scan-{step}")
-            return job.id
-    result = job.finish_scan("clean")
     log.info("scan finished", job_id=job.id, model=label, phase="clean", chunks=len(groups),
              index_keys=len(index_keys))
     _settle(job, result)
@@ -441,21 +457,10 @@ def bulk_update(self: Any, label: str, filter: dict[str, Any], updates: dict[str
     def send(i: int, chunk: list[str], task_id: str) -> None:
         bulk_update_chunk.apply_async((label, job.id, i, chunk, updates), task_id=task_id)
 
-    if repair:
-        _requeue_missing(job, "update", chunks, send)
-    if _already_scanned(job, "update"):
+    result = _enqueue_chunks(self, job, "update", chunks, send, repair, (label, filter, updates),
+                             {"job_id": job.id, "chunk_size": size})
+    if result is None:
         return job.id
-    _cursor, step = job.position("update")
-    deadline = time.monotonic() + settings.job_step_seconds
-    while step < len(chunks):
-        send(step, chunks[step], f"{job.id}-update-{step}")
-        step += 1
-        job.advance("update", step, step, len(chunks[step - 1]))
-        if step < len(chunks) and time.monotonic() > deadline:
-            _continue(self, (label, filter, updates), {"job_id": job.id, "chunk_size": size},
-                      f"{job.id}-update-scan-{step}")
-            return job.id
-    result = job.finish_scan("update")
     log.info("scan finished", job_id=job.id, model=label, phase="update", chunks=len(chunks),
              total=len(keys))
     _settle(job, result)
