@@ -275,18 +275,18 @@ def _snapshot(job: Job, phase: str, compute: Callable[[], list[str]]) -> list[st
 
 def _enqueue_chunks(task: Any, job: Job, phase: str, chunks: list[Any],
                     send: Callable[[int, Any, str], None], repair: bool,
-                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> ChunkResult | None:
-    """Enqueue the chunks of a phase cut up front, resumably.
+                    args: tuple[Any, ...], kwargs: dict[str, Any], **scan_info: Any) -> None:
+    """Enqueue the chunks of a phase cut up front, resumably, then settle the scan.
 
     Goes on from the recorded position; after ``job_step_seconds`` the
-    coordinator re-enqueues itself (``args``/``kwargs``) and None is returned,
-    as it is when a redelivered coordinator finds the scan already ended.
-    Otherwise the scan is finished and its result returned.
+    coordinator re-enqueues itself (``args``/``kwargs``) and stops. A
+    redelivered coordinator whose scan had ended settles again instead.
+    ``scan_info`` is logged with "scan finished".
     """
     if repair:
         _requeue_missing(job, phase, chunks, send)
     if _already_scanned(job, phase):
-        return None
+        return
     _cursor, step = job.position(phase)
     deadline = time.monotonic() + settings.job_step_seconds
     while step < len(chunks):
@@ -295,8 +295,11 @@ def _enqueue_chunks(task: Any, job: Job, phase: str, chunks: list[Any],
         job.advance(phase, step, step, len(chunks[step - 1]))
         if step < len(chunks) and time.monotonic() > deadline:
             _continue(task, args, kwargs, f"{job.id}-{phase}-scan-{step}")
-            return None
-    return job.finish_scan(phase)
+            return
+    result = job.finish_scan(phase)
+    log.info("scan finished", job_id=job.id, model=job.model, phase=phase, chunks=len(chunks),
+             **scan_info)
+    _settle(job, result)
 
 
 def _requeue_missing(job: Job, phase: str, chunks: list[Any],
@@ -336,13 +339,8 @@ def clean_indexes(self: Any, label: str, job_id: str | None = None,
     def send(i: int, group: list[str], task_id: str) -> None:
         clean_index_keys.apply_async((label, job.id, i, group), task_id=task_id)
 
-    result = _enqueue_chunks(self, job, "clean", groups, send, repair, (label,),
-                             {"job_id": job.id})
-    if result is None:
-        return job.id
-    log.info("scan finished", job_id=job.id, model=label, phase="clean", chunks=len(groups),
-             index_keys=len(index_keys))
-    _settle(job, result)
+    _enqueue_chunks(self, job, "clean", groups, send, repair, (label,), {"job_id": job.id},
+                    index_keys=len(index_keys))
     return job.id
 
 
@@ -457,13 +455,8 @@ def bulk_update(self: Any, label: str, filter: dict[str, Any], updates: dict[str
     def send(i: int, chunk: list[str], task_id: str) -> None:
         bulk_update_chunk.apply_async((label, job.id, i, chunk, updates), task_id=task_id)
 
-    result = _enqueue_chunks(self, job, "update", chunks, send, repair, (label, filter, updates),
-                             {"job_id": job.id, "chunk_size": size})
-    if result is None:
-        return job.id
-    log.info("scan finished", job_id=job.id, model=label, phase="update", chunks=len(chunks),
-             total=len(keys))
-    _settle(job, result)
+    _enqueue_chunks(self, job, "update", chunks, send, repair, (label, filter, updates),
+                    {"job_id": job.id, "chunk_size": size}, total=len(keys))
     return job.id
 
 
