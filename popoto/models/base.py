@@ -10,7 +10,6 @@ migration and bulk operations.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 from collections.abc import Iterable
@@ -103,10 +102,7 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         state["_expire_at"] = kwargs.pop("_expire_at", None)
         unknown = kwargs.keys() - meta.fields.keys()
         if unknown:
-            name = sorted(unknown)[0]
-            close = difflib.get_close_matches(name, list(meta.fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ModelException(f"{type(self).__name__} has no field {name!r}{hint}")
+            meta.get_field(sorted(unknown)[0])  # raises, suggesting the closest field
         for name, field in meta.fields.items():
             value = kwargs[name] if name in kwargs else field.get_default()
             value = field.coerce(value)

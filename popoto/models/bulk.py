@@ -26,7 +26,6 @@ variants in :mod:`popoto.models.async_ops` share it and only swap the client.
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -135,11 +134,7 @@ def check_updates(model: type[Model], updates: dict[str, Any],
     meta = model._meta
     clean = {}
     for name, value in updates.items():
-        field = meta.fields.get(name)
-        if field is None:
-            close = difflib.get_close_matches(name, list(meta.fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ModelException(f"{model.__name__} has no field {name!r}{hint}")
+        field = meta.get_field(name)
         if field.is_key:
             raise ModelException(f"{field.label}: {operation} cannot change a key field "
                                  f"(use save(migrate_key=True) per instance)")
@@ -290,12 +285,7 @@ def resolve_delete_targets(model: type[Model], items: Any) -> tuple[list[Any], b
 # --- atomic counters -----------------------------------------------------
 
 def _counter_field(model: type[Model], field_name: str) -> Field:
-    meta = model._meta
-    field = meta.fields.get(field_name)
-    if field is None:
-        close = difflib.get_close_matches(field_name, list(meta.fields), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ModelException(f"{model.__name__} has no field {field_name!r} to increment{hint}")
+    field = model._meta.get_field(field_name, " to increment")
     if field.is_key:
         raise ModelException(f"{field.label}: a key field cannot be incremented "
                              f"(the instance key would change)")

@@ -179,6 +179,15 @@ class ModelOptions:
                 hook(objs, options) if not isinstance(hook, Field) else hook.after_load(
                     objs, options)
 
+    def get_field(self, name: str, purpose: str = "") -> Field:
+        """The field called ``name``; ModelException with a close-match suggestion if none."""
+        field = self.fields.get(name)
+        if field is None:
+            close = difflib.get_close_matches(name, list(self.fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ModelException(f"{self.model_name} has no field {name!r}{purpose}{hint}")
+        return field
+
     # --- derived names -------------------------------------------------
     @property
     def field_names(self) -> list[str]:
