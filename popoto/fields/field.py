@@ -35,11 +35,6 @@ if TYPE_CHECKING:
 
 _MISSING = object()
 
-VALID_FIELD_TYPES = (
-    int, float, Decimal, str, bool, bytes, list, dict, set, tuple,
-    _dt.date, _dt.datetime, _dt.time,
-)
-
 
 def _coerce_bool(value: Any) -> bool:
     if isinstance(value, int) and value in (0, 1):

@@ -64,19 +64,3 @@ SAVE = LuaScript("save", SAVE_LUA)
 DELETE = LuaScript("delete", DELETE_LUA)
 QUERY = LuaScript("query", QUERY_LUA)
 ALL_SCRIPTS = (SAVE, DELETE, QUERY)
-
-
-def execute_pipeline(pipe: Any, client: redis.Redis) -> list[Any]:
-    """Execute ``pipe``; if scripts were flushed server-side, reload them and retry once.
-
-    Safe to retry: a NOSCRIPT reply means the script ran nowhere in the batch.
-    """
-    stack = list(pipe.command_stack)
-    try:
-        return pipe.execute()
-    except redis.exceptions.NoScriptError:
-        for script in ALL_SCRIPTS:
-            script.forget()
-            script.ensure_loaded(client)
-        pipe.command_stack = stack
-        return pipe.execute()

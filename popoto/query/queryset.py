@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from ..models.base import Model
 
 BATCH = 1000
-RESERVED = ("limit", "order_by", "values")
 
 
 class QuerySet:
