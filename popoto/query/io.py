@@ -31,13 +31,22 @@ def _scripts() -> tuple[Any, ...]:
     return ALL_SCRIPTS
 
 
+def _queue(pipe: Any, commands: list[Command]) -> None:
+    """Queue commands, looking each method up once per run (large reads repeat one)."""
+    methods: dict[str, Any] = {}
+    for name, args in commands:
+        method = methods.get(name)
+        if method is None:
+            method = methods[name] = getattr(pipe, name)
+        method(*args)
+
+
 def _send(client: Any, commands: list[Command]) -> list[Any]:
     if len(commands) == 1:  # one command: no pipeline object to build
         name, args = commands[0]
         return [getattr(client, name)(*args)]
     pipe = client.pipeline(transaction=False)
-    for name, args in commands:
-        getattr(pipe, name)(*args)
+    _queue(pipe, commands)
     return pipe.execute()
 
 
@@ -76,8 +85,7 @@ async def _send_async(client: Any, commands: list[Command]) -> list[Any]:
         name, args = commands[0]
         return [await getattr(client, name)(*args)]
     pipe = client.pipeline(transaction=False)
-    for name, args in commands:
-        getattr(pipe, name)(*args)
+    _queue(pipe, commands)
     return await pipe.execute()
 
 
