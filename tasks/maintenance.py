@@ -551,24 +551,25 @@ def _labels() -> list[str]:
     return sorted(label_of(m) for m in all_models())
 
 
+def _fan_out(task: Any, job: str) -> list[str]:
+    """Enqueue ``task`` for every registered model; returns their labels."""
+    labels = _labels()
+    for label in labels:
+        task.delay(label)
+    log.info("fan-out", job=job, models=len(labels))
+    return labels
+
+
 @popoto_task("popoto.maintenance.check_all_indexes")
 def check_all_indexes(self: Any) -> list[str]:
     """Beat: enqueue ``check_indexes`` for every registered model."""
-    labels = _labels()
-    for label in labels:
-        check_indexes.delay(label)
-    log.info("fan-out", job="check_indexes", models=len(labels))
-    return labels
+    return _fan_out(check_indexes, "check_indexes")
 
 
 @popoto_task("popoto.maintenance.clean_all_indexes")
 def clean_all_indexes(self: Any) -> list[str]:
     """Beat: enqueue ``clean_indexes`` for every registered model."""
-    labels = _labels()
-    for label in labels:
-        clean_indexes.delay(label)
-    log.info("fan-out", job="clean_indexes", models=len(labels))
-    return labels
+    return _fan_out(clean_indexes, "clean_indexes")
 
 
 def _has_expired(model: type[Model]) -> bool:

@@ -24,38 +24,25 @@ from typing import Any
 import redis
 
 from popoto.models.scripts import LuaScript
+from popoto.models.write import RUN_COMMANDS_LUA
 
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 # KEYS[1] marker zset. ARGV: event id, score (ms), retention ms, n_cmds, (nargs, cmd...)*.
-_APPLY_ONCE = LuaScript("apply_once", r"""
+_APPLY_ONCE = LuaScript("apply_once", RUN_COMMANDS_LUA + r"""
 if redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 0 then return 0 end
-local pos = 5
-for _ = 1, tonumber(ARGV[4]) do
-  local n = tonumber(ARGV[pos]); pos = pos + 1
-  local cmd = {}
-  for j = 1, n do cmd[j] = ARGV[pos + j - 1] end
-  pos = pos + n
-  redis.call(unpack(cmd))
-end
+run_commands(ARGV, 5, tonumber(ARGV[4]))
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (tonumber(ARGV[2]) - tonumber(ARGV[3])))
 return 1
 """)
 
 
 # KEYS[1] version hash. ARGV: member, version, n_cmds, (nargs, cmd...)*.
-_APPLY_IF_NEWER = LuaScript("apply_if_newer", r"""
+_APPLY_IF_NEWER = LuaScript("apply_if_newer", RUN_COMMANDS_LUA + r"""
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if current and tonumber(current) >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local pos = 4
-for _ = 1, tonumber(ARGV[3]) do
-  local n = tonumber(ARGV[pos]); pos = pos + 1
-  local cmd = {}
-  for j = 1, n do cmd[j] = ARGV[pos + j - 1] end
-  pos = pos + n
-  redis.call(unpack(cmd))
-end
+run_commands(ARGV, 4, tonumber(ARGV[3]))
 return 1
 """)
 

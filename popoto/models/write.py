@@ -83,6 +83,11 @@ local function remove_entries(packed, owner_key, kept)
     end
   end
 end
+"""
+
+# Runs n commands encoded in argv from pos as (nargs, cmd, args...); returns the next pos.
+# Shared by every script that takes a list of raw commands (see WriteBatch.command).
+RUN_COMMANDS_LUA = r"""
 local function run_commands(argv, pos, n)
   for _ = 1, n do
     local nargs = tonumber(argv[pos]); pos = pos + 1
@@ -94,6 +99,7 @@ local function run_commands(argv, pos, n)
   return pos
 end
 """
+_LUA_COMMON += RUN_COMMANDS_LUA
 
 # KEYS: 1 instance key, 2 class set, 3 previous key ('' when none)
 # ARGV: flags, ttl_mode, ttl_value, n_claims, (hash field owner)*,
