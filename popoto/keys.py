@@ -9,7 +9,9 @@ cluster mode adds a tag in :func:`tag` and nowhere else.
 
 from __future__ import annotations
 
+import binascii
 import re
+import zlib
 from typing import Any
 from collections.abc import Iterable
 
@@ -29,14 +31,60 @@ def unescape(segment: str) -> str:
     return _UNESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), segment)
 
 
-def tag(model_name: str) -> str:
-    """The model-name part of every key of a model (hash tags would be added here)."""
-    return model_name
+N_SLOTS = 16384
+_MAX_BALANCED_GROUPS = 1024
 
 
-def instance_key(model_name: str, key_values: Iterable[Any]) -> str:
-    """``Model:v1:v2`` with key values already ordered by field name."""
-    return SEP.join([tag(model_name), *(escape(v) for v in key_values)])
+def key_slot(key: str | bytes) -> int:
+    """The Redis Cluster slot of ``key`` (CRC16 of its hash tag, else of the whole key)."""
+    data = key.encode() if isinstance(key, str) else key
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1:end]
+    return binascii.crc_hqx(data, 0) % N_SLOTS
+
+
+def group_tag(model_name: str, group: int, n_groups: int) -> str:
+    """The namespace of tag group ``group`` of a model split into ``n_groups`` groups.
+
+    ``{Model#k}``, or ``{Model#k.j}`` with the smallest ``j`` whose slot falls in
+    the k-th of ``n_groups`` equal slot ranges: the groups then spread evenly over
+    a cluster whose masters own equal contiguous slot ranges (what ``redis-cli
+    --cluster create`` builds), instead of wherever CRC16 happens to put them.
+    """
+    base = f"{model_name}#{group}"
+    if n_groups > _MAX_BALANCED_GROUPS:
+        return "{" + base + "}"
+    low, high = group * N_SLOTS // n_groups, (group + 1) * N_SLOTS // n_groups
+    candidate, salt = base, 0
+    while not low <= binascii.crc_hqx(candidate.encode(), 0) % N_SLOTS < high:
+        salt += 1
+        candidate = f"{base}.{salt}"
+    return "{" + candidate + "}"
+
+
+def group_of(token: str, n_groups: int) -> int:
+    """The tag group (0..n_groups-1) of an instance's escaped key values or a unique value."""
+    if n_groups == 1:
+        return 0
+    return zlib.crc32(token.encode()) % n_groups
+
+
+def ns_of(redis_key: str) -> str:
+    """The namespace (first segment) of an instance key."""
+    return redis_key.split(SEP, 1)[0]
+
+
+def tag(ns: str) -> str:
+    """The namespace part of a model's keys (kept for callers of the old name)."""
+    return ns
+
+
+def instance_key(ns: str, key_values: Iterable[Any]) -> str:
+    """``<ns>:v1:v2`` with key values already ordered by field name."""
+    return SEP.join([ns, *(escape(v) for v in key_values)])
 
 
 def split_instance_key(redis_key: str) -> list[str]:
@@ -44,22 +92,22 @@ def split_instance_key(redis_key: str) -> list[str]:
     return [unescape(s) for s in redis_key.split(SEP)[1:]]
 
 
-def class_set_key(model_name: str) -> str:
-    return f"$Class{SEP}{tag(model_name)}"
+def class_set_key(ns: str) -> str:
+    return f"$Class{SEP}{ns}"
 
 
-def field_index_key(kind: str, model_name: str, field_name: str, *parts: Any) -> str:
+def field_index_key(kind: str, ns: str, field_name: str, *parts: Any) -> str:
     """Index owned by one field, e.g. ``$SortedF:Model:score`` or ``$IndexF:Model:color:red``."""
-    return SEP.join([f"${kind}", tag(model_name), field_name, *(escape(p) for p in parts)])
+    return SEP.join([f"${kind}", ns, field_name, *(escape(p) for p in parts)])
 
 
-def composite_index_key(model_name: str, field_names: Iterable[str]) -> str:
-    return SEP.join(["$Index", tag(model_name), *field_names])
+def composite_index_key(ns: str, field_names: Iterable[str]) -> str:
+    return SEP.join(["$Index", ns, *field_names])
 
 
-def behaviour_key(kind: str, model_name: str, *parts: Any) -> str:
+def behaviour_key(kind: str, ns: str, *parts: Any) -> str:
     """Keys owned by a model behaviour, e.g. ``$Priority:Model``."""
-    return SEP.join([f"${kind}", tag(model_name), *(escape(p) for p in parts)])
+    return SEP.join([f"${kind}", ns, *(escape(p) for p in parts)])
 
 
 def companion_key(kind: str, instance_key: str, slot: str) -> str:
@@ -80,8 +128,9 @@ def stream_key(name: str, partition: Any = None) -> str:
     return SEP.join(parts)
 
 
-def temp_key(token: str) -> str:
-    return f"$Tmp{SEP}{token}"
+def temp_key(token: str, ns: str = "") -> str:
+    """A query's temporary key; inside the group's slot when ``ns`` is a tag group."""
+    return f"$Tmp{SEP}{ns}{SEP}{token}" if ns.startswith("{") else f"$Tmp{SEP}{token}"
 
 
 def glob_escape(text: str) -> str:

@@ -4,6 +4,11 @@ Nothing connects at import time. The client is created on first use from
 ``popoto.configure(url=...)`` or, failing that, the ``REDIS_URL`` environment
 variable (default ``redis://127.0.0.1:6379/0``).
 
+Cluster mode: ``configure(url, cluster=True)``, a ``?cluster=true`` query in the
+URL, or a ``REDIS_CLUSTER_URL`` environment variable (used before ``REDIS_URL``)
+makes the clients ``redis.cluster.RedisCluster`` and its asyncio twin. Models
+then spread over hash-tag groups (see ``popoto.keys.group_tag``).
+
 ``POPOTO_REDIS_DB`` is a lazy proxy to the synchronous client (the name the
 reference design uses); ``get_client()`` and ``get_async_client()`` return the
 real clients.
@@ -15,10 +20,12 @@ import os
 import threading
 import weakref
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 
 from .exceptions import ConnectionConfigError
 
@@ -27,7 +34,8 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _SCHEMES = ("redis", "rediss", "unix")
 
 _lock = threading.Lock()
-_config: dict[str, Any] = {"url": None, "kwargs": {}}
+_config: dict[str, Any] = {"url": None, "kwargs": {}, "cluster": None, "generation": 0}
+_TRUE = ("1", "true", "yes", "on")
 _client: redis.Redis | None = None
 _async_clients: weakref.WeakKeyDictionary[Any, redis.asyncio.Redis] = weakref.WeakKeyDictionary()
 _pid: int | None = None
@@ -52,9 +60,10 @@ def _validate(url: str) -> str:
     return url
 
 
-def configure(url: str | None = None, **redis_kwargs: Any) -> None:
+def configure(url: str | None = None, cluster: bool | None = None, **redis_kwargs: Any) -> None:
     """Set the Redis URL (and extra ``redis.Redis`` keyword arguments).
 
+    ``cluster=True`` (or ``?cluster=true`` in the URL) talks to a Redis Cluster.
     Does not connect; the next command does. Existing clients are closed.
     """
     global _client
@@ -62,16 +71,50 @@ def configure(url: str | None = None, **redis_kwargs: Any) -> None:
         _validate(url)
     with _lock:
         _config["url"] = url
+        _config["cluster"] = cluster
         _config["kwargs"] = dict(redis_kwargs)
+        _config["generation"] += 1
         old, _client = _client, None
         _async_clients.clear()
     if old is not None:
         old.close()
 
 
+def _split_cluster_flag(url: str) -> tuple[str, bool]:
+    """Remove a ``cluster=`` query parameter from ``url``; return it and whether it was true."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    flag = [v for k, v in query if k == "cluster"]
+    if not flag:
+        return url, False
+    rest = urlencode([(k, v) for k, v in query if k != "cluster"])
+    return urlunsplit(parts._replace(query=rest)), flag[-1].lower() in _TRUE
+
+
+def _resolve() -> tuple[str, bool]:
+    """(URL without the cluster flag, cluster mode) from configure() and the environment."""
+    url = _config["url"]
+    cluster = _config["cluster"]
+    if url is None and cluster is not False and os.environ.get("REDIS_CLUSTER_URL"):
+        url, cluster = os.environ["REDIS_CLUSTER_URL"], True
+    url = _validate(url or os.environ.get("REDIS_URL") or DEFAULT_URL)
+    url, flagged = _split_cluster_flag(url)
+    return url, bool(cluster) or flagged
+
+
 def current_url() -> str:
-    """The URL the client uses (configured, else ``REDIS_URL``, else the default)."""
-    return _validate(_config["url"] or os.environ.get("REDIS_URL") or DEFAULT_URL)
+    """The URL the client uses (configured, else ``REDIS_CLUSTER_URL``/``REDIS_URL``)."""
+    return _resolve()[0]
+
+
+def is_cluster() -> bool:
+    """True when Popoto talks to a Redis Cluster."""
+    return _resolve()[1]
+
+
+def generation() -> int:
+    """Changes on every ``configure()``: caches derived from the connection check it."""
+    return _config["generation"]
 
 
 def _check(client: redis.Redis, url: str) -> None:
@@ -86,15 +129,25 @@ def _check(client: redis.Redis, url: str) -> None:
 
 
 def get_client() -> redis.Redis:
-    """The process-wide synchronous client; created (and pinged) on first use."""
+    """The process-wide synchronous client; created (and pinged) on first use.
+
+    A ``redis.cluster.RedisCluster`` in cluster mode (same command API).
+    """
     global _client, _pid
     client = _client
     if client is not None and _pid == os.getpid():
         return client
     with _lock:
         if _client is None or _pid != os.getpid():
-            url = current_url()
-            client = redis.Redis.from_url(url, **_config["kwargs"])
+            url, cluster = _resolve()
+            if cluster:
+                try:
+                    client = redis.cluster.RedisCluster.from_url(url, **_config["kwargs"])
+                except (redis.exceptions.RedisError, OSError) as exc:
+                    raise ConnectionConfigError(
+                        f"Cannot reach Redis Cluster at {mask_url(url)}: {exc}") from exc
+            else:
+                client = redis.Redis.from_url(url, **_config["kwargs"])
             _check(client, url)
             _client, _pid = client, os.getpid()
         return _client
@@ -111,7 +164,12 @@ def get_async_client() -> redis.asyncio.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        pool = redis.asyncio.BlockingConnectionPool.from_url(current_url(), **_config["kwargs"])
+        url, cluster = _resolve()
+        if cluster:
+            client = redis.asyncio.cluster.RedisCluster.from_url(url, **_config["kwargs"])
+            _async_clients[loop] = client
+            return client
+        pool = redis.asyncio.BlockingConnectionPool.from_url(url, **_config["kwargs"])
         client = redis.asyncio.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client

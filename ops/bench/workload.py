@@ -145,7 +145,7 @@ class Raw:
         key = row.key
         ckey = COLOR_PREFIX + row.color
         return [
-            3, key, CLASS_SET, "",
+            3, key, CLASS_SET, key,
             flags, "-", 0, 0, 2, "score", "color", 0, 9,
             "sku", pack(row.sku), "score", pack(row.score), "color", pack(row.color),
             "name", pack(row.name), "qty", pack(row.qty), "price", pack(row.price),
@@ -214,14 +214,14 @@ class Raw:
 
     def update_qty(self, row: Row, qty: int) -> None:
         """The save script call of ``save(update_fields=["qty"])`` (qty owns no index)."""
-        self.r.evalsha(self.save_sha, 3, row.key, CLASS_SET, "",
+        self.r.evalsha(self.save_sha, 3, row.key, CLASS_SET, row.key,
                        "-", "-", 0, 0, 0, 0, 1, "qty", pack(qty), 0, 0, 0)
 
     def update_qty_plain(self, row: Row, qty: int) -> None:
         self.r.hset(row.key, "qty", pack(qty))
 
     def delete(self, row: Row) -> None:
-        self.r.evalsha(self.delete_sha, 2, row.key, CLASS_SET, 2, "score", "color", 0)
+        self.r.evalsha(self.delete_sha, 2, row.key, CLASS_SET, "-", 2, "score", "color", 0)
 
     def delete_plain(self, row: Row) -> None:
         key = row.key
@@ -238,7 +238,7 @@ class Raw:
         for start in range(0, len(rows), chunk):
             pipe = self.r.pipeline(transaction=False)
             for row in rows[start:start + chunk]:
-                pipe.evalsha(self.delete_sha, 2, row.key, CLASS_SET, 2, "score", "color", 0)
+                pipe.evalsha(self.delete_sha, 2, row.key, CLASS_SET, "-", 2, "score", "color", 0)
             pipe.execute()
 
     # --- reads --------------------------------------------------------

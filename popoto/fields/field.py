@@ -121,6 +121,9 @@ def _fail() -> Any:
     raise ValueError("incompatible type")
 
 
+#: compile context entry naming the tag group a query source is built for
+NS_CONTEXT = "@ns"
+
 class Field:
     """A persisted attribute of a model: one field of the instance's Redis hash.
 
@@ -270,15 +273,21 @@ class Field:
         """Rewrite every entry this field owns: its unique claim and its index entries."""
         batch.own(self.name)
         if self.unique and value is not None:
-            batch.claim(self.name, self.unique_key(), self.unique_token(value),
+            token = self.unique_token(value)
+            batch.claim(self.name, self.unique_key(self.model._meta.claim_ns(token)), token,
                         f"{self.name}={value!r}")
         if value is not None:
             self.on_save(instance, value, batch)
 
-    def unique_key(self) -> str:
+    def unique_key(self, ns: str | None = None) -> str:
+        """The claims hash of this field in group ``ns`` (an unsharded model has one)."""
         from ..keys import field_index_key
 
-        return field_index_key("UniqueF", self.model._meta.model_name, self.name)
+        return field_index_key("UniqueF", ns or self.model._meta.groups[0], self.name)
+
+    def query_ns(self, context: dict[str, Any]) -> str:
+        """The tag group a query is being compiled for (the only one when unsharded)."""
+        return context.get(NS_CONTEXT) or self.model._meta.groups[0]
 
     def unique_token(self, value: Any) -> str:
         return encoding.pack(value).hex()

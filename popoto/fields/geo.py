@@ -149,12 +149,13 @@ class GeoField(Field):
         return None if value is None else Coordinates(float(value[0]), float(value[1]))
 
     # --- index ---------------------------------------------------------
-    def geo_key(self) -> str:
-        """The geo set of this field: ``$GeoF:Model:field``."""
-        return keys.field_index_key("GeoF", self.model._meta.model_name, self.name)
+    def geo_key(self, ns: str | None = None) -> str:
+        """The geo set of this field: ``$GeoF:<ns>:field`` (one per tag group)."""
+        return keys.field_index_key("GeoF", ns or self.model._meta.groups[0], self.name)
 
     def on_save(self, instance: Model, value: Any, batch: Any) -> None:
-        batch.add(self.name, "G", self.geo_key(), batch.key, f"{value[0]!r},{value[1]!r}")
+        batch.add(self.name, "G", self.geo_key(batch.ns), batch.key,
+                  f"{value[0]!r},{value[1]!r}")
 
     # --- query ---------------------------------------------------------
     def query_options(self) -> tuple[str, ...]:
@@ -196,7 +197,7 @@ class GeoField(Field):
         radius, unit, with_distances = self.search_options(context)
         lookup.radius_m = radius * UNITS[unit]
         lat, lon = lookup.value
-        args = (self.geo_key(), lon, lat, radius, unit)
+        args = (self.geo_key(self.query_ns(context)), lon, lat, radius, unit)
         return DistanceRadius(self.label, *args) if with_distances else GeoRadius(*args)
 
     def check_plan(self, source: Source | None, options: dict[str, Any]) -> None:

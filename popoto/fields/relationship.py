@@ -93,7 +93,8 @@ class RelatedKeys(Source):
         return self._keys
 
     def emit(self, prog: Program) -> int:
-        return _or_of_sets([self.field.index_key(k) for k in self.related_keys()]).emit(prog)
+        ns = prog.ns or None
+        return _or_of_sets([self.field.index_key(k, ns) for k in self.related_keys()]).emit(prog)
 
 
 class RelatedFilter(lk.Lookup):
@@ -199,7 +200,7 @@ class Relationship(Field):
         if isinstance(value, (bytes, bytearray)):
             value = bytes(value).decode("utf-8", "replace")
         if isinstance(value, str):
-            if not value.startswith(related._meta.db_class_key + keys.SEP):
+            if not related._meta.owns_key(value):
                 raise self.error(f"{value!r} is not a {related.__name__} key", value)
             return value
         raise self.error(f"expected a {related.__name__} instance or key, got "
@@ -236,20 +237,20 @@ class Relationship(Field):
         instance.__dict__[self.name] = self.coerce(value)
 
     # --- index ---------------------------------------------------------
-    def index_key(self, related_key: str | None) -> str:
-        """``$RelationshipF:Model:field:<escaped related key>`` (a NULL token for None)."""
+    def index_key(self, related_key: str | None, ns: str | None = None) -> str:
+        """``$RelationshipF:<ns>:field:<escaped related key>`` (a NULL token for None)."""
         token = self.NULL_TOKEN if related_key is None else keys.escape(related_key)
-        return keys.SEP.join(["$RelationshipF", keys.tag(self.model._meta.model_name),
+        return keys.SEP.join(["$RelationshipF", ns or self.model._meta.groups[0],
                               self.name, token])
 
     def contribute_save(self, instance: Model, value: Any, batch: Any) -> None:
         key = self.related_key(instance)  # also a dangling key, which reads as None
         super().contribute_save(instance, key, batch)
         if key is None:
-            batch.add(self.name, "S", self.index_key(None), batch.key)
+            batch.add(self.name, "S", self.index_key(None, batch.ns), batch.key)
 
     def on_save(self, instance: Model, value: Any, batch: Any) -> None:
-        batch.add(self.name, "S", self.index_key(value), batch.key)
+        batch.add(self.name, "S", self.index_key(value, batch.ns), batch.key)
 
     def unique_token(self, value: Any) -> str:
         return encoding.pack(self.key_of(value)).hex()
@@ -260,15 +261,16 @@ class Relationship(Field):
         return RelatedFilter(self, path, value)
 
     def lookup_source(self, lookup: lk.Lookup, context: dict[str, Any]) -> Source | None:
+        ns = self.query_ns(context)
         if isinstance(lookup, RelExact):
-            return SetSource(self.index_key(lookup.value))
+            return SetSource(self.index_key(lookup.value, ns))
         if isinstance(lookup, RelIn):
-            return _or_of_sets([self.index_key(k) for k in lookup.value])
+            return _or_of_sets([self.index_key(k, ns) for k in lookup.value])
         if isinstance(lookup, lk.IsNull):
-            null = SetSource(self.index_key(None))
+            null = SetSource(self.index_key(None, ns))
             if lookup.value:
                 return null
-            return Combine("NOT", [SetSource(self.model._meta.db_class_set_key), null])
+            return Combine("NOT", [SetSource(keys.class_set_key(ns)), null])
         return None
 
     # --- batched loading -------------------------------------------------
@@ -319,7 +321,7 @@ class Relationship(Field):
                 pipe.hgetall(key)
             for key, raw in zip(chunk, pipe.execute()):
                 target: Any = _Dangling(key)
-                if raw and key.startswith(related._meta.db_class_key + keys.SEP):
+                if raw and related._meta.owns_key(key):
                     target = related.from_redis(key, raw)
                     chain.seen[key] = target
                     loaded.append(target)

@@ -107,30 +107,32 @@ class KeyField(Field):
         kwargs.setdefault("null", False)
         super().__init__(**kwargs)
 
-    def _pattern(self, segment: str) -> str:
+    def _pattern(self, ns: str, segment: str) -> str:
         meta = self.model._meta
         parts = ["*"] * len(meta.key_field_names)
         parts[meta.key_field_names.index(self.name)] = segment
-        return keys.SEP.join([keys.tag(meta.model_name), *parts])
+        return keys.SEP.join([keys.glob_escape(ns), *parts])
 
-    def _exact(self, value: Any) -> Source:
+    def _exact(self, value: Any, ns: str) -> Source:
         meta = self.model._meta
         if len(meta.key_field_names) == 1:
-            return KeyList([keys.instance_key(meta.model_name, [value])])
-        return KeyPattern(meta.db_class_set_key, self._pattern(keys.escape(value)))
+            key = meta.instance_key([value])  # in exactly one tag group
+            return KeyList([key] if keys.ns_of(key) == ns else [])
+        return KeyPattern(keys.class_set_key(ns), self._pattern(ns, keys.escape(value)))
 
     def lookup_source(self, lookup: lk.Lookup, context: dict[str, Any]) -> Source | None:
-        meta = self.model._meta
+        ns = self.query_ns(context)
+        class_set = keys.class_set_key(ns)
         if isinstance(lookup, lk.Exact):
-            return self._exact(lookup.value)
+            return self._exact(lookup.value, ns)
         if isinstance(lookup, lk.In):
-            return Combine("OR", [self._exact(v) for v in lookup.value])
+            return Combine("OR", [self._exact(v, ns) for v in lookup.value])
         if isinstance(lookup, lk.EndsWith):
-            return KeyPattern(meta.db_class_set_key, self._pattern("*" + keys.escape(lookup.value)))
+            return KeyPattern(class_set, self._pattern(ns, "*" + keys.escape(lookup.value)))
         if isinstance(lookup, lk.StartsWith):
-            return KeyPattern(meta.db_class_set_key, self._pattern(keys.escape(lookup.value) + "*"))
+            return KeyPattern(class_set, self._pattern(ns, keys.escape(lookup.value) + "*"))
         if isinstance(lookup, lk.IsNull):
-            return KeyList([]) if lookup.value else SetSource(meta.db_class_set_key)
+            return KeyList([]) if lookup.value else SetSource(class_set)
         return None
 
 
@@ -165,9 +167,9 @@ class IndexedField(Field):
     is_indexed = True
     NULL_TOKEN = "%00"  # escape() never produces it: every '%' becomes '%25'
 
-    def index_key(self, value: Any) -> str:
+    def index_key(self, value: Any, ns: str | None = None) -> str:
         token = self.NULL_TOKEN if value is None else keys.escape(self.token(value))
-        return keys.SEP.join(["$IndexF", keys.tag(self.model._meta.model_name), self.name, token])
+        return keys.SEP.join(["$IndexF", ns or self.model._meta.groups[0], self.name, token])
 
     def token(self, value: Any) -> str:
         if isinstance(value, (_dt.date, _dt.time)):
@@ -177,19 +179,20 @@ class IndexedField(Field):
     def contribute_save(self, instance: Model, value: Any, batch: Any) -> None:
         super().contribute_save(instance, value, batch)
         if value is None:
-            batch.add(self.name, "S", self.index_key(None), batch.key)
+            batch.add(self.name, "S", self.index_key(None, batch.ns), batch.key)
 
     def on_save(self, instance: Model, value: Any, batch: Any) -> None:
-        batch.add(self.name, "S", self.index_key(value), batch.key)
+        batch.add(self.name, "S", self.index_key(value, batch.ns), batch.key)
 
     def lookup_source(self, lookup: lk.Lookup, context: dict[str, Any]) -> Source | None:
+        ns = self.query_ns(context)
         if isinstance(lookup, lk.Exact):
-            return SetSource(self.index_key(lookup.value))
+            return SetSource(self.index_key(lookup.value, ns))
         if isinstance(lookup, lk.In):
-            return Combine("OR", [SetSource(self.index_key(v)) for v in lookup.value])
+            return Combine("OR", [SetSource(self.index_key(v, ns)) for v in lookup.value])
         if isinstance(lookup, lk.IsNull):
-            null = SetSource(self.index_key(None))
+            null = SetSource(self.index_key(None, ns))
             if lookup.value:
                 return null
-            return Combine("NOT", [SetSource(self.model._meta.db_class_set_key), null])
+            return Combine("NOT", [SetSource(keys.class_set_key(ns)), null])
         return None

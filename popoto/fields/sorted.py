@@ -60,15 +60,18 @@ class SortedField(Field):
         if isinstance(value, (float, Decimal)) and not math.isfinite(value):
             raise self.error("NaN and infinities cannot be sorted", value)
 
-    def sorted_key(self, partition_values: tuple[Any, ...] = ()) -> str:
-        return keys.field_index_key("SortedF", self.model._meta.model_name, self.name,
+    def sorted_key(self, partition_values: tuple[Any, ...] = (), ns: str | None = None) -> str:
+        return keys.field_index_key("SortedF", ns or self.model._meta.groups[0], self.name,
                                     *partition_values)
 
-    def key_for(self, instance: Model) -> str:
-        return self.sorted_key(tuple(getattr(instance, f) for f in self.partition_by))
+    def key_for(self, instance: Model, ns: str | None = None) -> str:
+        """The sorted set holding ``instance`` (in its tag group ``ns``)."""
+        return self.sorted_key(tuple(getattr(instance, f) for f in self.partition_by),
+                               ns or keys.ns_of(instance.pk))
 
     def on_save(self, instance: Model, value: Any, batch: Any) -> None:
-        batch.add(self.name, "Z", self.key_for(instance), batch.key, repr(to_score(value)))
+        batch.add(self.name, "Z", self.key_for(instance, batch.ns), batch.key,
+                  repr(to_score(value)))
 
     def key_from_context(self, context: dict[str, Any]) -> str:
         missing = [f for f in self.partition_by if f not in context]
@@ -77,7 +80,8 @@ class SortedField(Field):
                 f"{self.label} is partitioned by {self.partition_by}: filter also on "
                 f"{', '.join(missing)} (exact values) to query it"
             )
-        return self.sorted_key(tuple(context[f] for f in self.partition_by))
+        return self.sorted_key(tuple(context[f] for f in self.partition_by),
+                               self.query_ns(context))
 
     def lookup_source(self, lookup: lk.Lookup, context: dict[str, Any]) -> Source | None:
         if isinstance(lookup, lk.IsNull):

@@ -22,12 +22,12 @@ from ..fields.decaying import DecayMethodsMixin
 from ..fields.field import Field
 from ..fields.shortcuts import AutoKeyField
 from ..query.io import Steps, run
-from . import registry, scripts
+from . import claims, registry, scripts
 from .async_ops import AsyncModelMixin
 from .bulk import BulkMixin
 from .maintenance import MaintenanceMixin
 from .options import ModelOptions
-from .write import WriteBatch
+from .write import COMPANION_FIELD, LINKED_KEY, WriteBatch
 
 if TYPE_CHECKING:
     from ..query.queryset import Query
@@ -145,7 +145,7 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         if missing:
             raise ModelException(f"{type(self).__name__}: key field(s) {', '.join(missing)} "
                                  f"have no value, so the instance has no key yet")
-        return keys.instance_key(self._meta.model_name, values)
+        return self._meta.instance_key(values)
 
     @property
     def pk(self) -> str:
@@ -231,9 +231,15 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
             )
         if migrating and update_fields is not None:
             return self.build_save(None, True, skip_auto_now, must_not_exist)
-        batch = WriteBatch(key=key, class_set=meta.db_class_set_key,
-                           old_key=old_key if migrating else "", is_create=is_create,
-                           must_not_exist=must_not_exist or migrating,
+        ns = keys.ns_of(key)
+        sharded = meta.sharded
+        # a sharded instance whose new key falls in another tag group (another slot) is
+        # written there first and its old copy deleted after (see _relocate_steps)
+        relocating = migrating and sharded and keys.ns_of(old_key) != ns
+        batch = WriteBatch(key=key, class_set=keys.class_set_key(ns), ns=ns,
+                           external_claims=sharded,
+                           old_key=old_key if migrating and not relocating else "",
+                           is_create=is_create, must_not_exist=must_not_exist or migrating,
                            update_fields=None if update_fields is None else frozenset(names))
         batch.mapping = values
         touched = None if update_fields is None else set(update_fields)
@@ -247,7 +253,15 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
             hook = behaviour.__dict__.get("behaviour_on_save")
             if hook:
                 hook(self, batch)
-        if migrating:
+        if relocating:
+            companions = [o for o, rows in batch.entries.items()
+                          if any(r[0] in (LINKED_KEY, COMPANION_FIELD) for r in rows)]
+            if companions:
+                raise KeyMutationError(
+                    f"{type(self).__name__}: cannot move {old_key!r} to {key!r}: the new key "
+                    f"is in another tag group and {', '.join(companions)} keep per-instance "
+                    f"data beside the hash, which cannot move across slots atomically")
+        elif migrating:
             batch.migrated_owners = list(meta.index_owners)
         if self._ttl:
             batch.ttl = ("T", int(self._ttl))
@@ -303,7 +317,10 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
             return pipeline if pipeline is not None else False
         try:
             batch = self.build_save(update_fields, migrate_key, skip_auto_now, must_not_exist)
-            yield from self._write_steps(scripts.SAVE, batch.save_args(), pipeline, batch)
+            if not batch.external_claims:
+                yield from self._write_steps(scripts.SAVE, batch.save_args(), pipeline, batch)
+            else:
+                yield from self._sharded_save_steps(batch, pipeline)
         except ModelException as exc:
             if not ignore_errors or isinstance(exc, KeyMutationError):
                 raise
@@ -325,11 +342,35 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
             raise translate_error(type(self), exc, batch) from None
         return reply
 
+    def _sharded_save_steps(self, batch: WriteBatch, pipeline: Any) -> Steps[None]:
+        """Save of a sharded model: global claims around the script; relocation across groups."""
+        claims.check_pipeline(type(self), batch, pipeline)
+        old_key = self._redis_key
+        relocating = old_key is not None and old_key != batch.key and not batch.old_key
+        if pipeline is not None:
+            if relocating:
+                raise KeyMutationError(
+                    f"{type(self).__name__}: moving {old_key!r} to another tag group takes "
+                    f"two writes; call save(migrate_key=True) without a pipeline")
+            yield from self._write_steps(scripts.SAVE, batch.save_args(), pipeline, batch)
+            return
+        yield from claims.claimed_save_steps(type(self), batch, old_key or batch.key,
+                                             translate_error)
+        if relocating:
+            old = WriteBatch(key=old_key, class_set=keys.class_set_key(keys.ns_of(old_key)),
+                             ns=keys.ns_of(old_key), external_claims=True)
+            old.owners = list(self._meta.index_owners)
+            (reply,) = yield [scripts.DELETE.command(*old.delete_args())]
+            _existed, released = claims.released_after_delete(reply)
+            yield from claims.settle_steps(old, [], released, old_key)
+
     def build_delete(self) -> WriteBatch:
         """Describe the delete (every index owner, behaviour hooks) as a WriteBatch (no I/O)."""
         meta = self._meta
         key = self._redis_key or self.db_key
-        batch = WriteBatch(key=key, class_set=meta.db_class_set_key)
+        ns = keys.ns_of(key)
+        batch = WriteBatch(key=key, class_set=keys.class_set_key(ns), ns=ns,
+                           external_claims=meta.sharded)
         batch.owners = list(meta.index_owners)
         for behaviour in meta.behaviours:
             hook = behaviour.__dict__.get("behaviour_on_delete")
@@ -353,7 +394,10 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         self.__dict__["_redis_key"] = None
         if pipeline is not None:
             return pipeline
-        return bool(result)
+        existed, released = claims.released_after_delete(result)
+        if released:  # a sharded model's claims live in other slots: release them now
+            yield from claims.settle_steps(batch, [], released, batch.key)
+        return existed
 
     # --- class-level CRUD ----------------------------------------------
     @classmethod

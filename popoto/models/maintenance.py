@@ -197,7 +197,9 @@ class _Report:
         meta = self.meta
         for index in meta.composite_indexes:
             if index.name == owner:
-                return "composite_indexes", index.key
+                # named by its key when unsharded (one key), by its fields when sharded
+                return "composite_indexes", (index.name if meta.sharded
+                                             else index.key(meta.groups[0]))
         field = meta.fields.get(owner)
         if field is None:
             return "other_indexes", owner

@@ -7,7 +7,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 from collections.abc import Iterable
 
-from .. import keys
+from .. import keys, redis_db
 from ..exceptions import ModelException
 
 from ..fields.field import Field
@@ -16,15 +16,19 @@ if TYPE_CHECKING:
     from .base import Model
 
 RESERVED_FIELD_NAMES = frozenset({"limit", "order_by", "values"})
-META_OPTIONS = frozenset({"abstract", "order_by", "ttl", "indexes"})
+META_OPTIONS = frozenset({"abstract", "order_by", "ttl", "indexes", "shards"})
 INDEX_HASH_LENGTH = 16
+#: tag groups of a model whose Meta does not set ``shards``, in cluster mode
+DEFAULT_CLUSTER_SHARDS = 16
 
 
 class CompositeIndex:
     """``Meta.indexes`` entry: a hash ``$Index:Model:a:b`` of value-hash -> instance key.
 
     With ``unique=True`` a save claims its value combination atomically; NULL
-    in any member field means "not indexed" (NULLs never collide).
+    in any member field means "not indexed" (NULLs never collide). A sharded
+    model keeps each claim in the tag group of its value hash, and a non-unique
+    index entry in the instance's group.
     """
 
     def __init__(self, meta: ModelOptions, field_names: tuple[str, ...], unique: bool) -> None:
@@ -32,8 +36,10 @@ class CompositeIndex:
         self.field_names = field_names
         self.unique = unique
         self.name = "+".join(field_names)
-        self.key = keys.composite_index_key(meta.model_name, field_names)
         self.depends_on = frozenset(field_names)
+
+    def key(self, ns: str) -> str:
+        return keys.composite_index_key(ns, self.field_names)
 
     def value_hash(self, values: Iterable[Any]) -> str | None:
         parts = []
@@ -51,9 +57,9 @@ class CompositeIndex:
             return
         if self.unique:
             shown = ", ".join(f"{f}={getattr(instance, f)!r}" for f in self.field_names)
-            batch.claim(self.name, self.key, digest, f"({shown})")
+            batch.claim(self.name, self.key(self.meta.claim_ns(digest)), digest, f"({shown})")
         else:
-            batch.add(self.name, "S", f"{self.key}:{digest}", batch.key)
+            batch.add(self.name, "S", f"{self.key(batch.ns)}:{digest}", batch.key)
 
 
 class ModelOptions:
@@ -61,14 +67,14 @@ class ModelOptions:
 
     def __init__(self, model_name: str) -> None:
         self.model_name = model_name
-        self.db_class_key = keys.tag(model_name)
-        self.db_class_set_key = keys.class_set_key(model_name)
         self.explicit_fields: dict[str, Field] = {}
         self.hidden_fields: dict[str, Field] = {}
         self.abstract = False
         self.order_by: str | None = None
         self.ttl: int | None = None
         self.indexes: tuple = ()
+        self.shards: int | None = None
+        self._layout: tuple[int, tuple[str, ...], bool] = (-1, (model_name,), False)
         self.composite_indexes: list[CompositeIndex] = []
         self.behaviours: list[Any] = []
         # compiled on finalize()
@@ -108,6 +114,7 @@ class ModelOptions:
         self.order_by = getattr(meta, "order_by", None)
         self.ttl = getattr(meta, "ttl", None)
         self.indexes = getattr(meta, "indexes", ())
+        self.shards = getattr(meta, "shards", None)
 
     def finalize(self) -> None:
         """Validate Meta against the fields and compile the lookup tables and hook lists."""
@@ -125,6 +132,12 @@ class ModelOptions:
         ):
             raise ModelException(f"{name}.Meta.ttl must be a positive int (seconds), "
                                  f"got {self.ttl!r}")
+        if self.shards is not None and (
+            not isinstance(self.shards, int) or isinstance(self.shards, bool)
+            or not 1 <= self.shards <= keys.N_SLOTS
+        ):
+            raise ModelException(f"{name}.Meta.shards must be an int from 1 to {keys.N_SLOTS}, "
+                                 f"got {self.shards!r}")
         if not isinstance(self.indexes, (tuple, list)):
             raise ModelException(f"{name}.Meta.indexes must be a tuple or list, "
                                  f"got {type(self.indexes).__name__}")
@@ -188,6 +201,65 @@ class ModelOptions:
             raise ModelException(f"{self.model_name} has no field {name!r}{purpose}{hint}")
         return field
 
+    # --- key layout (tag groups) ---------------------------------------
+    def _current_layout(self) -> tuple[int, tuple[str, ...], bool]:
+        gen = redis_db.generation()
+        layout = self._layout
+        if layout[0] != gen:
+            cluster = redis_db.is_cluster()
+            n = self.shards or (DEFAULT_CLUSTER_SHARDS if cluster else 1)
+            sharded = cluster or n > 1
+            groups = (tuple(keys.group_tag(self.model_name, k, n) for k in range(n))
+                      if sharded else (self.model_name,))
+            layout = self._layout = (gen, groups, sharded)
+        return layout
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The namespaces of the model's tag groups (just the model name when unsharded)."""
+        return self._current_layout()[1]
+
+    @property
+    def sharded(self) -> bool:
+        """True when keys carry hash tags: cluster mode, or ``Meta.shards`` > 1."""
+        return self._current_layout()[2]
+
+    def instance_key(self, key_values: Iterable[Any]) -> str:
+        """The Redis key of the instance with these key values (ordered by field name)."""
+        segments = [keys.escape(v) for v in key_values]
+        groups = self.groups
+        ns = groups[keys.group_of(keys.SEP.join(segments), len(groups))]
+        return keys.SEP.join([ns, *segments])
+
+    def claim_ns(self, token: str) -> str:
+        """The group holding the unique claim ``token`` (its own group, for global uniqueness)."""
+        groups = self.groups
+        return groups[keys.group_of(token, len(groups))]
+
+    def class_set_keys(self) -> list[str]:
+        """The class set of every tag group."""
+        return [keys.class_set_key(ns) for ns in self.groups]
+
+    def owns_key(self, redis_key: str) -> bool:
+        """True when ``redis_key`` is an instance key of this model (any group)."""
+        return keys.ns_of(redis_key) in self.groups and keys.SEP in redis_key
+
+    @property
+    def db_class_key(self) -> str:
+        return self._single_group("db_class_key")
+
+    @property
+    def db_class_set_key(self) -> str:
+        """The class set of an unsharded model (sharded models: ``class_set_keys()``)."""
+        return keys.class_set_key(self._single_group("db_class_set_key"))
+
+    def _single_group(self, what: str) -> str:
+        groups = self.groups
+        if len(groups) != 1 or self.sharded:
+            raise ModelException(f"{self.model_name} is sharded into {len(groups)} tag groups: "
+                                 f"{what} names one group; iterate over _meta.groups")
+        return groups[0]
+
     # --- derived names -------------------------------------------------
     @property
     def field_names(self) -> list[str]:
@@ -224,8 +296,8 @@ class ModelOptions:
     def get_db_key_index_position(self, field_name: str) -> int:
         return 1 + self.key_field_names.index(field_name)
 
-    def get_index_key(self, field_names: tuple[str, ...]) -> str:
-        return keys.composite_index_key(self.model_name, field_names)
+    def get_index_key(self, field_names: tuple[str, ...], ns: str | None = None) -> str:
+        return keys.composite_index_key(ns or self._single_group("get_index_key"), field_names)
 
     def query_filters(self) -> list[str]:
         params: list[str] = []

@@ -16,12 +16,17 @@ from ..query.sources import QUERY_LUA
 from .write import DELETE_LUA, SAVE_LUA
 
 
+#: every script defined anywhere; reloaded together when a server lost its cache
+REGISTRY: list[LuaScript] = []
+
+
 class LuaScript:
     def __init__(self, name: str, body: str) -> None:
         self.name = name
         self.body = body
         self.sha = hashlib.sha1(body.encode()).hexdigest()
         self._loaded: set[int] = set()
+        REGISTRY.append(self)
 
     def ensure_loaded(self, client: Any) -> None:
         pool = getattr(client, "connection_pool", None)
@@ -54,7 +59,8 @@ class LuaScript:
     def queue(self, pipe: Any, client: redis.Redis, keys: list[str], args: list[Any]) -> None:
         """Queue a call on ``pipe`` (the script is loaded through ``client`` first)."""
         self.ensure_loaded(client)
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        # execute_command: a cluster pipeline routes EVALSHA by its keys but blocks .evalsha()
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
     def forget(self) -> None:
         self._loaded.clear()
@@ -63,4 +69,4 @@ class LuaScript:
 SAVE = LuaScript("save", SAVE_LUA)
 DELETE = LuaScript("delete", DELETE_LUA)
 QUERY = LuaScript("query", QUERY_LUA)
-ALL_SCRIPTS = (SAVE, DELETE, QUERY)
+ALL_SCRIPTS = REGISTRY

@@ -21,6 +21,13 @@ to the new instance key; they are deleted with the instance, or when a rewrite
 of their owner no longer lists them. ``H`` writes its value (the score slot)
 with HSETNX, i.e. only when the instance has none yet.
 
+Sharded models (cluster mode, or ``Meta.shards`` > 1) keep a unique claim in
+the tag group of its *value*, so it is global across groups but usually in
+another slot than the instance. Their claims go through a two-phase protocol
+around the script (:mod:`popoto.models.claims`): the script then only records
+its ``C`` entries and returns the ones the write released (flag ``X``), and
+refuses to write once the claims' lease has run out.
+
 ``save()`` runs that call on its own pipeline and executes it; with
 ``save(pipeline=p)`` the same call is only queued on ``p``. There is no
 second copy of the logic.
@@ -66,7 +73,8 @@ def _text(value: Any) -> str:
 
 _LUA_COMMON = r"""
 -- kept: persistent companions (L, H) of a rewrite, by identity; nil when deleting
-local function remove_entries(packed, owner_key, kept)
+-- released: when set, unique claims (C) live elsewhere: collect them instead
+local function remove_entries(packed, owner_key, kept, released)
   if not packed then return end
   local entries = cmsgpack.unpack(packed)
   for _, e in ipairs(entries) do
@@ -77,6 +85,7 @@ local function remove_entries(packed, owner_key, kept)
     elseif kind == 'H' then redis.call('HDEL', k, m)
     elseif kind == 'S' then redis.call('SREM', k, m)
     elseif kind == 'Z' or kind == 'G' then redis.call('ZREM', k, m)
+    elseif kind == 'C' and released then released[k .. '\n' .. m] = {k, m}
     elseif kind == 'C' then
       if redis.call('HGET', k, m) == owner_key then redis.call('HDEL', k, m) end
     elseif kind == 'K' then redis.call('DEL', k)
@@ -109,6 +118,16 @@ _LUA_COMMON += RUN_COMMANDS_LUA
 SAVE_LUA = _LUA_COMMON + r"""
 local key, class_set, old_key = KEYS[1], KEYS[2], KEYS[3]
 local flags = ARGV[1]
+-- X<deadline ms>: claims are external (sharded model) and leased until the deadline
+local deadline = string.match(flags, 'X(%d+)')
+local released = nil
+if deadline then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(deadline) then
+    return redis.error_reply('POPOTO_LEASE ' .. key)
+  end
+  released = {}
+end
 if string.find(flags, 'N', 1, true) and redis.call('EXISTS', key) == 1 then
   return redis.error_reply('POPOTO_EXISTS ' .. key)
 end
@@ -130,12 +149,12 @@ local src = key
 if old_key ~= '' and old_key ~= key then src = old_key end
 local kept = {}
 for i = 1, n_replaced do
-  remove_entries(redis.call('HGET', src, '@idx:' .. ARGV[pos]), src, kept)
+  remove_entries(redis.call('HGET', src, '@idx:' .. ARGV[pos]), src, kept, released)
   pos = pos + 1
 end
 local n_migrated = tonumber(ARGV[pos]); pos = pos + 1
 for i = 1, n_migrated do
-  remove_entries(redis.call('HGET', src, '@idx:' .. ARGV[pos]), src, kept)
+  remove_entries(redis.call('HGET', src, '@idx:' .. ARGV[pos]), src, kept, released)
   pos = pos + 1
 end
 if src ~= key then
@@ -165,6 +184,7 @@ for i = 1, n_entries do
   elseif kind == 'G' then
     local sep = string.find(s, ',', 1, true)
     redis.call('GEOADD', k, string.sub(s, sep + 1), string.sub(s, 1, sep - 1), m)
+  elseif kind == 'C' and released then released[k .. '\n' .. m] = nil
   elseif kind == 'C' then redis.call('HSET', k, m, key)
   elseif kind == 'L' then
     local old = kept['L' .. m]
@@ -195,22 +215,36 @@ elseif ttl_mode == 'A' then redis.call('EXPIREAT', key, ARGV[3])
 end
 local n_cmds = tonumber(ARGV[pos]); pos = pos + 1
 run_commands(ARGV, pos, n_cmds)
+if released then
+  local out = {}
+  for _, c in pairs(released) do out[#out + 1] = c[1]; out[#out + 1] = c[2] end
+  return out
+end
 return 1
 """
 
-# KEYS: 1 instance key, 2 class set; ARGV: n_owners, owner*, n_cmds, (nargs cmd args...)*
+# KEYS: 1 instance key, 2 class set
+# ARGV: flags ('X': claims are external), n_owners, owner*, n_cmds, (nargs cmd args...)*
+# Returns 1/0 (existed); with 'X' {existed, (claim hash, claim field)*} of the claims to release.
 DELETE_LUA = _LUA_COMMON + r"""
 local key, class_set = KEYS[1], KEYS[2]
-local n_owners = tonumber(ARGV[1])
-local pos = 2
+local released = nil
+if ARGV[1] == 'X' then released = {} end
+local n_owners = tonumber(ARGV[2])
+local pos = 3
 for i = 1, n_owners do
-  remove_entries(redis.call('HGET', key, '@idx:' .. ARGV[pos]), key)
+  remove_entries(redis.call('HGET', key, '@idx:' .. ARGV[pos]), key, nil, released)
   pos = pos + 1
 end
 local existed = redis.call('DEL', key)
 redis.call('SREM', class_set, key)
 local n_cmds = tonumber(ARGV[pos]); pos = pos + 1
 if existed == 1 then run_commands(ARGV, pos, n_cmds) end
+if released then
+  local out = {existed}
+  for _, c in pairs(released) do out[#out + 1] = c[1]; out[#out + 1] = c[2] end
+  return out
+end
 return existed
 """
 
@@ -221,6 +255,8 @@ class WriteBatch:
 
     key: str
     class_set: str
+    ns: str = ""  # the instance's namespace (tag group); hooks build index keys in it
+    external_claims: bool = False  # sharded model: claims are settled around the script
     old_key: str = ""
     is_create: bool = False
     must_not_exist: bool = False
@@ -231,6 +267,7 @@ class WriteBatch:
     ttl: tuple[str, int] | None = None
     claims: list[tuple[str, str]] = field(default_factory=list)
     claim_labels: list[str] = field(default_factory=list)
+    claim_owners: list[str] = field(default_factory=list)
     owners: list[str] = field(default_factory=list)
     migrated_owners: list[str] = field(default_factory=list)
     entries: dict[str, list[tuple[str, str, str, Any]]] = field(default_factory=dict)
@@ -255,6 +292,7 @@ class WriteBatch:
         """
         self.claims.append((hash_key, hash_field))
         self.claim_labels.append(label or f"{owner}")
+        self.claim_owners.append(owner)
         self.add(owner, CLAIM, hash_key, hash_field)
 
     def command(self, *args: Any) -> None:
@@ -262,11 +300,20 @@ class WriteBatch:
         self.commands.append(args)
 
     # --- compilation ---------------------------------------------------
-    def save_args(self) -> tuple[list[str], list[Any]]:
+    def save_args(self, lease_deadline: int | None = None) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the SAVE script.
+
+        ``lease_deadline`` (ms, server clock) is given when the claims are
+        external (sharded model): the script then checks none of them and
+        refuses to write after the deadline.
+        """
         flags = ("N" if self.must_not_exist else "") + ("E" if self.must_exist else "")
+        if self.external_claims:
+            flags += f"X{lease_deadline if lease_deadline is not None else 2**52}"
         ttl_mode, ttl_value = self.ttl or ("", 0)
-        argv: list[Any] = [flags or "-", ttl_mode or "-", ttl_value, len(self.claims)]
-        for h, f in self.claims:
+        claims = [] if self.external_claims else self.claims
+        argv: list[Any] = [flags or "-", ttl_mode or "-", ttl_value, len(claims)]
+        for h, f in claims:
             argv += [h, f]
         argv.append(len(self.owners))
         argv += self.owners
@@ -295,11 +342,12 @@ class WriteBatch:
         for cmd in self.commands:
             argv.append(len(cmd))
             argv += cmd
-        keys = [self.key, self.class_set, self.old_key or ""]
+        keys = [self.key, self.class_set, self.old_key or self.key]
         return keys, argv
 
     def delete_args(self) -> tuple[list[str], list[Any]]:
-        argv: list[Any] = [len(self.owners), *self.owners, len(self.commands)]
+        argv: list[Any] = ["X" if self.external_claims else "-", len(self.owners),
+                           *self.owners, len(self.commands)]
         for cmd in self.commands:
             argv.append(len(cmd))
             argv += cmd

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from collections.abc import Callable
 
+from .. import keys
 from ..exceptions import QueryException
+from ..fields.field import NS_CONTEXT
 from .expressions import Q
 from .lookups import Exact, Lookup
 from .sources import Combine, GeoRadius, SetSource, Source
@@ -61,9 +63,11 @@ def resolve_lookup(model: type[Model], name: str, value: Any) -> Lookup:
 
 
 def compile_q(model: type[Model], q: Q, context: dict[str, Any] | None = None,
-              options: dict[str, Any] | None = None) -> Compiled:
-    """Compile ``q``; ``options`` (e.g. ``geo_radius``) reach every lookup via its context."""
-    context = {**(options or {}), **(context or {})}
+              options: dict[str, Any] | None = None, ns: str | None = None) -> Compiled:
+    """Compile ``q`` for the tag group ``ns`` (default: the model's first, the only one
+    when unsharded); ``options`` (e.g. ``geo_radius``) reach every lookup via its context."""
+    ns = ns or model._meta.groups[0]
+    context = {**(options or {}), **(context or {}), NS_CONTEXT: ns}
     leaves = [c for c in q.children if isinstance(c, tuple)]
     lookups = [resolve_lookup(model, name, value) for name, value in leaves]
     exact = {lk.field.name: lk.value for lk in lookups if type(lk) is Exact}
@@ -82,8 +86,8 @@ def compile_q(model: type[Model], q: Q, context: dict[str, Any] | None = None,
     for child in q.children:
         if isinstance(child, Q):
             parts.append(compile_q(model, child, context if q.connector == Q.AND else None,
-                                   options))
-    universe = SetSource(model._meta.db_class_set_key)
+                                   options, ns))
+    universe = SetSource(keys.class_set_key(ns))
     if not parts:
         node = Compiled(None, None, lambda obj: True, exact)
     elif q.connector == Q.AND:

@@ -37,8 +37,20 @@ def _queue(pipe: Any, commands: list[Command]) -> None:
     for name, args in commands:
         method = methods.get(name)
         if method is None:
-            method = methods[name] = getattr(pipe, name)
+            method = methods[name] = (_evalsha(pipe) if name == "evalsha"
+                                      else getattr(pipe, name))
         method(*args)
+
+
+def _evalsha(pipe: Any) -> Any:
+    """EVALSHA through execute_command: a cluster pipeline blocks ``.evalsha()`` but
+    routes the raw command by its keys like any other."""
+    execute_command = pipe.execute_command
+
+    def call(*args: Any) -> Any:
+        return execute_command("EVALSHA", *args)
+
+    return call
 
 
 def _send(client: Any, commands: list[Command]) -> list[Any]:

@@ -1,4 +1,13 @@
-"""Lazy, chainable queries and the ``Model.query`` manager."""
+"""Lazy, chainable queries and the ``Model.query`` manager.
+
+A sharded model (cluster mode, or ``Meta.shards`` > 1) is queried group by
+group: the plan is compiled once per tag group, every group answers its part
+in the same pipelined round trip (a cluster client sends each node its
+groups), and the pages are merged here: a k-way merge by (score, key) gives
+exactly the order one server would give, so ``order_by`` + ``limit`` stay
+correct, and counts add up. Each group returns at most ``offset + limit``
+rows, never its whole index.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,7 @@ from collections.abc import Iterator
 from .. import keys
 from ..encoding import decode_field
 from ..exceptions import QueryException
+from ..fields.field import NS_CONTEXT
 from .compiler import Compiled, compile_q, keep_scores, set_score_source
 from .expressions import Q
 from .io import Command, Steps, run, run_async
@@ -18,6 +28,16 @@ if TYPE_CHECKING:
     from ..models.base import Model
 
 BATCH = 1000
+Plans = list[tuple[str, "Source | None"]]  # (tag group, its source; None = the class set)
+
+
+def _merge_key(row: tuple[Any, float]) -> tuple[float, bytes]:
+    """Sort key of a (member, score) row across groups: score, then the key without its
+    tag, which is the order one server gives (its keys share one prefix)."""
+    member = row[0]
+    if isinstance(member, str):
+        member = member.encode()
+    return row[1], member.split(b":", 1)[-1]
 
 
 class QuerySet:
@@ -109,9 +129,18 @@ class QuerySet:
         return self._clone(_values=tuple(names))
 
     # --- evaluation ----------------------------------------------------
-    def _plan(self) -> tuple[Source | None, Any, bool]:
-        """(source, residual predicate, ordered-by-redis)."""
-        compiled: Compiled = compile_q(self.model, self._where, options=self._options)
+    def _plan(self) -> tuple[Plans, Any, bool]:
+        """([(group, source)] for every tag group, residual predicate, ordered-by-redis)."""
+        plans: Plans = []
+        residual, redis_order = None, True
+        for ns in self.model._meta.groups:
+            source, residual, redis_order = self._group_plan(ns)
+            plans.append((ns, source))
+        return plans, residual, redis_order
+
+    def _group_plan(self, ns: str) -> tuple[Source | None, Any, bool]:
+        """(source, residual predicate, ordered-by-redis) in the tag group ``ns``."""
+        compiled: Compiled = compile_q(self.model, self._where, options=self._options, ns=ns)
         source = compiled.source
         order = self._order
         redis_order = True
@@ -120,7 +149,7 @@ class QuerySet:
         if order is not None:
             field = self.model._meta.fields[order.lstrip("-")]
             if field.is_sorted:
-                zkey = field.key_from_context(compiled.exact)
+                zkey = field.key_from_context({**compiled.exact, NS_CONTEXT: ns})
                 if not (isinstance(source, ScoreRange) and source.key == zkey):
                     source = set_score_source(source, SetSource(zkey))
             elif (not field.is_key or len(self.model._meta.key_field_names) != 1
@@ -140,11 +169,11 @@ class QuerySet:
 
     # --- evaluation as I/O-free steps (run by popoto.query.io, sync or async) ----
     def _query_call(self, source: Source, mode: str, offset: int = 0,
-                    count: int = 0) -> Command:
-        """The QUERY script call evaluating ``source`` inside Redis."""
+                    count: int = 0, ns: str = "") -> Command:
+        """The QUERY script call evaluating ``source`` inside Redis (in tag group ``ns``)."""
         from ..models import scripts
 
-        prog = Program(temp_prefix=keys.temp_key(uuid.uuid4().hex))
+        prog = Program(temp_prefix=keys.temp_key(uuid.uuid4().hex, ns), ns=ns)
         result = source.emit(prog)
         conv = prog.temp()
         argv: list[Any] = [len(prog.ops)]
@@ -154,12 +183,15 @@ class QuerySet:
         argv += [result, mode, offset, count, "1" if self._rev() else "0", scores, conv]
         return scripts.QUERY.command(prog.keys, argv)
 
-    def _page_steps(self, source: Source | None, offset: int,
+    def _page_steps(self, plans: Plans, offset: int,
                     count: int) -> Steps[tuple[int, list[Any]]]:
-        """(total, [(member, score)]) of one page of ``source`` in Redis order."""
+        """(total, [(member, score)]) of one page of the plans' result in Redis order."""
+        if len(plans) > 1:
+            return (yield from self._scatter_page_steps(plans, offset, count))
+        ns, source = plans[0]
         rev = self._rev()
         if source is None:
-            source = SetSource(self.model._meta.db_class_set_key)
+            source = SetSource(keys.class_set_key(ns))
         order = self._order and self.model._meta.fields[self._order.lstrip("-")]
         if count < 0 and not offset and type(source) is SetSource and not (
                 order and order.is_sorted):  # (ordering by a sorted field: source is its zset)
@@ -178,19 +210,53 @@ class QuerySet:
             if count < 0 and offset:
                 members = members[offset:]
             return total, [(m, 0.0) for m in members]
-        ((total, flat),) = yield [self._query_call(source, "page", offset, count)]
+        ((total, flat),) = yield [self._query_call(source, "page", offset, count, ns)]
         return total, list(zip(flat[0::2], (float(s) for s in flat[1::2])))
 
-    def _count_steps(self, source: Source | None) -> Steps[int]:
-        if source is None:
-            source = SetSource(self.model._meta.db_class_set_key)
-        if isinstance(source, SetSource):
-            (n,) = yield [("scard", (source.key,))]
-        elif isinstance(source, ScoreRange):
-            (n,) = yield [("zcount", (source.key, source.low, source.high))]
-        else:
-            ((n,),) = yield [self._query_call(source, "count")]
-        return n
+    def _scatter_page_steps(self, plans: Plans, offset: int,
+                            count: int) -> Steps[tuple[int, list[Any]]]:
+        """One page across tag groups: each group's first ``offset + count`` rows with
+        their scores, in one round trip, merged by (score, key without its tag)."""
+        rev = self._rev()
+        want = -1 if count < 0 else offset + count
+        cmds: list[Command] = []
+        for ns, source in plans:
+            if source is None:
+                source = SetSource(keys.class_set_key(ns))
+            if isinstance(source, ScoreRange):  # no script needed: one sorted set
+                low, high = source.low, source.high
+                page = (None, None) if want < 0 else (0, want)
+                cmds.append(("zcount", (source.key, low, high)))
+                cmds.append(("zrevrangebyscore", (source.key, high, low, *page, True)) if rev
+                            else ("zrangebyscore", (source.key, low, high, *page, True)))
+            else:
+                cmds.append(self._query_call(source, "page", 0, want, ns))
+        replies = iter((yield cmds))
+        total, rows = 0, []
+        for _ns, source in plans:
+            if isinstance(source, ScoreRange):
+                total += next(replies)
+                rows += [(m, float(s)) for m, s in next(replies)]
+            else:
+                n, flat = next(replies)
+                total += n
+                rows += zip(flat[0::2], (float(s) for s in flat[1::2]))
+        rows.sort(key=_merge_key, reverse=rev)
+        return total, rows[offset:] if count < 0 else rows[offset:offset + count]
+
+    def _count_steps(self, plans: Plans) -> Steps[int]:
+        cmds: list[Command] = []
+        for ns, source in plans:
+            if source is None:
+                source = SetSource(keys.class_set_key(ns))
+            if isinstance(source, SetSource):
+                cmds.append(("scard", (source.key,)))
+            elif isinstance(source, ScoreRange):
+                cmds.append(("zcount", (source.key, source.low, source.high)))
+            else:
+                cmds.append(self._query_call(source, "count", ns=ns))
+        replies = yield cmds
+        return sum(r[0] if isinstance(r, list) else r for r in replies)
 
     def _hydrate_steps(self, rows: list[tuple[Any, float]]) -> Steps[list[Any]]:
         """Instances (or value dicts) for ``rows``, one pipelined round trip per batch.
@@ -250,13 +316,13 @@ class QuerySet:
         return sorted(objs, key=sort_key, reverse=self._rev())
 
     def _fetch_steps(self) -> Steps[list[Any]]:
-        source, residual, redis_order = self._plan()
+        plans, residual, redis_order = self._plan()
         offset, limit, values = self._offset, self._limit, self._values
         if limit == 0:
             return []
         if residual is not None or not redis_order:
             # Python has work to do: evaluate over every candidate Redis returns.
-            _total, rows = yield from self._page_steps(source, 0, -1)
+            _total, rows = yield from self._page_steps(plans, 0, -1)
             loaded = yield from self._clone(_values=None)._hydrate_steps(rows)
             objs = self._python_sort([o for o in loaded if residual is None or residual(o)])
             objs = objs[offset:None if limit is None else offset + limit]
@@ -264,12 +330,12 @@ class QuerySet:
                 objs = [{n: getattr(o, n) for n in values} for o in objs]
             return objs
         want = -1 if limit is None else limit
-        total, rows = yield from self._page_steps(source, offset, want)
+        total, rows = yield from self._page_steps(plans, offset, want)
         objs = yield from self._hydrate_steps(rows)
         # stale index entries were skipped: top the page up from further down
         next_offset = offset + len(rows)
         while want > 0 and len(objs) < want and next_offset < total:
-            _t, more = yield from self._page_steps(source, next_offset, want - len(objs))
+            _t, more = yield from self._page_steps(plans, next_offset, want - len(objs))
             if not more:
                 break
             next_offset += len(more)
@@ -278,18 +344,19 @@ class QuerySet:
 
     def _count_all_steps(self) -> Steps[int]:
         if not self._where and not self._options and self._limit is None and not self._offset:
-            return (yield from self._count_steps(None))  # no plan to compile
-        source, residual, _ = self._plan()
+            # no plan to compile
+            return (yield from self._count_steps([(ns, None) for ns in self.model._meta.groups]))
+        plans, residual, _ = self._plan()
         if residual is None and self._limit is None and not self._offset:
-            return (yield from self._count_steps(source))
+            return (yield from self._count_steps(plans))
         return len((yield from self._clone(_values=None)._fetch_steps()))
 
     def _keys_steps(self) -> Steps[list[str]]:
-        source, residual, redis_order = self._plan()
+        plans, residual, redis_order = self._plan()
         if residual is not None or not redis_order:
             return [o.pk for o in (yield from self._clone(_values=None)._fetch_steps())]
         want = -1 if self._limit is None else self._limit
-        _total, rows = yield from self._page_steps(source, self._offset, want)
+        _total, rows = yield from self._page_steps(plans, self._offset, want)
         return [k.decode() if isinstance(k, bytes) else k for k, _s in rows]
 
     def _get_steps(self) -> Steps[Any]:
@@ -411,12 +478,12 @@ class Query:
         if db_key is None and not conditions and kwargs and set(kwargs) == set(
                 meta.key_field_names):
             ordered = [meta.fields[n].coerce(kwargs[n]) for n in meta.key_field_names]
-            db_key, kwargs = keys.instance_key(meta.model_name, ordered), {}
+            db_key, kwargs = meta.instance_key(ordered), {}
         if db_key is None:
             return (yield from self._qs().filter(*conditions, **kwargs)._get_steps())
         if conditions or kwargs:
             raise QueryException("get() takes either db_key/redis_key or filters, not both")
-        if not db_key.startswith(meta.db_class_key + keys.SEP):
+        if not meta.owns_key(db_key):
             return None
         (raw,) = yield [("hgetall", (db_key,))]
         if not raw:

@@ -22,6 +22,7 @@ class Program:
     ops: list[list[Any]] = field(default_factory=list)
     n_temps: int = 0
     temp_prefix: str = ""
+    ns: str = ""  # the tag group the program runs in (sources built per group use it)
 
     def key(self, name: str) -> int:
         if name in self.keys:
