@@ -6,6 +6,15 @@
   did not start that server, flushing its db 0 is refused.
 
 Every test starts with an empty test database (``clean_db`` is autouse).
+
+Cluster mode: with ``POPOTO_TEST_CLUSTER=1`` the session runs on a local
+3-master Redis Cluster (``popoto.testing.cluster.EmbeddedCluster``) with
+``popoto.configure(cluster=True)``; ``r`` is then a ``RedisCluster`` client and
+every test starts with all masters flushed. Tests marked ``standalone_only``
+(they inspect the unsharded key layout, use several databases, or run Celery
+on the same server) are deselected there, so the cluster run is the declared
+subset "everything else". Tests that need a cluster inside the standalone run
+use the ``cluster`` / ``cluster_mode`` fixtures.
 """
 
 from __future__ import annotations
@@ -13,12 +22,31 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 import redis
 
 from popoto.testing.server import EmbeddedRedis
+
+CLUSTER_RUN = os.environ.get("POPOTO_TEST_CLUSTER", "").lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "standalone_only: needs a standalone server (unsharded key layout, several "
+        "databases, Celery on the same server); deselected in the cluster run")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not CLUSTER_RUN:
+        return
+    keep = [i for i in items if i.get_closest_marker("standalone_only") is None]
+    dropped = [i for i in items if i.get_closest_marker("standalone_only") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 DEFAULT_EXTERNAL_TEST_DB = 15
 
@@ -30,6 +58,7 @@ class RedisServerInfo:
     url: str  # includes the test db
     db: int
     embedded: EmbeddedRedis | None  # None when REDIS_URL was given
+    cluster: Any = None  # the EmbeddedCluster of a cluster run
 
     @property
     def owned(self) -> bool:
@@ -68,9 +97,26 @@ def embedded_server() -> Iterator[EmbeddedRedis | None]:
         yield server
 
 
+def _start_cluster(masters: int = 3) -> Any:
+    from popoto.testing.cluster import ClusterUnavailable, EmbeddedCluster
+
+    try:
+        return EmbeddedCluster(masters=masters).start()
+    except ClusterUnavailable as exc:
+        pytest.skip(f"the Redis server binary cannot run a cluster: {exc}")
+
+
 @pytest.fixture(scope="session")
-def redis_server(embedded_server: EmbeddedRedis | None) -> RedisServerInfo:
+def redis_server(embedded_server: EmbeddedRedis | None) -> Iterator[RedisServerInfo]:
     """The session's Redis server, with Popoto configured to use its test database."""
+    import popoto  # lazily: the ORM package may be mid-development
+
+    if CLUSTER_RUN:
+        cluster = _start_cluster()
+        popoto.configure(url=cluster.url, cluster=True)
+        yield RedisServerInfo(url=cluster.url, db=0, embedded=embedded_server, cluster=cluster)
+        cluster.stop()
+        return
     if embedded_server is not None:
         info = RedisServerInfo(url=_url_with_db(embedded_server.url, 0), db=0,
                                embedded=embedded_server)
@@ -83,12 +129,8 @@ def redis_server(embedded_server: EmbeddedRedis | None) -> RedisServerInfo:
         info = RedisServerInfo(url=_url_with_db(os.environ["REDIS_URL"], db), db=db,
                                embedded=None)
     _refuse_unsafe_flush(info)
-
-    import popoto  # lazily: the ORM package may be mid-development
-
-    if hasattr(popoto, "configure"):
-        popoto.configure(url=info.url)
-    return info
+    popoto.configure(url=info.url)
+    yield info
 
 
 @pytest.fixture(scope="session")
@@ -97,9 +139,15 @@ def redis_url(redis_server: RedisServerInfo) -> str:
     return redis_server.url
 
 
+def _client_for(info: RedisServerInfo, **kwargs: Any) -> Any:
+    if info.cluster is not None:
+        return info.cluster.client(**kwargs)
+    return redis.Redis.from_url(info.url, **kwargs)
+
+
 @pytest.fixture(scope="session")
 def _flush_client(redis_server: RedisServerInfo) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
+    client = _client_for(redis_server)
     yield client
     client.close()
 
@@ -108,12 +156,37 @@ def _flush_client(redis_server: RedisServerInfo) -> Iterator[redis.Redis]:
 def clean_db(redis_server: RedisServerInfo, _flush_client: redis.Redis) -> None:
     """Empty the test database before each test."""
     _refuse_unsafe_flush(redis_server)
-    _flush_client.flushdb()
+    if redis_server.cluster is not None:
+        redis_server.cluster.flushall()
+    else:
+        _flush_client.flushdb()
 
 
 @pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    """A plain redis-py client on the test database (bytes responses)."""
-    client = redis.Redis.from_url(redis_url, decode_responses=False)
+def r(redis_server: RedisServerInfo) -> Iterator[redis.Redis]:
+    """A plain redis-py client on the test database (bytes responses; RedisCluster in a
+    cluster run)."""
+    client = _client_for(redis_server, decode_responses=False)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """A local 3-master Redis Cluster for this session (started on first use)."""
+    started = _start_cluster()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def cluster_mode(cluster: Any, redis_server: RedisServerInfo) -> Iterator[Any]:
+    """Popoto configured for the session cluster (flushed) during one test; restored after."""
+    import popoto
+
+    cluster.flushall()
+    popoto.configure(url=cluster.url, cluster=True)
+    try:
+        yield cluster
+    finally:
+        popoto.configure(url=redis_server.url, cluster=True if redis_server.cluster else None)

@@ -513,6 +513,11 @@ def translate_error(model: type[Model], exc: redis.exceptions.ResponseError,
         return UniqueViolation(
             f"{model.__name__}: unique constraint violated: {what} is already held by {owner!r}"
         )
+    if "POPOTO_LEASE" in text:
+        key = text.split("POPOTO_LEASE", 1)[1].strip()
+        return ModelException(
+            f"{model.__name__}: the save of {key!r} took longer than its unique-claim lease "
+            f"({claims.LEASE_MS - claims.LEASE_MARGIN_MS} ms) and was not written; retry it")
     if "POPOTO_MISSING" in text:
         key = text.split("POPOTO_MISSING", 1)[1].strip()
         return ModelException(f"{model.__name__}: no instance at {key!r}")

@@ -1,0 +1,323 @@
+"""Sharded models (``Meta.shards``) on one server: layout, scatter/merge queries, global claims.
+
+Standalone with ``shards=4`` builds exactly the key layout of cluster mode, so
+these tests pin the logic; tests/cluster/ runs it on a real cluster.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+
+import popoto
+from popoto import (
+    Field,
+    GeoField,
+    IndexedField,
+    KeyField,
+    Model,
+    ModelException,
+    SortedField,
+    UniqueKeyField,
+    UniqueViolation,
+    keys,
+)
+from popoto.exceptions import KeyMutationError
+from popoto.models import claims
+from popoto.models.write import IDX_PREFIX
+
+CTX = multiprocessing.get_context("spawn")
+N = 4
+
+
+class Flat(Model):
+    region = KeyField()
+    name = KeyField()
+    score = SortedField(type=int)
+    color = IndexedField(null=True)
+    email = Field(null=True, unique=True)
+    place = GeoField(null=True)
+
+
+class Spread(Model):
+    region = KeyField()
+    name = KeyField()
+    score = SortedField(type=int)
+    color = IndexedField(null=True)
+    email = Field(null=True, unique=True)
+    place = GeoField(null=True)
+
+    class Meta:
+        shards = N
+
+
+class Coupon(Model):
+    code = UniqueKeyField()
+    owner = Field(null=True)
+
+    class Meta:
+        shards = N
+        indexes = ((("owner",), True),)
+
+
+def _fill(n: int = 60) -> None:
+    for i in range(n):
+        row = dict(region="eu" if i % 3 else "us:w", name=f"n{i:03d}", score=(i * 7) % 11,
+                   color=("red", "blue", None)[i % 3], email=f"e{i}@x" if i % 4 else None,
+                   place=(48.85 + i / 1000, 2.35) if i % 2 else None)
+        Flat.create(**row)
+        Spread.create(**row)
+
+
+def _names(objs: list) -> list[tuple[str, str]]:
+    return [(o.region, o.name) for o in objs]
+
+
+def test_layout_tags_every_key_and_keeps_an_instance_in_one_slot(r):
+    """Every key of a sharded model carries its group's tag; an instance's hash, class-set
+    entry and index entries share one slot; an unsharded model keeps the documented layout."""
+    meta = Spread._meta
+    assert meta.sharded and len(meta.groups) == N
+    assert all(ns.startswith("{Spread#") and ns.endswith("}") for ns in meta.groups)
+    _fill(40)
+    names = {k.decode() for k in r.keys("*")}
+    flat = {k for k in names if "Flat" in k}
+    assert "$Class:Flat" in flat and "$SortedF:Flat:score" in flat
+    spread = {k for k in names if "Spread" in k}
+    assert all("{Spread#" in k for k in spread), spread
+    groups_used = {keys.ns_of(k) for k in map(bytes.decode, r.sunion(meta.class_set_keys()))}
+    assert groups_used == set(meta.groups)  # 40 instances reach all 4 groups
+    obj = Spread.query.get(region="eu", name="n001")
+    slot = keys.key_slot(obj.pk)
+    assert r.sismember(keys.class_set_key(keys.ns_of(obj.pk)), obj.pk)
+    for row in r.hgetall(obj.pk):
+        if row.startswith(IDX_PREFIX.encode()):
+            owner = row.decode()[len(IDX_PREFIX):]
+            for kind, key, _member in __import__("popoto.models.write", fromlist=["x"]) \
+                    .unpack_record(r.hget(obj.pk, row), obj.pk):
+                if kind != "C":  # claims live in the value's group, checked below
+                    assert keys.key_slot(key) == slot, (owner, key)
+
+
+def test_group_tags_spread_over_equal_slot_ranges():
+    """Group k's tag hashes into the k-th of N equal slot ranges (even spread on a cluster)."""
+    for n in (1, 3, 4, 16, 100):
+        for k in range(n):
+            slot = keys.key_slot(keys.group_tag("Spread", k, n))
+            assert k * 16384 // n <= slot < (k + 1) * 16384 // n, (n, k, slot)
+
+
+def test_meta_shards_is_validated():
+    """Meta.shards must be an int in 1..16384; the error names the model and the value."""
+    for bad in (0, -1, "4", 2.0, True, 16385):
+        with pytest.raises(ModelException, match=r"Bad\.Meta\.shards"):
+            type("Bad", (Model,), {"__module__": __name__, "k": KeyField(),
+                                   "Meta": type("Meta", (), {"shards": bad})})
+
+
+def test_sharded_queries_equal_the_unsharded_answer():
+    """Filters, order_by + limit/offset, counts, keys order, values, geo distances and
+    first/last across 4 groups give exactly what one unsharded model gives."""
+    _fill()
+    checks = [
+        lambda q: q.all(),
+        lambda q: q.filter(color="red"),
+        lambda q: q.filter(color__isnull=True),
+        lambda q: q.filter(score__gte=5).order_by("score"),
+        lambda q: q.filter(score__gte=5).order_by("-score").limit(7),
+        lambda q: q.order_by("score")[13:21],
+        lambda q: q.order_by("-score")[50:],
+        lambda q: q.filter(region="eu", score__lt=4).order_by("-score"),
+        lambda q: q.filter(name__startswith="n01"),
+        lambda q: q.filter(name="n017"),
+        lambda q: q.filter(name__in=["n001", "n002", "n999"]),
+        lambda q: q.exclude(color="blue").order_by("score").limit(9),
+        lambda q: q.filter(popoto.Q(color="red") | popoto.Q(score=3)).order_by("score"),
+        lambda q: q.filter(email="e5@x"),
+        lambda q: q.filter(place=(48.85, 2.35), place_radius=20, place_radius_unit="km",
+                           place_with_distances=True).limit(5),
+    ]
+    for i, check in enumerate(checks):
+        want, got = check(Flat.query), check(Spread.query)
+        if isinstance(want, list):
+            assert _names(got) == _names(want), i
+            continue
+        assert _names(list(got)) == _names(list(want)), i
+        assert got.count() == want.count(), i
+        assert [k.split(":", 1)[1] for k in got.keys()] == \
+            [k.split(":", 1)[1] for k in want.keys()], i
+    near_f = Flat.query.filter(place=(48.85, 2.35), place_radius=20, place_radius_unit="km",
+                               place_with_distances=True).limit(5)
+    near_s = Spread.query.filter(place=(48.85, 2.35), place_radius=20, place_radius_unit="km",
+                                 place_with_distances=True).limit(5)
+    assert [round(o.place_distance, 3) for o in near_s] == \
+        [round(o.place_distance, 3) for o in near_f]
+    assert Spread.query.values("name", "score").order_by("score").limit(4)[:] == \
+        Flat.query.values("name", "score").order_by("score").limit(4)[:]
+    assert _names([Spread.query.order_by("score").first()]) == \
+        _names([Flat.query.order_by("score").first()])
+    assert _names([Spread.query.order_by("score").last()]) == \
+        _names([Flat.query.order_by("score").last()])
+    assert Spread.query.count() == Flat.query.count() == 60
+
+
+def test_a_page_reads_at_most_offset_plus_limit_rows_per_group(r):
+    """order_by + limit asks each group for offset+limit rows only (no whole index)."""
+    _fill()
+    r.config_resetstat()
+    got = Spread.query.order_by("score")[10:15]
+    assert len(got) == 5
+    stats = r.info("commandstats")
+    # one ZRANGEBYSCORE-free plan: the query script per group, then 5 HGETALLs
+    assert stats["cmdstat_hgetall"]["calls"] == 5
+    assert stats["cmdstat_evalsha"]["calls"] == N
+
+
+def test_unique_values_are_global_across_groups():
+    """A unique value held in one group refuses a holder in any group; changing or
+    deleting the holder frees it; the claim lives in the value's own group."""
+    Spread.create(region="eu", name="a", score=1, email="x@m")
+    for i in range(12):  # names hashing to every group
+        with pytest.raises(UniqueViolation, match=r"email='x@m' is already held by"):
+            Spread.create(region="us", name=f"b{i}", score=1, email="x@m")
+    assert Spread.query.count() == 1
+    holder = Spread.query.get(region="eu", name="a")
+    holder.email = "y@m"
+    holder.save()
+    Spread.create(region="us", name="b0", score=1, email="x@m")
+    with pytest.raises(UniqueViolation):
+        Spread.create(region="us", name="b1", score=1, email="y@m")
+    holder.delete()
+    Spread.create(region="us", name="b1", score=1, email="y@m")
+    field = Spread._meta.fields["email"]
+    token = field.unique_token("y@m")
+    claim_hash = field.unique_key(Spread._meta.claim_ns(token))
+    assert popoto.redis_db.get_client().hget(claim_hash, token).decode() == \
+        Spread._meta.instance_key(["b1", "us"])
+
+
+def test_unique_key_field_and_composite_claims_are_global():
+    """UniqueKeyField and a unique composite index on a sharded model: one holder each."""
+    Coupon.create(code="c1", owner="ann")
+    with pytest.raises(UniqueViolation):
+        Coupon.create(code="c1", owner="bob")
+    with pytest.raises(UniqueViolation, match="owner='ann'"):
+        Coupon.create(code="c2", owner="ann")
+    Coupon.create(code="c2", owner="bob")
+    assert Coupon.query.count() == 2
+
+
+def _claim_state(model: type[Model], field: str, value: str) -> tuple[str, str, bytes | None]:
+    f = model._meta.fields[field]
+    token = f.unique_token(value)
+    h = f.unique_key(model._meta.claim_ns(token))
+    return h, token, popoto.redis_db.get_client().hget(h, token)
+
+
+def test_stale_claims_are_taken_over_live_ones_are_not(r):
+    """A claim whose holder is gone (deleted behind the ORM's back, or no longer listing
+    it) is taken over; a live holder's claim is not; a failed save rolls its claim back."""
+    a = Spread.create(region="eu", name="a", score=1, email="x@m")
+    r.delete(a.pk)  # holder vanishes without releasing
+    b = Spread.create(region="eu", name="b", score=1, email="x@m")
+    h, token, value = _claim_state(Spread, "email", "x@m")
+    assert value.decode() == b.pk
+    r.hset(h, token, Spread._meta.instance_key(["zz", "eu"]))  # names a non-existent holder
+    Spread.create(region="eu", name="c", score=1, email="x@m")
+    # the live holder c lists the claim in its record: d is refused
+    with pytest.raises(UniqueViolation):
+        Spread.create(region="eu", name="d", score=1, email="x@m")
+    # a save that fails after claiming (its key exists) leaves the claim as it was
+    with pytest.raises(UniqueViolation, match="already exists"):
+        Spread.create(region="eu", name="c", score=2, email="new@m")
+    assert _claim_state(Spread, "email", "new@m")[2] is None
+
+
+def test_pending_claims_block_until_their_lease_ends(r):
+    """A live pending claim of another writer is a violation; once its lease has passed
+    and its holder does not list it, the value is free again."""
+    h, token, _ = _claim_state(Spread, "email", "p@m")
+    other = Spread._meta.instance_key(["w", "eu"])
+    now_ms = int(time.time() * 1000)
+    r.hset(h, token, f"~{now_ms + 60_000}~{other}")
+    with pytest.raises(UniqueViolation, match="p@m"):
+        Spread.create(region="eu", name="a", score=1, email="p@m")
+    r.hset(h, token, f"~{now_ms - 1}~{other}")  # the other writer crashed; lease over
+    obj = Spread.create(region="eu", name="a", score=1, email="p@m")
+    assert r.hget(h, token).decode() == obj.pk
+
+
+def test_a_save_past_its_lease_writes_nothing(r):
+    """The save script refuses to write once the claims' lease deadline has passed."""
+    obj = Spread(region="eu", name="late", score=1, email="l@m")
+    batch = obj.build_save(must_not_exist=True)
+    keys_, args = batch.save_args(lease_deadline=int(time.time() * 1000) - 1)
+    with pytest.raises(popoto.redis_db.redis.exceptions.ResponseError, match="POPOTO_LEASE"):
+        popoto.redis_db.get_client().evalsha(
+            __import__("popoto.models.scripts", fromlist=["x"]).SAVE.sha, len(keys_), *keys_,
+            *args)
+    assert not r.exists(obj.pk)
+    assert claims.LEASE_MS - claims.LEASE_MARGIN_MS > 1000
+
+
+def test_save_on_a_pipeline_refuses_claims_but_queues_plain_saves(r):
+    """save(pipeline=p) of a sharded model with unique claims raises a clear error; without
+    claims the call is queued as usual."""
+    pipe = r.pipeline()
+    with pytest.raises(ModelException, match="save\\(pipeline=...\\) cannot queue"):
+        Spread(region="eu", name="p", score=1, email="q@m").save(pipeline=pipe)
+    Spread(region="eu", name="p", score=1).save(pipeline=pipe)
+    pipe.execute()
+    assert Spread.query.get(region="eu", name="p").score == 1
+
+
+def test_key_migration_across_groups_moves_indexes_and_claims(r):
+    """migrate_key to a key in another group: the new key has every index entry and the
+    claim; the old key, its entries and its class-set entry are gone."""
+    obj = Spread.create(region="eu", name="m0", score=5, color="red", email="m@m")
+    old = obj.pk
+    target = next(f"m{i}" for i in range(1, 50)
+                  if keys.ns_of(Spread._meta.instance_key([f"m{i}", "eu"])) != keys.ns_of(old))
+    obj.name = target
+    obj.save(migrate_key=True)
+    assert keys.ns_of(obj.pk) != keys.ns_of(old)
+    assert not r.exists(old)
+    assert _names(Spread.query.filter(color="red")) == [("eu", target)]
+    assert _names(Spread.query.filter(score=5)) == [("eu", target)]
+    assert _claim_state(Spread, "email", "m@m")[2].decode() == obj.pk
+    assert Spread.query.count() == 1
+    with pytest.raises(UniqueViolation):
+        Spread.create(region="us", name="x", score=1, email="m@m")
+    obj.name, obj.email = "m0", None  # no claims: the refusal is about the two writes
+    with pytest.raises(KeyMutationError, match="another tag group takes two writes"):
+        obj.save(pipeline=r.pipeline(), migrate_key=True)
+
+
+def _race_worker(url, barrier, me, out):
+    popoto.configure(url=url)
+    barrier.wait()
+    try:
+        Spread.create(region="eu", name=f"r{me}", score=me, email="race@m")
+        out.put("ok")
+    except UniqueViolation:
+        out.put("unique")
+    except Exception as exc:  # reported to the parent, which fails the test
+        out.put(f"error {type(exc).__name__}: {exc}")
+
+
+def test_8_processes_race_for_one_unique_value_across_groups(redis_url):
+    """8 processes creating instances in different groups with one unique value: one wins."""
+    barrier = CTX.Barrier(8)
+    out = CTX.Queue()
+    procs = [CTX.Process(target=_race_worker, args=(redis_url, barrier, i, out))
+             for i in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    results = sorted(out.get() for _ in range(8))
+    assert results == ["ok"] + ["unique"] * 7, results
+    assert Spread.query.filter(email="race@m").count() == 1
+    assert Spread.query.count() == 1
