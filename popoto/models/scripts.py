@@ -54,7 +54,8 @@ class LuaScript:
         Nothing needs loading first and a server that lost its script cache
         still runs it, whichever client later executes the pipeline.
         """
-        pipe.eval(self.body, len(keys), *keys, *args)
+        # execute_command: redis-py's cluster pipeline has no eval() of its own
+        pipe.execute_command("EVAL", self.body, len(keys), *keys, *args)
 
     def queue(self, pipe: Any, client: redis.Redis, keys: list[str], args: list[Any]) -> None:
         """Queue a call on ``pipe`` (the script is loaded through ``client`` first)."""
