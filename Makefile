@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(SERVER) sh -c '$(BIN)/python -m ops.demo && $(BIN)/python -m ops.demo_background'
+	$(SERVER) sh -c '$(BIN)/python -m ops.demo && $(BIN)/python -m ops.demo_background && $(BIN)/python -m ops.demo_cluster'
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
