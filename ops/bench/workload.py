@@ -209,8 +209,8 @@ class Raw:
             from popoto.models.counter_lua import INCREMENT_LUA
 
             self.increment_sha = self.r.script_load(INCREMENT_LUA)
-        return self.r.evalsha(self.increment_sha, 1, row.key, field, kind, delta,
-                              "1" if zkey else "0", zkey)
+        return self.r.evalsha(self.increment_sha, 2, row.key, zkey or row.key, field, kind,
+                              delta, "1" if zkey else "0")
 
     def update_qty(self, row: Row, qty: int) -> None:
         """The save script call of ``save(update_fields=["qty"])`` (qty owns no index)."""

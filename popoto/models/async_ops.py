@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from ..exceptions import ModelException, UniqueViolation
-from ..query.async_exec import execute_calls_async, fetch_async, keys_async, run_script_async
+from ..query.async_exec import fetch_async, keys_async, run_inline_async, run_script_async
 from ..query.io import run_async
 from ..redis_db import get_async_client
-from . import bulk, scripts
+from . import bulk, claims, scripts
 
 if TYPE_CHECKING:
     from .base import Model
@@ -29,19 +29,12 @@ logger = logging.getLogger("popoto.models")
 async def _run_bulk(calls: Sequence[bulk.Call], batch_size: int,
                     outcome: bulk.BulkOutcome) -> None:
     for chunk in bulk.chunks(calls, batch_size):
-        outcome.settle(chunk, await execute_calls_async(chunk))
+        outcome.settle(chunk, await run_inline_async(bulk.chunk_steps(outcome.model, chunk)))
 
 
 async def _delete_keys(model: type[Model], keys: Sequence[Any],
                        outcome: bulk.BulkOutcome) -> None:
-    raws = None
-    if bulk.delete_needs_data(model):
-        pipe = get_async_client().pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        raws = await pipe.execute()
-    calls = [bulk._delete_call(i) for i in bulk.shells(model, keys, raws)]
-    outcome.settle(calls, await execute_calls_async(calls))
+    outcome.settle(*await run_inline_async(bulk.delete_keys_steps(model, keys)))
 
 
 class AsyncModelMixin:
@@ -161,16 +154,17 @@ class AsyncModelMixin:
 
     @classmethod
     async def async_delete_all(cls, batch_size: int = 1000) -> int:
-        """Async ``delete_all()``: SSCAN of the class set, one batch of deletes at a time."""
+        """Async ``delete_all()``: SSCAN of every group's class set, a batch at a time."""
         bulk.check_batch_size(cls, batch_size)
         outcome = bulk.BulkOutcome(cls, "delete_all")
         chunk: list[Any] = []
-        async for key in get_async_client().sscan_iter(cls._meta.db_class_set_key,
-                                                       count=batch_size):
-            chunk.append(key)
-            if len(chunk) >= batch_size:
-                await _delete_keys(cls, chunk, outcome)
-                chunk = []
+        client = get_async_client()
+        for set_key in cls._meta.class_set_keys():
+            async for key in client.sscan_iter(set_key, count=batch_size):
+                chunk.append(key)
+                if len(chunk) >= batch_size:
+                    await _delete_keys(cls, chunk, outcome)
+                    chunk = []
         if chunk:
             await _delete_keys(cls, chunk, outcome)
         outcome.finish()
@@ -179,35 +173,48 @@ class AsyncModelMixin:
     async def async_atomic_increment(self, field_name: str,
                                      delta: int | float | Decimal = 1) -> Any:
         """Async ``atomic_increment()`` (same script, same exactness, same errors)."""
-        from .base import translate_error
-
         field, step, key, scripted = bulk.prepare_increment(self, field_name, delta, None)
         if scripted:
             try:
-                reply = await run_script_async(bulk.INCREMENT, [key],
-                                               bulk.increment_args(self, field, step))
+                reply = await run_script_async(bulk.INCREMENT,
+                                               *bulk.increment_call(self, field, step))
             except redis.exceptions.ResponseError as exc:
                 raise bulk.increment_error(field, key, delta, exc) from None
             value = bulk.parse_increment_reply(field, reply)
         else:
-            client = get_async_client()
-            batch = None
-            async with client.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(key)
-                        value, batch = bulk.watched_increment(
-                            type(self), field, key, await pipe.hgetall(key), step)
-                        keys, args = batch.save_args()
-                        pipe.multi()
-                        pipe.evalsha(scripts.SAVE.sha, len(keys), *keys, *args)
-                        await pipe.execute()
-                        break
-                    except redis.exceptions.WatchError:
-                        continue
-                    except redis.exceptions.NoScriptError:
-                        await client.script_load(scripts.SAVE.body)
-                    except redis.exceptions.ResponseError as exc:
-                        raise translate_error(type(self), exc, batch) from None
+            value = await self._async_increment_watched(field, step)
         bulk.remember_increment(self, field, value)
         return value
+
+    async def _async_increment_watched(self, field: Any, delta: Any) -> Any:
+        """Async twin of ``_increment_watched`` (WATCH/MULTI in one tag group)."""
+        from .base import translate_error
+
+        model = type(self)
+        key = self._redis_key
+        client = get_async_client()
+        async with client.pipeline(transaction=True) as pipe:
+            while True:
+                await pipe.watch(key)
+                value, batch = bulk.watched_increment(model, field, key,
+                                                      await pipe.hgetall(key), delta)
+                taken, deadline = await run_async(bulk.claims_before_steps(model, batch, key))
+                try:
+                    pipe.multi()
+                    bulk.queue_commands(pipe, [scripts.SAVE.command(*batch.save_args(deadline))])
+                    (reply,) = await pipe.execute()
+                except redis.exceptions.WatchError:
+                    await run_async(claims.rollback_steps(batch, taken))
+                    continue
+                except redis.exceptions.NoScriptError:
+                    await run_async(claims.rollback_steps(batch, taken))
+                    await client.script_load(scripts.SAVE.body)
+                    continue
+                except redis.exceptions.ResponseError as exc:
+                    await run_async(claims.rollback_steps(batch, taken))
+                    raise translate_error(model, exc, batch) from None
+                except BaseException:
+                    await run_async(claims.rollback_steps(batch, taken))
+                    raise
+                await run_async(bulk.claims_after_steps(batch, taken, reply, key))
+                return value

@@ -7,6 +7,13 @@ a time in non-transactional pipelines. Every instance's write is atomic on its
 own (one script call, hash and all index entries together); a bulk call as a
 whole is not a transaction.
 
+Sharded models (tag groups) keep each unique claim in its value's group, so
+their claims are settled around the script (:mod:`popoto.models.claims`). A
+batch then runs every instance's steps side by side (:func:`lockstep`): all
+claims of the batch in one round trip, all scripts in the next, all settling
+in a third. Every script call, and every WATCH/MULTI, touches the keys of one
+tag group only (one cluster slot).
+
 Failure policy:
 
 * Everything that can be checked without Redis (instance types, field names,
@@ -31,15 +38,18 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
+from .. import keys
 from ..exceptions import BulkWriteError, ModelException
 from ..fields.field import Field
 from ..fields.sorted import SortedField
+from ..query.io import Command, Steps, run
+from ..query.io import _queue as queue_commands
 from ..redis_db import get_client
-from . import scripts
+from . import claims, scripts
 from .counter_lua import INCREMENT_LUA
 from .write import WriteBatch
 
@@ -47,6 +57,7 @@ if TYPE_CHECKING:
     from .base import Model
 
 logger = logging.getLogger("popoto.models")
+T = TypeVar("T")
 
 # KEYS: instance keys; ARGV: (field value)* -- HSET only where the hash exists.
 RAW_UPDATE_LUA = r"""
@@ -77,10 +88,14 @@ class Call:
     """One script call of a bulk operation and the instance it writes."""
 
     script: scripts.LuaScript
-    keys: list[str]
-    args: list[Any]
     instance: Any
     batch: WriteBatch
+
+    def command(self) -> Command:
+        """The SAVE or DELETE script call (a sharded model's claims excepted)."""
+        batch = self.batch
+        return self.script.command(*(batch.delete_args() if self.script is scripts.DELETE
+                                     else batch.save_args()))
 
 
 def check_batch_size(model: type[Model], batch_size: int) -> None:
@@ -109,14 +124,11 @@ def _instances(model: type[Model], items: Any, operation: str) -> list[Model]:
 
 
 def _save_call(instance: Model, batch: WriteBatch) -> Call:
-    keys, args = batch.save_args()
-    return Call(scripts.SAVE, keys, args, instance, batch)
+    return Call(scripts.SAVE, instance, batch)
 
 
 def _delete_call(instance: Model) -> Call:
-    batch = instance.build_delete()
-    keys, args = batch.delete_args()
-    return Call(scripts.DELETE, keys, args, instance, batch)
+    return Call(scripts.DELETE, instance, instance.build_delete())
 
 
 def plan_create(model: type[Model], instances: Iterable[Model]) -> list[Call]:
@@ -173,11 +185,11 @@ def delete_needs_data(model: type[Model]) -> bool:
     return any("behaviour_on_delete" in b.__dict__ for b in model._meta.behaviours)
 
 
-def shells(model: type[Model], keys: Sequence[Any],
+def shells(model: type[Model], keys_: Sequence[Any],
            raws: Sequence[dict[Any, Any]] | None = None) -> list[Model]:
-    """Instances standing for ``keys`` (with their hashes when ``raws`` is given)."""
+    """Instances standing for ``keys_`` (with their hashes when ``raws`` is given)."""
     out = []
-    for i, key in enumerate(keys):
+    for i, key in enumerate(keys_):
         skey = key.decode() if isinstance(key, bytes) else key
         out.append(model.from_redis(skey, raws[i] if raws is not None else {}))
     return out
@@ -197,7 +209,9 @@ class BulkOutcome:
         from .base import translate_error
 
         for call, reply in zip(calls, replies):
-            if isinstance(reply, Exception):
+            if isinstance(reply, ModelException):  # e.g. a claim refused before the write
+                self.failures.append((call.instance, reply))
+            elif isinstance(reply, Exception):
                 if self.operation == "bulk_update" and "POPOTO_MISSING" in str(reply):
                     continue  # deleted since it was loaded: nothing to update
                 if not isinstance(reply, redis.exceptions.ResponseError):
@@ -205,7 +219,7 @@ class BulkOutcome:
                 error = translate_error(self.model, reply, call.batch)
                 if not isinstance(error, ModelException):
                     error = ModelException(f"{self.model.__name__}: write of "
-                                           f"{call.keys[0]!r} failed: {reply}")
+                                           f"{call.batch.key!r} failed: {reply}")
                 self.failures.append((call.instance, error))
             elif call.script is scripts.DELETE:
                 self.count += 1 if reply else 0
@@ -228,46 +242,150 @@ class BulkOutcome:
         )
 
 
-# --- synchronous execution -------------------------------------------------
+# --- execution: step generators whose replies carry errors inline --------------
 
-def execute_calls(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
-    """Run ``calls`` in one non-transactional pipeline; replies (errors included) in order.
+def send_inline(client: Any, commands: list[Command]) -> list[Any]:
+    """One non-transactional pipeline; replies in order, error replies inline.
 
-    If the server lost its script cache mid-batch, the calls that got NOSCRIPT
-    ran nowhere, so they are sent once more after reloading the scripts.
+    If the server lost its script cache, the script calls that got NOSCRIPT ran
+    nowhere: they are sent once more after loading their scripts.
     """
     pipe = client.pipeline(transaction=False)
-    for call in calls:
-        call.script.queue(pipe, client, call.keys, call.args)
+    queue_commands(pipe, commands)
     replies = pipe.execute(raise_on_error=False)
     lost = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
     if lost:
-        for script in {calls[i].script for i in lost}:
+        for script in lost_scripts(commands, lost):
             script.forget()
+            client.script_load(script.body)
         pipe = client.pipeline(transaction=False)
-        for i in lost:
-            calls[i].script.queue(pipe, client, calls[i].keys, calls[i].args)
+        queue_commands(pipe, [commands[i] for i in lost])
         for i, reply in zip(lost, pipe.execute(raise_on_error=False)):
             replies[i] = reply
     return replies
 
 
-def run_calls(calls: Sequence[Call], batch_size: int, outcome: BulkOutcome) -> None:
+def lost_scripts(commands: Sequence[Command], lost: Sequence[int]) -> list[scripts.LuaScript]:
+    """The scripts of the ``lost`` script calls among ``commands``."""
+    by_sha = {s.sha: s for s in scripts.REGISTRY}
+    return [by_sha[sha] for sha in {commands[i][1][0] for i in lost} if sha in by_sha]
+
+
+def run_inline(steps: Steps[T]) -> T:
+    """Drive ``steps`` with the synchronous client; each round trip is :func:`send_inline`.
+
+    A failed round trip (e.g. a lost connection) is thrown into the generator.
+    """
     client = get_client()
+    try:
+        commands = next(steps)
+        while True:
+            try:
+                replies = send_inline(client, commands)
+            except redis.exceptions.RedisError as exc:
+                commands = steps.throw(exc)
+                continue
+            commands = steps.send(replies)
+    except StopIteration as done:
+        return done.value
+
+
+def lockstep(gens: Sequence[Steps[Any]]) -> Steps[list[Any]]:
+    """Run step generators side by side: every round trip carries the next step of
+    each generator still running, so N writes of k phases take k round trips.
+
+    A generator receives its own replies (or has the first error among them
+    thrown in, as :func:`popoto.query.io.run` does). Returns, in order, what each
+    generator returned or the exception it raised.
+    """
+    results: list[Any] = [None] * len(gens)
+    waiting: dict[int, list[Command]] = {}
+
+    def advance(i: int, reply: Any, error: BaseException | None) -> None:
+        gen = gens[i]
+        try:
+            commands = gen.throw(error) if error is not None else gen.send(reply)
+            while not commands:
+                commands = gen.send([])
+            waiting[i] = commands
+        except StopIteration as done:
+            results[i] = done.value
+        except Exception as exc:  # the generator's own outcome, e.g. a UniqueViolation
+            results[i] = exc
+
+    for i in range(len(gens)):
+        advance(i, None, None)
+    while waiting:
+        batch = list(waiting.items())
+        waiting.clear()
+        try:
+            replies = yield [c for _i, commands in batch for c in commands]
+        except redis.exceptions.RedisError as exc:  # the whole round trip failed
+            for i, _commands in batch:
+                advance(i, None, exc)
+            continue
+        pos = 0
+        for i, commands in batch:
+            part = replies[pos:pos + len(commands)]
+            pos += len(commands)
+            advance(i, part, next((r for r in part if isinstance(r, Exception)), None))
+    return results
+
+
+def _untranslated(_model: Any, exc: Exception, _batch: Any) -> Exception:
+    return exc  # BulkOutcome translates script errors itself
+
+
+def _sharded_delete_steps(call: Call) -> Steps[bool]:
+    (reply,) = yield [call.command()]
+    existed, released = claims.released_after_delete(reply)
+    if released:  # the claims live in their values' groups (other slots)
+        yield from claims.settle_steps(call.batch, [], released, call.batch.key)
+    return existed
+
+
+def call_steps(model: type[Model], call: Call) -> Steps[Any]:
+    """One write of a sharded model: its unique claims are acquired before the
+    script and settled after it (see :mod:`popoto.models.claims`)."""
+    if call.script is scripts.DELETE:
+        return _sharded_delete_steps(call)
+    alias = call.instance._redis_key or call.batch.key
+    return claims.claimed_save_steps(model, call.batch, alias, _untranslated)
+
+
+def chunk_steps(model: type[Model], calls: Sequence[Call]) -> Steps[list[Any]]:
+    """The replies of ``calls`` (errors inline, in order).
+
+    Unsharded: one pipeline of script calls. Sharded: every call's claims are
+    taken, its script run and its claims settled, each phase batched over the
+    whole chunk (three round trips when nothing is contended).
+    """
+    if not model._meta.sharded:
+        return (yield [c.command() for c in calls])
+    return (yield from lockstep([call_steps(model, c) for c in calls]))
+
+
+def run_calls(calls: Sequence[Call], batch_size: int, outcome: BulkOutcome) -> None:
     for chunk in chunks(calls, batch_size):
-        outcome.settle(chunk, execute_calls(client, chunk))
+        outcome.settle(chunk, run_inline(chunk_steps(outcome.model, chunk)))
 
 
-def _delete_keys(model: type[Model], client: redis.Redis, keys: Sequence[Any],
-                 outcome: BulkOutcome) -> None:
+def delete_keys_steps(model: type[Model],
+                      keys_: Sequence[Any]) -> Steps[tuple[list[Call], list[Any]]]:
+    """Delete instances by key: (calls, replies). Their hashes are read first only
+    when a behaviour's delete hook needs them."""
     raws = None
     if delete_needs_data(model):
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        raws = pipe.execute()
-    calls = [_delete_call(i) for i in shells(model, keys, raws)]
-    outcome.settle(calls, execute_calls(client, calls))
+        raws = yield [("hgetall", (k,)) for k in keys_]
+        for reply in raws:
+            if isinstance(reply, Exception):
+                raise reply
+    calls = [_delete_call(i) for i in shells(model, keys_, raws)]
+    return calls, (yield from chunk_steps(model, calls))
+
+
+def _delete_keys(model: type[Model], keys_: Sequence[Any], outcome: BulkOutcome) -> None:
+    outcome.settle(*run_inline(delete_keys_steps(model, keys_)))
 
 
 def resolve_delete_targets(model: type[Model], items: Any) -> tuple[list[Any], bool]:
@@ -388,9 +506,8 @@ class BulkMixin:
         targets, are_keys = resolve_delete_targets(cls, queryset_or_instances)
         outcome = BulkOutcome(cls, "bulk_delete")
         if are_keys:
-            client = get_client()
             for chunk in chunks(targets, batch_size):
-                _delete_keys(cls, client, chunk, outcome)
+                _delete_keys(cls, chunk, outcome)
         else:
             run_calls(plan_delete(cls, targets), batch_size, outcome)
         outcome.finish()
@@ -400,20 +517,22 @@ class BulkMixin:
     def delete_all(cls, batch_size: int = 1000) -> int:
         """Delete every instance of the model and its index entries; returns how many existed.
 
-        Walks the class set with SSCAN (never KEYS/SMEMBERS), deleting one
-        batch of keys at a time; instances created while it runs may survive.
+        Walks the class set of every tag group with SSCAN (never KEYS/SMEMBERS),
+        deleting one batch of keys at a time; instances created while it runs
+        may survive.
         """
         check_batch_size(cls, batch_size)
         client = get_client()
         outcome = BulkOutcome(cls, "delete_all")
         chunk: list[Any] = []
-        for key in client.sscan_iter(cls._meta.db_class_set_key, count=batch_size):
-            chunk.append(key)
-            if len(chunk) >= batch_size:
-                _delete_keys(cls, client, chunk, outcome)
-                chunk = []
+        for set_key in cls._meta.class_set_keys():
+            for key in client.sscan_iter(set_key, count=batch_size):
+                chunk.append(key)
+                if len(chunk) >= batch_size:
+                    _delete_keys(cls, chunk, outcome)
+                    chunk = []
         if chunk:
-            _delete_keys(cls, client, chunk, outcome)
+            _delete_keys(cls, chunk, outcome)
         outcome.finish()
         return outcome.count
 
@@ -436,9 +555,7 @@ class BulkMixin:
         targets = raw_update_keys(cls, redis_keys)
         if not encoded or not targets:
             return 0
-        client = get_client()
-        return sum(RAW_UPDATE(client, list(chunk), encoded)
-                   for chunk in chunks(targets, batch_size))
+        return run(raw_update_steps(targets, encoded, batch_size))
 
     def atomic_increment(self, field_name: str, delta: int | float | Decimal = 1,
                          pipeline: Any = None) -> Any:
@@ -461,13 +578,13 @@ class BulkMixin:
         if not scripted:
             value = self._increment_watched(field, step)
         else:
-            args = increment_args(self, field, step)
+            keys_, args = increment_call(self, field, step)
             client = get_client()
             if pipeline is not None:
-                INCREMENT.queue(pipeline, client, [key], args)
+                INCREMENT.queue(pipeline, client, keys_, args)
                 return pipeline
             try:
-                reply = INCREMENT(client, [key], args)
+                reply = INCREMENT(client, keys_, args)
             except redis.exceptions.ResponseError as exc:
                 raise increment_error(field, key, delta, exc) from None
             value = parse_increment_reply(field, reply)
@@ -475,30 +592,41 @@ class BulkMixin:
         return value
 
     def _increment_watched(self, field: Field, delta: Any) -> Any:
-        """Increment through the save path under WATCH, retrying when the hash changed."""
+        """Increment through the save path under WATCH, retrying when the hash changed.
+
+        The transaction touches the instance's tag group only (one cluster slot);
+        a sharded model's unique claims are taken before it and settled after it.
+        """
         from .base import translate_error
 
         model = type(self)
         key = self._redis_key
         client = get_client()
-        batch = None
         with client.pipeline(transaction=True) as pipe:
             while True:
+                pipe.watch(key)
+                value, batch = watched_increment(model, field, key, pipe.hgetall(key), delta)
+                taken, deadline = run(claims_before_steps(model, batch, key))
                 try:
-                    pipe.watch(key)
-                    value, batch = watched_increment(model, field, key, pipe.hgetall(key), delta)
-                    keys, args = batch.save_args()
                     scripts.SAVE.ensure_loaded(client)
                     pipe.multi()
-                    pipe.evalsha(scripts.SAVE.sha, len(keys), *keys, *args)
-                    pipe.execute()
-                    return value
+                    queue_commands(pipe, [scripts.SAVE.command(*batch.save_args(deadline))])
+                    (reply,) = pipe.execute()
                 except redis.exceptions.WatchError:
+                    run(claims.rollback_steps(batch, taken))
                     continue
                 except redis.exceptions.NoScriptError:
+                    run(claims.rollback_steps(batch, taken))
                     scripts.SAVE.forget()  # server lost its scripts: reload and retry
+                    continue
                 except redis.exceptions.ResponseError as exc:
+                    run(claims.rollback_steps(batch, taken))
                     raise translate_error(model, exc, batch) from None
+                except BaseException:
+                    run(claims.rollback_steps(batch, taken))
+                    raise
+                run(claims_after_steps(batch, taken, reply, key))
+                return value
 
 
 def watched_increment(model: type[Model], field: Field, key: str, raw: dict[Any, Any],
@@ -514,10 +642,32 @@ def watched_increment(model: type[Model], field: Field, key: str, raw: dict[Any,
     return value, batch
 
 
-def increment_args(instance: Model, field: Field, delta: Any) -> list[Any]:
-    """ARGV of the increment script for ``instance.<field> += delta``."""
-    return [field.name, _KIND[field.type], _delta_text(delta), "1" if field.is_sorted else "0",
-            field.key_for(instance) if field.is_sorted else ""]
+def claims_before_steps(model: type[Model], batch: WriteBatch,
+                        key: str) -> Steps[tuple[list[tuple[int, str, str]], int | None]]:
+    """A sharded model's claims for a watched write: (taken, lease deadline)."""
+    if batch.external_claims and batch.claims:
+        return (yield from claims.acquire_steps(model, batch, key))
+    return [], None
+
+
+def claims_after_steps(batch: WriteBatch, taken: list[tuple[int, str, str]], reply: Any,
+                       key: str) -> Steps[None]:
+    """Settle a sharded model's claims once its watched write went through."""
+    if batch.external_claims:
+        released = reply if isinstance(reply, list) else []
+        yield from claims.settle_steps(batch, taken, released, key)
+
+
+def increment_call(instance: Model, field: Field, delta: Any) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the increment script for ``instance.<field> += delta``.
+
+    KEYS[2] is the sorted set a sorted field's entry goes to (in the instance's
+    tag group), else KEYS[1] again: every key of the call is in one cluster slot.
+    """
+    key = instance.pk
+    zkey = field.key_for(instance, keys.ns_of(key)) if field.is_sorted else key
+    return [key, zkey], [field.name, _KIND[field.type], _delta_text(delta),
+                         "1" if field.is_sorted else "0"]
 
 
 def prepare_increment(instance: Model, field_name: str, delta: Any,
@@ -540,17 +690,31 @@ def raw_update_keys(model: type[Model], redis_keys: Iterable[Any]) -> list[str]:
     """Instance keys for raw_update (instances are accepted too); foreign keys are refused."""
     from .base import Model
 
-    prefix = model._meta.db_class_key + ":"
+    meta = model._meta
     out = []
     for item in [redis_keys] if isinstance(redis_keys, (str, bytes, Model)) else redis_keys:
         if isinstance(item, Model):
             item = item.pk
         key = item.decode() if isinstance(item, bytes) else item
-        if not isinstance(key, str) or not key.startswith(prefix):
+        if not isinstance(key, str) or not meta.owns_key(key):
+            expected = " or ".join(f"{ns}:..." for ns in meta.groups[:2])
+            more = " ..." if len(meta.groups) > 2 else ""
             raise ModelException(f"{model.__name__}.raw_update: {item!r} is not a "
-                                 f"{model.__name__} key (expected {prefix}...)")
+                                 f"{model.__name__} key (expected {expected}{more})")
         out.append(key)
     return out
+
+
+def raw_update_steps(targets: Sequence[str], encoded: list[Any], batch_size: int) -> Steps[int]:
+    """HSET ``encoded`` into existing hashes: one script call per tag group of each batch."""
+    updated = 0
+    for chunk in chunks(targets, batch_size):
+        by_group: dict[str, list[str]] = {}
+        for key in chunk:
+            by_group.setdefault(keys.ns_of(key), []).append(key)
+        replies = yield [RAW_UPDATE.command(group, encoded) for group in by_group.values()]
+        updated += sum(replies)
+    return updated
 
 
 def _delta_text(delta: Any) -> str:

@@ -161,11 +161,20 @@ def acquire_steps(model: type[Model], batch: WriteBatch,
 
 
 def rollback_steps(batch: WriteBatch, taken: list[tuple[int, str, str]]) -> Steps[None]:
-    """Put pending claims back to their previous value (best effort, compare-and-set)."""
+    """Put pending claims back to their previous value (best effort, compare-and-set).
+
+    A previous value that is a pending claim of our own key belongs to a concurrent
+    writer of the same instance, which may have written meanwhile and failed to settle
+    (its compare-and-set saw our value): the plain key goes back instead, never a
+    pending claim nobody settles (at worst a stale claim the next claimant proves stale).
+    """
+    me = batch.key
     if taken:
         try:
-            yield [SETTLE.command([batch.claims[i][0]], [batch.claims[i][1], pending, previous])
-                   for i, pending, previous in taken]
+            yield [SETTLE.command([batch.claims[i][0]], [
+                batch.claims[i][1], pending,
+                me if previous.startswith("~") and holder_of(previous) == me else previous])
+                for i, pending, previous in taken]
         except redis.exceptions.RedisError:
             pass  # unsettled pending claims expire with their lease
 

@@ -11,10 +11,11 @@ byte for byte the way :mod:`popoto.encoding` would encode it: minimal msgpack
 ints, ext type 8 (decimal text) for ints beyond 64 bits, ext type 1 with
 ``str(Decimal)`` as payload for Decimals, float64 for floats.
 
-KEYS: 1 instance key
+KEYS: 1 instance key, 2 sorted-set key to use when the instance has no entry yet
+      (KEYS[1] again when the field is not sorted: both keys are in the instance's tag
+      group, so the call stays in one cluster slot)
 ARGV: 1 field name, 2 kind ('i' int, 'f' float, 'd' Decimal), 3 delta (text),
-      4 '1' when the field's sorted-set entries must follow the new score,
-      5 sorted-set key to use when the instance has no entry yet ('' = none)
+      4 '1' when the field's sorted-set entries must follow the new score
 Returns the new value as text (int digits, ``%.17g`` float, ``str(Decimal)``).
 Errors (nothing written): ``POPOTO_MISSING <key>``, ``POPOTO_NOTNUM <hex of stored>``,
 ``POPOTO_RANGE <value>``.
@@ -283,7 +284,7 @@ else
   text = dec_str(n, m, e)
   packed = pack_ext(1, text)
 end
-local sorted, fallback = ARGV[4] == '1', ARGV[5]
+local sorted, fallback = ARGV[4] == '1', KEYS[2]
 if sorted then
   local score = tonumber(text)
   if not score or score ~= score or score == math.huge or score == -math.huge then
@@ -300,7 +301,7 @@ if sorted then
   for _, e in ipairs(entries) do
     if e[1] == 'Z' then redis.call('ZADD', e[2], text, e[3] or key); moved = true end
   end
-  if not moved and fallback ~= '' then
+  if not moved then
     redis.call('ZADD', fallback, text, key)
     entries[#entries + 1] = {'Z', fallback}
     redis.call('HSET', key, idx_field, cmsgpack.pack(entries))

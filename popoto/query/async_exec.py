@@ -5,23 +5,26 @@ trips (see :mod:`popoto.query.io`) that the async entry points below simply
 run on the ``redis.asyncio`` client.
 
 Also home of the small async helpers the model's async writes use
-(:func:`run_script_async`, :func:`execute_calls_async`).
+(:func:`run_script_async`, :func:`run_inline_async`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
 from ..redis_db import get_async_client
 from .expressions import Q
+from .io import Command, Steps
+from .io import _queue
 
 if TYPE_CHECKING:
-    from ..models.bulk import Call
     from ..models.scripts import LuaScript
     from .queryset import Query, QuerySet
+
+
+T = TypeVar("T")
 
 
 # --- scripts ---------------------------------------------------------------
@@ -36,24 +39,40 @@ async def run_script_async(script: LuaScript, keys_: list[str], args: list[Any])
         return await client.evalsha(script.sha, len(keys_), *keys_, *args)
 
 
-async def execute_calls_async(calls: Sequence[Call]) -> list[Any]:
-    """Async twin of :func:`popoto.models.bulk.execute_calls` (one pipeline, errors inline)."""
+async def send_inline_async(commands: list[Command]) -> list[Any]:
+    """Async twin of :func:`popoto.models.bulk.send_inline` (one pipeline, errors inline)."""
+    from ..models.bulk import lost_scripts
+
     client = get_async_client()
 
-    async def send(batch: Sequence[Call]) -> list[Any]:
+    async def send(batch: list[Command]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
-        for call in batch:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        _queue(pipe, batch)
         return await pipe.execute(raise_on_error=False)
 
-    replies = await send(calls)
+    replies = await send(commands)
     lost = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
     if lost:
-        for script in {calls[i].script for i in lost}:
+        for script in lost_scripts(commands, lost):
             await client.script_load(script.body)
-        for i, reply in zip(lost, await send([calls[i] for i in lost])):
+        for i, reply in zip(lost, await send([commands[i] for i in lost])):
             replies[i] = reply
     return replies
+
+
+async def run_inline_async(steps: Steps[T]) -> T:
+    """Async twin of :func:`popoto.models.bulk.run_inline`."""
+    try:
+        commands = next(steps)
+        while True:
+            try:
+                replies = await send_inline_async(commands)
+            except redis.exceptions.RedisError as exc:
+                commands = steps.throw(exc)
+                continue
+            commands = steps.send(replies)
+    except StopIteration as done:
+        return done.value
 
 
 # --- reads: the queryset's own steps, awaited ---------------------------------

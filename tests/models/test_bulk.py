@@ -13,6 +13,7 @@ from popoto import (
     StringField,
     UniqueViolation,
     encoding,
+    keys,
 )
 from tests.helpers import count_round_trips
 
@@ -38,7 +39,7 @@ class SkipDrafts:
         return not instance.draft
 
     def behaviour_on_delete(instance, batch):
-        batch.command("RPUSH", "deleted-log", instance.note or "-")
+        batch.command("RPUSH", keys.behaviour_key("Log", batch.ns), instance.note or "-")
 
 
 class Doc(SkipDrafts, Model):
@@ -56,6 +57,18 @@ def index_keys(r):
     return sorted(k.decode() for k in r.keys("$*"))
 
 
+def key(name):
+    """The key of the Shop called ``name`` (whatever the layout)."""
+    return Shop(name=name).db_key
+
+
+def email_holders(r):
+    """Holders of Shop's email claims, over every tag group."""
+    return sorted(h for ns in Shop._meta.groups
+                  for h in r.hvals(keys.field_index_key("UniqueF", ns, "email")))
+
+
+@pytest.mark.standalone_only  # pins the unsharded key layout and one server's round trips
 def test_bulk_create_writes_every_index_in_batches(r):
     """Instances, class set, sorted, indexed and unique entries; one pipeline per batch."""
     Shop.bulk_create(shops(1))  # loads the script once
@@ -98,28 +111,28 @@ def test_bulk_create_reports_every_conflict_and_writes_the_rest(r):
     assert err.succeeded == 2
     assert [i.name for i, _e in err.failures] == ["s1", "s3"]
     assert all(isinstance(e, UniqueViolation) for _i, e in err.failures)
-    assert "Shop:s1" in str(err.failures[0][1]) and "email='s0@x.io'" in str(err.failures[1][1])
+    assert key("s1") in str(err.failures[0][1]) and "email='s0@x.io'" in str(err.failures[1][1])
     assert "2 instance(s) failed, 2 written" in str(err)
     assert Shop.query.get(name="s1").email == "old@x.io"  # not overwritten
-    assert sorted(Shop.query.keys()) == ["Shop:s0", "Shop:s1", "Shop:s2"]
+    assert sorted(Shop.query.keys()) == sorted([key("s0"), key("s1"), key("s2")])
     assert not batch[3].is_persisted
-    assert Shop.query.filter(rating__gte=0).keys() == ["Shop:s0", "Shop:s2"]
+    assert Shop.query.filter(rating__gte=0).keys() == [key("s0"), key("s2")]
 
 
 def test_bulk_create_respects_behaviour_gates(r):
     """A behaviour vetoing a save leaves that instance out (not written, not returned)."""
     created = Doc.bulk_create([Doc(name="a"), Doc(name="b", draft=1), Doc(name="c")])
     assert [d.name for d in created] == ["a", "c"]
-    assert sorted(Doc.query.keys()) == ["Doc:a", "Doc:c"]
+    assert sorted(d.name for d in Doc.query.all()) == ["a", "c"]
 
 
 def test_bulk_update_from_query_moves_indexes_and_counts(r):
     """Updating a query's matches rewrites only those fields and moves their index entries."""
     Shop.bulk_create(shops(6))
     assert Shop.bulk_update(Shop.query.filter(city="rome"), city="oslo", rating=9.5) == 3
-    assert not r.exists("$IndexF:Shop:city:rome")
-    assert sorted(Shop.query.filter(city="oslo").keys()) == ["Shop:s0", "Shop:s2", "Shop:s4"]
-    assert sorted(Shop.query.filter(rating=9.5).keys()) == ["Shop:s0", "Shop:s2", "Shop:s4"]
+    assert not any(r.exists(Shop.city.index_key("rome", ns)) for ns in Shop._meta.groups)
+    assert sorted(s.name for s in Shop.query.filter(city="oslo")) == ["s0", "s2", "s4"]
+    assert sorted(s.name for s in Shop.query.filter(rating=9.5)) == ["s0", "s2", "s4"]
     assert Shop.query.filter(city="paris").count() == 3
 
 
@@ -129,11 +142,11 @@ def test_bulk_update_list_keeps_other_fields_and_skips_deleted(r):
     fresh = Shop.query.get(name="s0")
     fresh.note = "written elsewhere"
     fresh.save()
-    r.delete("Shop:s2")  # gone behind the ORM's back
+    r.delete(key("s2"))  # gone behind the ORM's back
     assert Shop.bulk_update(items, city="lima") == 2
     assert Shop.query.get(name="s0").note == "written elsewhere"
     assert Shop.query.get(name="s0").city == "lima"
-    assert not r.exists("Shop:s2")
+    assert not r.exists(key("s2"))
     assert Shop.bulk_update(items) == 0
 
 
@@ -144,7 +157,7 @@ def test_bulk_update_unique_conflict_reported(r):
         Shop.bulk_update(items, email="same@x.io")
     assert info.value.succeeded == 1
     assert len(info.value.failures) == 2
-    assert r.hvals("$UniqueF:Shop:email").count(b"Shop:s0") == 1
+    assert email_holders(r).count(key("s0").encode()) == 1
     assert Shop.query.get(name="s0").email == "same@x.io"
     assert Shop.query.get(name="s1").email == "s1@x.io"
 
@@ -175,14 +188,15 @@ def test_bulk_delete_list_and_query_clean_every_index(r):
     items = Shop.bulk_create(shops(6))
     assert Shop.bulk_delete(Shop.query.filter(city="paris")) == 3
     assert Shop.bulk_delete([items[0], items[1]], batch_size=1) == 1  # s1 was already gone
-    assert sorted(Shop.query.keys()) == ["Shop:s2", "Shop:s4"]
-    assert Shop.query.filter(rating__gte=0).keys() == ["Shop:s2", "Shop:s4"]
-    assert sorted(r.hvals("$UniqueF:Shop:email")) == [b"Shop:s2", b"Shop:s4"]
-    assert not r.exists("$IndexF:Shop:city:paris")
+    assert sorted(Shop.query.keys()) == sorted([key("s2"), key("s4")])
+    assert Shop.query.filter(rating__gte=0).keys() == [key("s2"), key("s4")]
+    assert email_holders(r) == sorted([key("s2").encode(), key("s4").encode()])
+    assert not any(r.exists(Shop.city.index_key("paris", ns)) for ns in Shop._meta.groups)
     with pytest.raises(ModelException, match="the query is for Other"):
         Shop.bulk_delete(Other.query.all())
 
 
+@pytest.mark.standalone_only  # reads one server's command statistics and key layout
 def test_delete_all_uses_sscan_and_leaves_nothing(r):
     """delete_all walks the class set with SSCAN (no KEYS/SMEMBERS) and removes all indexes."""
     Shop.bulk_create(shops(2500))
@@ -199,35 +213,39 @@ def test_delete_all_uses_sscan_and_leaves_nothing(r):
 def test_delete_all_drops_stale_class_entries_and_runs_hooks(r):
     """Stale class-set members (hash expired) are removed, not counted; delete hooks see data."""
     Doc.bulk_create([Doc(name="a", note="first"), Doc(name="b", note="second")])
-    r.sadd("$Class:Doc", "Doc:ghost")
+    ns = Doc._meta.groups[0]
+    r.sadd(keys.class_set_key(ns), f"{ns}:ghost")
     assert Doc.delete_all() == 2
-    assert not r.exists("$Class:Doc")
-    assert sorted(r.lrange("deleted-log", 0, -1)) == [b"first", b"second"]
+    assert not any(r.exists(k) for k in Doc._meta.class_set_keys())
+    logged = [v for ns in Doc._meta.groups
+              for v in r.lrange(keys.behaviour_key("Log", ns), 0, -1)]
+    assert sorted(logged) == [b"first", b"second"]
 
 
 def test_raw_update_writes_without_hooks_or_creating(r):
     """raw_update HSETs encoded values into existing hashes only; indexes are left alone."""
     Shop.bulk_create(shops(3))
-    keys = ["Shop:s0", "Shop:s1", "Shop:missing"]
-    assert Shop.raw_update(keys, batch_size=2, note="migrated", rating=7) == 2
-    assert not r.exists("Shop:missing")
-    assert r.scard("$Class:Shop") == 3
+    targets = [key("s0"), key("s1"), key("missing")]
+    assert Shop.raw_update(targets, batch_size=2, note="migrated", rating=7) == 2
+    assert not r.exists(key("missing"))
+    assert Shop.query.count() == 3
     assert Shop.query.get(name="s0").note == "migrated"
     assert Shop.query.get(name="s1").rating == 7.0
-    assert r.hget("Shop:s0", "rating") == encoding.pack(7.0)
-    assert r.zscore("$SortedF:Shop:rating", "Shop:s1") == 1.0  # index untouched (no hooks)
+    assert r.hget(key("s0"), "rating") == encoding.pack(7.0)
+    s1 = Shop.query.get(name="s1")
+    assert r.zscore(Shop.rating.key_for(s1), key("s1")) == 1.0  # index untouched (no hooks)
     assert Shop.raw_update([], note="x") == 0
 
 
-@pytest.mark.parametrize("keys, values, match", [
+@pytest.mark.parametrize("targets, values, match", [
     (["Other:s0"], {"note": "x"}, r"'Other:s0' is not a Shop key"),
     (["Shop:s0"], {"nope": 1}, "Shop has no field 'nope'"),
     (["Shop:s0"], {"rating": "bad"}, r"Shop.rating.*'bad'"),
     (["Shop:s0"], {"name": "x"}, "Shop.name: raw_update cannot change a key field"),
 ])
-def test_raw_update_bad_input_writes_nothing(r, keys, values, match):
+def test_raw_update_bad_input_writes_nothing(r, targets, values, match):
     """Foreign keys, unknown/key fields and invalid values raise before writing."""
     Shop.create(name="s0", note="orig")
     with pytest.raises(ModelException, match=match):
-        Shop.raw_update(keys, **values)
+        Shop.raw_update(targets, **values)
     assert Shop.query.get(name="s0").note == "orig"

@@ -1,5 +1,6 @@
 """atomic_increment: one Lua script, exact for int/float/Decimal, sorted score follows."""
 
+import re
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
 
 import pytest
@@ -18,6 +19,7 @@ from popoto import (
     StringField,
     UniqueViolation,
     encoding,
+    keys,
 )
 from popoto.redis_db import get_client
 from tests.helpers import count_round_trips
@@ -68,7 +70,7 @@ def test_int_increment_returns_new_value_and_updates_instance(r):
     assert c.atomic_increment("hits", -50) == -8
     assert c.hits == -8
     assert Counter.query.get(name="c").hits == -8
-    assert r.hget("Counter:c", "hits") == encoding.pack(-8)
+    assert r.hget(c.pk, "hits") == encoding.pack(-8)
 
 
 def test_increment_is_one_round_trip():
@@ -93,7 +95,7 @@ def test_int_exact_beyond_doubles_and_64_bits(r, start, delta):
     """Ints stay exact past 2**53 and past 64 bits; bytes match popoto.encoding exactly."""
     c = Counter.create(name="c", hits=start)
     assert c.atomic_increment("hits", delta) == start + delta
-    assert r.hget("Counter:c", "hits") == encoding.pack(start + delta)
+    assert r.hget(c.pk, "hits") == encoding.pack(start + delta)
     assert Counter.query.get(name="c").hits == start + delta
 
 
@@ -102,7 +104,7 @@ def test_float_increment_is_ieee_addition(r):
     c = Counter.create(name="c", ratio=0.1)
     assert c.atomic_increment("ratio", 0.2) == 0.1 + 0.2
     assert c.atomic_increment("ratio", 3) == 0.1 + 0.2 + 3
-    assert r.hget("Counter:c", "ratio") == encoding.pack(0.1 + 0.2 + 3.0)
+    assert r.hget(c.pk, "ratio") == encoding.pack(0.1 + 0.2 + 3.0)
     assert isinstance(Counter.query.get(name="c").ratio, float)
 
 
@@ -113,7 +115,7 @@ def test_decimal_with_20_significant_digits_stays_exact(r):
     got = c.atomic_increment("amount", Decimal("0.00001"))
     assert got == Decimal("12345678901234567890.12346")
     assert str(got) == "12345678901234567890.12346"
-    assert r.hget("Counter:c", "amount") == encoding.pack(Decimal("12345678901234567890.12346"))
+    assert r.hget(c.pk, "amount") == encoding.pack(Decimal("12345678901234567890.12346"))
     assert Counter.query.get(name="c").amount == Decimal("12345678901234567890.12346")
 
 
@@ -122,7 +124,7 @@ def test_missing_value_counts_as_zero(r):
     c = Counter.create(name="c")
     assert c.amount is None
     assert str(c.atomic_increment("amount", Decimal("1.50"))) == "1.50"
-    r.hset("Counter:c", "hits", encoding.pack(None))
+    r.hset(c.pk, "hits", encoding.pack(None))
     assert c.atomic_increment("hits", 3) == 3
 
 
@@ -141,7 +143,7 @@ def test_decimal_matches_python_exact_arithmetic(r, start, delta):
         expected = (start if start is not None else Decimal(0)) + delta
     got = c.atomic_increment("amount", delta)
     assert got == expected
-    assert r.hget("Counter:d", "amount") == encoding.pack(expected)
+    assert r.hget(c.pk, "amount") == encoding.pack(expected)
 
 
 @settings(max_examples=150, deadline=None,
@@ -153,7 +155,7 @@ def test_int_matches_python_arithmetic(r, start, delta):
     c = Counter(name="i", hits=start)
     c.save()
     assert c.atomic_increment("hits", delta) == start + delta
-    assert r.hget("Counter:i", "hits") == encoding.pack(start + delta)
+    assert r.hget(c.pk, "hits") == encoding.pack(start + delta)
 
 
 def test_sorted_score_follows_int_float_decimal(r):
@@ -162,22 +164,23 @@ def test_sorted_score_follows_int_float_decimal(r):
     p.atomic_increment("points", 5)
     p.atomic_increment("balance", Decimal("0.75"))
     p.atomic_increment("rating", -0.5)
-    assert r.zscore("$SortedF:Player:points:main", "Player:p") == 15
-    assert r.zscore("$SortedF:Player:balance", "Player:p") == 2.0
-    assert r.zscore("$SortedF:Player:rating", "Player:p") == 1.0
-    assert Player.query.filter(board="main", points__gte=15).keys() == ["Player:p"]
-    assert Player.query.filter(balance__between=(2, 2)).keys() == ["Player:p"]
+    assert r.zscore(Player.points.key_for(p), p.pk) == 15
+    assert r.zscore(Player.balance.key_for(p), p.pk) == 2.0
+    assert r.zscore(Player.rating.key_for(p), p.pk) == 1.0
+    assert Player.query.filter(board="main", points__gte=15).keys() == [p.pk]
+    assert Player.query.filter(balance__between=(2, 2)).keys() == [p.pk]
 
 
 def test_sorted_entry_created_when_value_was_none(r):
     """From None the entry is added to the partition's sorted set and recorded for delete."""
     p = Player.create(name="p", board="b2")
-    assert not r.exists("$SortedF:Player:points:b2")
+    assert not r.exists(Player.points.key_for(p))
     assert p.atomic_increment("points", 7) == 7
-    assert r.zscore("$SortedF:Player:points:b2", "Player:p") == 7
-    assert Player.query.filter(board="b2", points=7).keys() == ["Player:p"]
+    assert r.zscore(Player.points.key_for(p), p.pk) == 7
+    assert Player.query.filter(board="b2", points=7).keys() == [p.pk]
+    zkey = Player.points.key_for(p)
     p.delete()
-    assert not r.exists("$SortedF:Player:points:b2")
+    assert not r.exists(zkey)
 
 
 def test_later_save_moves_incremented_entry(r):
@@ -187,15 +190,15 @@ def test_later_save_moves_incremented_entry(r):
     loaded = Player.query.get(name="p")
     loaded.board = "other"
     loaded.save()
-    assert not r.exists("$SortedF:Player:points:main")
-    assert r.zscore("$SortedF:Player:points:other", "Player:p") == 2
+    assert not r.exists(Player.points.key_for(p))  # p still shows board "main"
+    assert r.zscore(Player.points.key_for(loaded), p.pk) == 2
 
 
 def test_ttl_is_kept(r):
     """Incrementing does not drop the instance's expiry."""
     e = Expiring.create(name="e")
     e.atomic_increment("n")
-    assert 0 < r.ttl("Expiring:e") <= 500
+    assert 0 < r.ttl(e.pk) <= 500
 
 
 def test_pipeline_only_queues():
@@ -212,8 +215,8 @@ def test_indexed_unique_and_composite_dependents_follow(r):
     """Fields other indexes depend on go through the save path: every index follows."""
     t = Tagged.create(name="t", level=1, code=10, a=1, b=1)
     assert t.atomic_increment("level", 2) == 3
-    assert Tagged.query.filter(level=3).keys() == ["Tagged:t"]
-    assert not r.exists("$IndexF:Tagged:level:1")
+    assert Tagged.query.filter(level=3).keys() == [t.pk]
+    assert not r.exists(Tagged.level.index_key(1, keys.ns_of(t.pk)))
     assert t.atomic_increment("code", 5) == 15
     Tagged.create(name="u", code=10, a=2, b=2)  # the old value is free again
     Tagged.create(name="v", code=16, a=3, b=3)
@@ -247,10 +250,10 @@ def test_dependent_increment_refuses_pipeline():
 def test_bad_calls_raise_and_write_nothing(r, field, delta, match):
     """Unknown/non-numeric/key fields and bad deltas raise ModelException naming them."""
     c = Counter.create(name="c", hits=1)
-    before = r.hgetall("Counter:c")
+    before = r.hgetall(c.pk)
     with pytest.raises(ModelException, match=match):
         c.atomic_increment(field, delta)
-    assert r.hgetall("Counter:c") == before
+    assert r.hgetall(c.pk) == before
 
 
 def test_unsaved_and_missing_instances_raise(r):
@@ -258,25 +261,27 @@ def test_unsaved_and_missing_instances_raise(r):
     with pytest.raises(ModelException, match=r"Counter.hits: .*not saved yet"):
         Counter(name="new").atomic_increment("hits")
     c = Counter.create(name="gone")
-    r.delete("Counter:gone")
-    with pytest.raises(ModelException, match=r"Counter.hits: .*no instance at 'Counter:gone'"):
+    r.delete(c.pk)
+    with pytest.raises(ModelException,
+                       match=rf"Counter.hits: .*no instance at {re.escape(repr(c.pk))}"):
         c.atomic_increment("hits", 1)
-    assert not r.exists("Counter:gone")
+    assert not r.exists(c.pk)
     t = Tagged.create(name="gone")
-    r.delete("Tagged:gone")
-    with pytest.raises(ModelException, match=r"Tagged.level: .*no instance at 'Tagged:gone'"):
+    r.delete(t.pk)
+    with pytest.raises(ModelException,
+                       match=rf"Tagged.level: .*no instance at {re.escape(repr(t.pk))}"):
         t.atomic_increment("level", 1)
-    assert not r.exists("Tagged:gone")
+    assert not r.exists(t.pk)
 
 
 def test_corrupt_stored_value_raises_and_keeps_it(r):
     """A stored value that is not a number is reported (raw bytes shown) and left alone."""
     c = Counter.create(name="c")
-    r.hset("Counter:c", "hits", encoding.pack("seven"))
+    r.hset(c.pk, "hits", encoding.pack("seven"))
     with pytest.raises(ModelException, match=r"Counter.hits: .*not numeric \(raw bytes a5736576"):
         c.atomic_increment("hits", 1)
-    assert r.hget("Counter:c", "hits") == encoding.pack("seven")
-    r.hset("Counter:c", "amount", encoding.pack(Decimal("NaN")))
+    assert r.hget(c.pk, "hits") == encoding.pack("seven")
+    r.hset(c.pk, "amount", encoding.pack(Decimal("NaN")))
     with pytest.raises(ModelException, match="Counter.amount"):
         c.atomic_increment("amount", 1)
 
@@ -292,8 +297,8 @@ def test_float_overflow_raises_and_keeps_value(r):
 def test_unscorable_decimal_refused_before_writing(r):
     """A sorted Decimal whose score would overflow a double is refused; nothing changes."""
     p = Player.create(name="p", balance=Decimal(1))
-    r.hset("Player:p", "balance", encoding.pack(Decimal("1E+400")))  # written behind our back
+    r.hset(p.pk, "balance", encoding.pack(Decimal("1E+400")))  # written behind our back
     with pytest.raises(ModelException, match=r"Player.balance: .*scored"):
         p.atomic_increment("balance", 1)
-    assert r.hget("Player:p", "balance") == encoding.pack(Decimal("1E+400"))
-    assert r.zscore("$SortedF:Player:balance", "Player:p") == 1
+    assert r.hget(p.pk, "balance") == encoding.pack(Decimal("1E+400"))
+    assert r.zscore(Player.balance.key_for(p), p.pk) == 1

@@ -37,7 +37,7 @@ class _Spy:
 
 def test_raw_script_calls_equal_popotos(r):
     """Raw's hand-built save, create, partial-update, delete and increment calls equal Popoto's."""
-    from popoto.models.bulk import increment_args
+    from popoto.models.bulk import increment_call
 
     raw = Raw(r)
     spy = raw.r = _Spy()
@@ -59,8 +59,8 @@ def test_raw_script_calls_equal_popotos(r):
         assert spy.calls == [
             [len(keys), *keys, *argv],
             [len(dkeys), *dkeys, *dargv],
-            [1, row.key, *increment_args(obj, BenchItem._meta.fields["qty"], 1)],
-            [1, row.key, *increment_args(obj, BenchItem._meta.fields["score"], 0.5)],
+            [2, *sum(increment_call(obj, BenchItem._meta.fields["qty"], 1), [])],
+            [2, *sum(increment_call(obj, BenchItem._meta.fields["score"], 0.5), [])],
         ]
 
 
