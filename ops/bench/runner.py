@@ -2,7 +2,8 @@
 
 Every scenario times the same operation done by raw redis-py (the floor),
 by Popoto and, where they support it, by walrus and redis-om, interleaved
-within each repetition; medians of the repetitions are compared.
+within each repetition; medians of the repetitions are compared. The Redis
+Cluster scenarios (``ops/bench/cluster.py``) run after them unless ``--no-cluster``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import redis
 
 import popoto
 
+from .cluster import markdown as cluster_markdown
+from .cluster import run_cluster
 from .peers import load_peers
 from .workload import (
     CLASS_SET,
@@ -61,11 +64,15 @@ class Sizes:
     scale: tuple[int, ...] = (1_000, 100_000)
     reps: int = 7
     peer_divisor: int = 10  # peers run 1/10 of the ops in the slow read scenarios
+    cluster_bulk: int = 10_000
+    cluster_stored: int = 10_000
+    cluster_queries: int = 200
 
 
 QUICK = Sizes(saves=30, bulk=(300,), gets=30, stored=1500, range_size=100, range_queries=2,
               top_queries=10, color_queries=2, all_size=500, counts=50, memory=300,
-              scale=(200, 1500), reps=2, peer_divisor=2)
+              scale=(200, 1500), reps=2, peer_divisor=2, cluster_bulk=200, cluster_stored=600,
+              cluster_queries=5)
 
 
 @dataclass(frozen=True)
@@ -712,6 +719,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run scenarios 1, 3, 5 at several stored sizes")
     parser.add_argument("--million", action="store_true", help="add 1M objects to --scale")
     parser.add_argument("--no-peers", action="store_true", help="skip walrus and redis-om")
+    clusters = parser.add_mutually_exclusive_group()
+    clusters.add_argument("--no-cluster", action="store_true",
+                          help="skip the Redis Cluster scenarios (c1, c2)")
+    clusters.add_argument("--cluster-only", action="store_true",
+                          help="run only the Redis Cluster scenarios; their section replaces "
+                               "the 'cluster' key of an existing --output file")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per scenario")
     parser.add_argument("--output", default="bench/results.json", help="JSON results path")
     args = parser.parse_args(argv)
@@ -724,23 +737,39 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     started = time.time()
+    doc: dict[str, Any] = {}
+    if args.cluster_only and os.path.exists(args.output):
+        with open(args.output) as fh:
+            doc = json.load(fh)
     with redis_url() as (url, origin):
-        bench = Bench(url, sizes, not args.no_peers, log)
-        env = environment(bench.client, sizes, mode)
-        env["server"] = origin
-        for note in bench.peer_notes:
-            log(f"peers: {note}")
-        bench.run(args.scale or args.million, args.million)
-    env["duration_s"] = round(time.time() - started, 1)
-    results = [r.as_dict() for r in bench.results]
-    doc = {"environment": env, "scenarios": results, "memory": bench.memory,
-           "skipped": bench.skipped, "peer_notes": bench.peer_notes}
+        if not args.cluster_only:
+            bench = Bench(url, sizes, not args.no_peers, log)
+            env = environment(bench.client, sizes, mode)
+            env["server"] = origin
+            for note in bench.peer_notes:
+                log(f"peers: {note}")
+            bench.run(args.scale or args.million, args.million)
+            env["duration_s"] = round(time.time() - started, 1)
+            doc = {"environment": env, "scenarios": [r.as_dict() for r in bench.results],
+                   "memory": bench.memory, "skipped": bench.skipped,
+                   "peer_notes": bench.peer_notes}
+        if not args.no_cluster:
+            log("cluster")
+            section = run_cluster(url, sizes, log)
+            if "environment" in section:
+                section["environment"].update(mode=mode, repetitions=sizes.reps,
+                                              git=_git_state())
+            doc["cluster"] = section
     out_dir = os.path.dirname(args.output)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     with open(args.output, "w") as fh:
         json.dump(doc, fh, indent=1, default=str)
         fh.write("\n")
-    print(markdown(results, bench.memory, bench.skipped, env))
-    log(f"wrote {args.output} in {env['duration_s']} s")
+    if not args.cluster_only:
+        print(markdown(doc["scenarios"], doc["memory"], doc["skipped"], doc["environment"]))
+    if "cluster" in doc:
+        print()
+        print(cluster_markdown(doc["cluster"]))
+    log(f"wrote {args.output} in {round(time.time() - started, 1)} s")
     return 0

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 
+import pytest
+
+import popoto
 from ops.bench import runner
+from ops.bench.cluster import BenchShard, ShardedRaw, group_tags
 from ops.bench.workload import CLASS_SET, SCORE_KEY, BenchItem, Dataset, Raw
+
+pytestmark = pytest.mark.standalone_only  # the raw floor writes the unsharded layout
 
 
 def _dump(r) -> dict:
@@ -96,11 +103,13 @@ def test_raw_reads_return_what_popoto_reads(r):
 
 
 def test_quick_run_writes_results_json(tmp_path, redis_url, monkeypatch, capsys):
-    """A --quick --scale run times raw and popoto per scenario, writes JSON, prints a table."""
+    """A --quick --scale --no-cluster run times raw and popoto per scenario, writes JSON,
+    prints a table."""
     monkeypatch.setenv("REDIS_URL", redis_url)
     out = tmp_path / "results.json"
-    assert runner.main(["--quick", "--scale", "--output", str(out)]) == 0
+    assert runner.main(["--quick", "--scale", "--no-cluster", "--output", str(out)]) == 0
     doc = json.loads(out.read_text())
+    assert "cluster" not in doc
     env = doc["environment"]
     assert env["redis_version"] and env["python"] and isinstance(env["hiredis"], bool)
     names = {s["scenario"] for s in doc["scenarios"]}
@@ -116,3 +125,70 @@ def test_quick_run_writes_results_json(tmp_path, redis_url, monkeypatch, capsys)
     assert names.isdisjoint(skipped)
     table = capsys.readouterr().out
     assert "| 1 | save() one object at a time |" in table
+
+
+def test_sharded_raw_save_calls_equal_popotos(r):
+    """ShardedRaw's groups and create-only save calls equal BenchShard's (16 tag groups)."""
+    raw = ShardedRaw(r)
+    assert group_tags() == list(BenchShard._meta.groups)
+    for row in Dataset(50).rows:
+        keys, argv = BenchShard(**row.kwargs()).build_save(must_not_exist=True).save_args()
+        assert raw.save_argv(row) == [len(keys), *keys, *argv]
+
+
+def test_sharded_raw_floor_stores_and_reads_what_popoto_does(r):
+    """ShardedRaw's bulk create leaves Redis byte-identical to BenchShard.bulk_create, and
+    its merged top-20 read equals Popoto's sorted, limited filter."""
+    rows = Dataset(600).rows
+    BenchShard.bulk_create([BenchShard(**row.kwargs()) for row in rows])
+    via_popoto = _dump(r)
+    assert len({k for k in via_popoto if k.startswith(b"$Class:")}) == 16
+    r.flushdb()
+    raw = ShardedRaw(r)
+    raw.bulk_create(rows)
+    assert _dump(r) == via_popoto
+    for low in (0.0, 100.0, 590.0):
+        top = [list(runner.read_all(o)) for o in
+               BenchShard.query.filter(score__gte=low).order_by("-score").limit(20)]
+        assert top == raw.top(low, 20)
+        assert len(top) == min(20, 600 - int(low))
+
+
+def test_cluster_floors_write_and_read_what_popoto_does(cluster_mode):
+    """On the cluster, both raw floors (routed by redis-py, and with target_nodes) leave
+    the data BenchShard.bulk_create leaves, and the merged top-20 equals Popoto's."""
+    client = cluster_mode.client()
+    rows = Dataset(300).rows
+    BenchShard.bulk_create([BenchShard(**row.kwargs()) for row in rows])
+    via_popoto = _dump(client)
+    raw = ShardedRaw(client)
+    for write in (raw.bulk_create, raw.bulk_create_routed):
+        cluster_mode.flushall()
+        write(rows)
+        assert _dump(client) == via_popoto
+    top = [list(runner.read_all(o)) for o in
+           BenchShard.query.filter(score__gte=50).order_by("-score").limit(20)]
+    assert top == raw.top(50, 20) and len(top) == 20
+    client.close()
+
+
+def test_quick_cluster_run_writes_sane_ratios(tmp_path, redis_url, cluster, r, monkeypatch):
+    """A --quick --cluster-only run times every layout, writes positive finite ratios under
+    "cluster", removes its keys and leaves Popoto configured for the standalone server."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("REDIS_CLUSTER_URL", cluster.url)
+    out = tmp_path / "results.json"
+    assert runner.main(["--quick", "--cluster-only", "--output", str(out)]) == 0
+    section = json.loads(out.read_text())["cluster"]
+    assert section["environment"]["masters"] == 3
+    assert section["environment"]["server"] == "REDIS_CLUSTER_URL"
+    assert [s["scenario"] for s in section["scenarios"]] == ["c1/200", "c2/600"]
+    for s, impls in zip(section["scenarios"], (7, 6)):  # c1 adds cluster/raw-routed
+        assert len(s["timings"]) == impls
+        for value in (*s["per_op_us"].values(), *s["ops_per_s"].values(),
+                      *s["ratios"].values()):
+            assert value > 0 and math.isfinite(value)
+    assert not popoto.redis_db.is_cluster()
+    assert popoto.redis_db.current_url() == redis_url
+    assert list(r.scan_iter(count=1000)) == []
+    assert list(cluster.client().scan_iter(match="*BenchShard*")) == []
