@@ -120,11 +120,19 @@ def companion_key(kind: str, instance_key: str, slot: str) -> str:
     return SEP.join([f"${kind}", instance_key, escape(slot)])
 
 
-def stream_key(name: str, partition: Any = None) -> str:
-    """Mutation stream ``stream:<name>`` or ``stream:<name>:<partition>`` (both escaped)."""
+def stream_key(name: str, partition: Any = None, ns: str = "") -> str:
+    """Mutation stream ``stream:<name>`` or ``stream:<name>:<partition>`` (both escaped).
+
+    A tag group's namespace ``ns`` (``{Model#k}``) is appended as is:
+    ``stream:<name>[:<partition>]:{Model#k}`` lives in that group's slot, so a
+    save script of the group can XADD to it. Escaped segments hold no ``{``, so
+    the group's tag is the key's hash tag. An unsharded ``ns`` adds nothing.
+    """
     parts = ["stream", escape(name)]
     if partition is not None:
         parts.append(escape(partition))
+    if ns.startswith("{"):
+        parts.append(ns)
     return SEP.join(parts)
 
 

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Popoto event-stream consumers")
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("consume", help="consume a stream with a consumer group")
-    c.add_argument("--stream", required=True, help="stream name (key stream:NAME)")
+    c.add_argument("--stream", required=True,
+                   help="stream name (key stream:NAME; a sharded model: all its group streams)")
     c.add_argument("--group", required=True, help="consumer group")
     c.add_argument("--consumer", default=None,
                    help="consumer name; keep it stable across restarts (default host-pid)")

@@ -18,6 +18,17 @@ dead-letter stream (``XADD`` there + ``XACK`` here in one MULTI). Trimming
 (:func:`workers.streams.trim_acknowledged`) only drops entries every group
 acknowledged.
 
+Several streams: a consumer reads every stream its name resolves to
+(:func:`workers.streams.stream_keys`: one per tag group of a sharded model) or
+every key of a given list, each with its own group, pending list and reclaim
+cursor. Every command names one stream (one cluster slot), except the read of
+new entries on a standalone server: one ``XREADGROUP ... STREAMS`` over all of
+them, blocking. In cluster mode the streams are in different slots, so new
+entries are read with one pipelined non-blocking ``XREADGROUP`` per stream,
+polled every ``poll_ms`` while idle. One step handles at most ``count``
+entries; what a multi-stream read returned beyond that is kept and handled
+first by the next step.
+
 SIGTERM / SIGINT (after :meth:`install_signal_handlers`) stop the loop after
 the current batch: its entries are handled and acknowledged, then ``run``
 returns. ``run(max_seconds=T)`` is stricter: when T passes mid-batch, the rest
@@ -32,17 +43,19 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
+import redis.cluster
 import structlog
 
 from popoto.redis_db import get_client
 
 from .events import Event, MalformedEntry
 from .registry import HandlerRegistry, registry as default_registry
-from .streams import dead_letter, stream_key, trim_acknowledged
+from .streams import dead_letter, stream_keys, trim_acknowledged
 
 log = structlog.stdlib.get_logger("popoto.workers")
 
@@ -74,12 +87,20 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+Entries = list[tuple[str, dict[Any, Any]]]
+
+
 class StreamConsumer:
-    """Reads one stream as one consumer of one group and dispatches to handlers."""
+    """Reads a stream (or all streams of a sharded model) as one consumer of one group and
+    dispatches to handlers.
+
+    ``stream`` is a stream name, a full ``stream:...`` key, or a list of them
+    (e.g. ``Model.stream_keys()``); see :func:`workers.streams.stream_keys`.
+    """
 
     def __init__(
         self,
-        stream: str,
+        stream: str | Sequence[str],
         group: str,
         consumer: str | None = None,
         *,
@@ -93,10 +114,15 @@ class StreamConsumer:
         start_id: str = "0",
         trim_interval: float = 60.0,
         trim_approximate: bool = True,
+        poll_ms: int = 100,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries}")
-        self.stream = stream_key(stream)
+        names = [stream] if isinstance(stream, str) else list(stream)
+        self.streams: list[str] = list(dict.fromkeys(k for n in names for k in stream_keys(n)))
+        if not self.streams:
+            raise ValueError("StreamConsumer needs at least one stream")
+        self.stream = self.streams[0]
         self.group = group
         self.consumer = consumer or default_consumer_name()
         self.registry = registry if registry is not None else default_registry
@@ -110,27 +136,40 @@ class StreamConsumer:
         self.start_id = start_id
         self.trim_interval = trim_interval
         self.trim_approximate = trim_approximate
+        self.poll_ms = poll_ms
         self.stats = ConsumerStats()
         self._stopping = False
         self._signals = 0
         self._deadline: float | None = None
-        self._own_cursor: str | None = "0"  # None once own pending entries were read
-        self._claim_cursor = "0-0"
-        self._next_claim = 0.0
+        # per stream: own pending cursor (None once own pending entries were read),
+        # reclaim cursor, next reclaim time
+        self._own_cursor: dict[str, str | None] = dict.fromkeys(self.streams, "0")
+        self._claim_cursor = dict.fromkeys(self.streams, "0-0")
+        self._next_claim = dict.fromkeys(self.streams, 0.0)
+        self._backlog: list[tuple[str, Entries]] = []  # read, not handled yet
         self._next_trim = time.monotonic() + trim_interval
-        self.log = log.bind(stream=self.stream, group=group, consumer=self.consumer)
+        shown = self.stream if len(self.streams) == 1 else ",".join(names)
+        self.log = log.bind(stream=shown, group=group, consumer=self.consumer)
+        if len(self.streams) > 1:
+            self.log = self.log.bind(streams=len(self.streams))
 
     # --- setup / control -------------------------------------------------
     def ensure_group(self) -> bool:
-        """``XGROUP CREATE ... MKSTREAM``; True if created, False if it existed."""
-        try:
-            self.client.xgroup_create(self.stream, self.group, id=self.start_id, mkstream=True)
-        except redis.exceptions.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-            return False
-        self.log.info("consumer group created", start_id=self.start_id)
-        return True
+        """``XGROUP CREATE ... MKSTREAM`` on every stream; True if one was created, False
+        if the group existed on all of them."""
+        created = []
+        for stream in self.streams:
+            try:
+                self.client.xgroup_create(stream, self.group, id=self.start_id, mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+                continue
+            created.append(stream)
+        if created:
+            self.log.info("consumer group created", start_id=self.start_id,
+                          **({"keys": created} if len(self.streams) > 1 else {}))
+        return bool(created)
 
     def stop(self) -> None:
         """Finish the current batch, acknowledge it, then return from :meth:`run`."""
@@ -184,82 +223,120 @@ class StreamConsumer:
         return self.stats
 
     def step(self, count: int | None = None, block_ms: int | None = None) -> int:
-        """One cycle: own pending, else a due reclaim, else new entries. Returns entries seen."""
+        """One cycle: entries kept from the last read, else own pending, else a due
+        reclaim, else new entries. Returns entries seen."""
         count = count or self.batch_size
-        if self._own_cursor is not None:
-            entries = self._read_own_pending(count)
-            if entries:
-                self._process(entries, self._deliveries([e[0] for e in entries]))
-                return len(entries)
+        if self._backlog:
+            return self._handle_new(self._take_backlog(count))
+        for stream, cursor in self._own_cursor.items():
+            if cursor is not None:
+                entries = self._read_own_pending(stream, count)
+                if entries:
+                    self._process(stream, entries,
+                                  self._deliveries(stream, [e[0] for e in entries]))
+                    return len(entries)
         now = time.monotonic()
-        if now >= self._next_claim:
-            claimed = self._reclaim(count)
-            if claimed:
-                self.stats.reclaimed += len(claimed)
-                self._process(claimed, self._deliveries([e[0] for e in claimed]))
-                return len(claimed)
+        for stream in self.streams:
+            if now >= self._next_claim[stream]:
+                claimed = self._reclaim(stream, count)
+                if claimed:
+                    self.stats.reclaimed += len(claimed)
+                    self._process(stream, claimed,
+                                  self._deliveries(stream, [e[0] for e in claimed]))
+                    return len(claimed)
         if now >= self._next_trim:
             self.stats.trimmed += self.trim_now()
-        entries = self._read_new(count, self.block_ms if block_ms is None else block_ms)
-        if entries:
-            self._process(entries, {})
-        return len(entries)
+        self._backlog = self._read_new(count, self.block_ms if block_ms is None else block_ms)
+        return self._handle_new(self._take_backlog(count))
+
+    def _take_backlog(self, count: int) -> list[tuple[str, Entries]]:
+        """At most ``count`` entries of the backlog (the rest stays for the next step)."""
+        taken: list[tuple[str, Entries]] = []
+        while self._backlog and count > 0:
+            stream, entries = self._backlog.pop(0)
+            if len(entries) > count:
+                self._backlog.insert(0, (stream, entries[count:]))
+                entries = entries[:count]
+            taken.append((stream, entries))
+            count -= len(entries)
+        return taken
+
+    def _handle_new(self, batches: list[tuple[str, Entries]]) -> int:
+        for position, (stream, entries) in enumerate(batches):
+            if position and self._deadline is not None and time.monotonic() >= self._deadline:
+                self._backlog[:0] = batches[position:]  # time is up: next step (or run)
+                break
+            self._process(stream, entries, {})
+        return sum(len(entries) for _stream, entries in batches)
 
     # --- reading ---------------------------------------------------------
-    def _read_own_pending(self, count: int) -> list[tuple[str, dict[Any, Any]]]:
+    def _read_own_pending(self, stream: str, count: int) -> Entries:
         reply = self.client.xreadgroup(self.group, self.consumer,
-                                       {self.stream: self._own_cursor}, count=count)
+                                       {stream: self._own_cursor[stream]}, count=count)
         entries = [(_text(i), f) for i, f in (reply[0][1] if reply else [])]
         if len(entries) < count:
-            self._own_cursor = None
+            self._own_cursor[stream] = None
         elif entries:
-            self._own_cursor = entries[-1][0]
+            self._own_cursor[stream] = entries[-1][0]
         if entries:
-            self.log.info("resuming own pending entries", entries=len(entries))
+            self.log.info("resuming own pending entries", entries=len(entries), key=stream)
         return entries
 
-    def _reclaim(self, count: int) -> list[tuple[str, dict[Any, Any]]]:
-        reply = self.client.xautoclaim(self.stream, self.group, self.consumer,
+    def _reclaim(self, stream: str, count: int) -> Entries:
+        reply = self.client.xautoclaim(stream, self.group, self.consumer,
                                        min_idle_time=self.claim_idle_ms,
-                                       start_id=self._claim_cursor, count=count)
+                                       start_id=self._claim_cursor[stream], count=count)
         next_cursor, rows = _text(reply[0]), reply[1]
-        self._claim_cursor = next_cursor
+        self._claim_cursor[stream] = next_cursor
         if next_cursor == "0-0":
-            self._next_claim = time.monotonic() + self.claim_interval
+            self._next_claim[stream] = time.monotonic() + self.claim_interval
         entries = [(_text(i), f) for i, f in rows if i is not None]
         if len(entries) < len(rows):
             # Redis 6.2 returns deleted entries as nil (no id): they are ours now, and
             # reading our own pending list returns them with their ids (acked below).
-            self._own_cursor = "0"
+            self._own_cursor[stream] = "0"
         if entries:
             self.log.info("reclaimed idle entries", entries=len(entries),
-                          min_idle_ms=self.claim_idle_ms)
+                          min_idle_ms=self.claim_idle_ms, key=stream)
         return entries
 
-    def _read_new(self, count: int, block_ms: int) -> list[tuple[str, dict[Any, Any]]]:
-        reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"},
-                                       count=count, block=block_ms)
-        return [(_text(i), f) for i, f in (reply[0][1] if reply else [])]
+    def _read_new(self, count: int, block_ms: int) -> list[tuple[str, Entries]]:
+        """New entries of every stream, per stream (at most ``count`` from each)."""
+        cluster = isinstance(self.client, redis.cluster.RedisCluster)
+        if len(self.streams) == 1 or not cluster:
+            reply = self.client.xreadgroup(self.group, self.consumer,
+                                           dict.fromkeys(self.streams, ">"),
+                                           count=count, block=block_ms)
+            return [(_text(stream), [(_text(i), f) for i, f in rows])
+                    for stream, rows in (reply or []) if rows]
+        # cluster: each stream is in its own slot, so one non-blocking read per stream
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xreadgroup(self.group, self.consumer, {stream: ">"}, count=count)
+        found = [(stream, [(_text(i), f) for i, f in reply[0][1]])
+                 for stream, reply in zip(self.streams, pipe.execute()) if reply and reply[0][1]]
+        if not found and block_ms:
+            time.sleep(min(block_ms, self.poll_ms) / 1000.0)
+        return found
 
-    def _deliveries(self, ids: list[str]) -> dict[str, int]:
+    def _deliveries(self, stream: str, ids: list[str]) -> dict[str, int]:
         """Delivery counts (this delivery included) of pending entries of this consumer."""
         if not ids:
             return {}
-        rows = self.client.xpending_range(self.stream, self.group, min=ids[0], max=ids[-1],
+        rows = self.client.xpending_range(stream, self.group, min=ids[0], max=ids[-1],
                                           count=len(ids) * 4 + 100,
                                           consumername=self.consumer)
         return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     # --- handling --------------------------------------------------------
-    def _process(self, entries: list[tuple[str, dict[Any, Any]]],
-                 deliveries: dict[str, int]) -> None:
+    def _process(self, stream: str, entries: Entries, deliveries: dict[str, int]) -> None:
         self.stats.batches += 1
         ack: list[str] = []
         for position, (entry_id, fields) in enumerate(entries):
             if position and self._deadline is not None and time.monotonic() >= self._deadline:
                 # time is up (a drain task): the rest stays pending for this consumer name,
                 # which reads its own pending entries first on its next run
-                self._own_cursor = "0"
+                self._own_cursor[stream] = "0"
                 break
             count = deliveries.get(entry_id, 1)
             if not fields:
@@ -267,9 +344,9 @@ class StreamConsumer:
                 self.stats.skipped += 1
                 continue
             try:
-                event = Event.from_entry(self.stream, entry_id, fields, count)
+                event = Event.from_entry(stream, entry_id, fields, count)
             except MalformedEntry as exc:
-                self._dead_letter(entry_id, fields, count, f"MalformedEntry: {exc}")
+                self._dead_letter(stream, entry_id, fields, count, f"MalformedEntry: {exc}")
                 continue
             handlers = self.registry.resolve(event.model, event.op)
             if not handlers:
@@ -282,7 +359,7 @@ class StreamConsumer:
             except Exception as exc:  # noqa: BLE001 - any handler error is a failed delivery
                 error = f"{type(exc).__name__}: {exc}"
                 if count >= self.max_deliveries:
-                    self._dead_letter(entry_id, fields, count, error)
+                    self._dead_letter(stream, entry_id, fields, count, error)
                 else:
                     self.stats.failed += 1
                     self.log.warning("handler failed; entry stays pending", entry_id=entry_id,
@@ -292,12 +369,12 @@ class StreamConsumer:
             ack.append(entry_id)
             self.stats.handled += 1
         if ack:
-            self.client.xack(self.stream, self.group, *ack)
-        self.log.debug("batch done", entries=len(entries), acked=len(ack))
+            self.client.xack(stream, self.group, *ack)
+        self.log.debug("batch done", entries=len(entries), acked=len(ack), key=stream)
 
-    def _dead_letter(self, entry_id: str, fields: dict[Any, Any], deliveries: int,
-                     error: str) -> None:
-        dead_id = dead_letter(self.client, self.stream, self.group, self.consumer, entry_id,
+    def _dead_letter(self, stream: str, entry_id: str, fields: dict[Any, Any],
+                     deliveries: int, error: str) -> None:
+        dead_id = dead_letter(self.client, stream, self.group, self.consumer, entry_id,
                               fields, deliveries, error)
         self.stats.dead_lettered += 1
         self.log.error("entry dead-lettered", entry_id=entry_id, dead_letter_id=dead_id,
@@ -306,7 +383,8 @@ class StreamConsumer:
     def trim_now(self) -> int:
         """Trim entries every group acknowledged (never an unacknowledged one)."""
         self._next_trim = time.monotonic() + self.trim_interval
-        removed = trim_acknowledged(self.client, self.stream, approximate=self.trim_approximate)
+        removed = sum(trim_acknowledged(self.client, stream, approximate=self.trim_approximate)
+                      for stream in self.streams)
         if removed:
             self.log.info("trimmed acknowledged entries", removed=removed)
         return removed

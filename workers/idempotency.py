@@ -14,6 +14,10 @@ that harmless in one of two ways:
   kept per object, e.g. ``event.ts``, is compared and updated in the same
   script): an old or repeated event is a no-op by construction, and events
   arriving out of order (a retried entry after a newer one) never roll back.
+
+Both are one script, so on a Redis Cluster the marker (or version) key and every
+key the commands write must share a hash tag (e.g. ``{proj}:seen`` and
+``{proj}:totals``); otherwise the server refuses the script.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ Stream ``name`` lives at ``stream:<name>`` or ``stream:<name>:<partition>`` (the
 keys ``EventStreamMixin`` writes; a full ``stream:...`` key is accepted too);
 its dead letters at ``dead:stream:<name>[:<partition>]``. Dead-letter streams are never
 trimmed here: an operator replays or deletes them.
+
+A sharded model writes one stream per tag group, ``stream:<name>[:<partition>]:{M#k}``
+(see ``EventStreamMixin``); :func:`stream_keys` resolves a name to every stream the
+imported models write under it. A stream and its dead letters share a cluster slot
+(dead-lettering is one MULTI): see :func:`dead_letter_key`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+import structlog
 
 from popoto.keys import SEP, escape
 from popoto.models.scripts import LuaScript
@@ -39,8 +45,47 @@ def stream_key(name: str, partition: Any = None) -> str:
     return SEP.join(parts)
 
 
+def stream_keys(name: str, partition: Any = None) -> list[str]:
+    """Every stream written under ``name`` (of one ``partition``), sorted.
+
+    A full key (starting with ``stream:``, e.g. one group's stream) is just
+    itself. Otherwise ``stream:<name>[:<partition>]`` (where unsharded models
+    and other writers append) plus the group streams of every imported sharded
+    model with ``EventStreamMixin`` and ``_stream_name == name``. So the process
+    must import the modules of a sharded model to consume its events
+    (``--models``); in cluster mode, where every model is sharded, a warning
+    says so when none is found.
+    """
+    if name.startswith(STREAM_PREFIX) and partition is None:
+        return [name]
+    from popoto.behaviours import EventStreamMixin
+    from popoto.models.registry import all_models
+    from popoto.redis_db import is_cluster
+
+    plain = stream_key(name, partition)
+    found = {key for model in all_models()
+             if issubclass(model, EventStreamMixin) and model._stream_name == name
+             for key in model.stream_keys(partition)} - {plain}
+    if not found and is_cluster():
+        structlog.stdlib.get_logger("popoto.workers").warning(
+            "no imported model writes this stream: import the model modules (--models) to "
+            "read every tag group's stream", stream=name)
+    return [plain, *sorted(found)]
+
+
 def dead_letter_key(stream: str) -> str:
-    return DEAD_PREFIX + stream_key(stream)
+    """``dead:<stream key>``: in the stream's cluster slot, as dead-lettering is one MULTI.
+
+    A group stream's key carries its hash tag already. In cluster mode a stream
+    key without one (``stream:<name>``) gets ``dead:{stream:<name>}``, whose tag
+    hashes to that stream's own slot.
+    """
+    from popoto.redis_db import is_cluster
+
+    key = stream_key(stream)
+    if "{" in key or not is_cluster():
+        return DEAD_PREFIX + key
+    return DEAD_PREFIX + "{" + key + "}"
 
 
 def _text(value: Any) -> str:

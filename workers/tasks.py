@@ -7,7 +7,9 @@ trims what every group acknowledged. The
 consumer name is stable per worker host, so entries a killed drain had read
 are resumed by the next drain on that host (or reclaimed by any other after
 ``claim_idle_ms``). Two drains of the same stream and group never overlap: a
-Redis lease makes the second one return at once.
+Redis lease makes the second one return at once. A stream name written by a
+sharded model is drained from all its tag groups' streams (the worker must
+import the model's module; see :func:`workers.streams.stream_keys`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def drain_stream(self: Any, stream: str, group: str, max_entries: int = 1000,
         if not acquired:
             log.info("job already running", job="drain_stream")
             return None
-        reader = StreamConsumer(key, group, name, batch_size=batch_size,
+        reader = StreamConsumer(stream, group, name, batch_size=batch_size,
                                 block_ms=min(500, int(max_seconds * 1000)),
                                 claim_idle_ms=claim_idle_ms, max_deliveries=max_deliveries,
                                 trim_interval=max_seconds + 1)

@@ -4,7 +4,8 @@ Every query result that builds instances (``get``, ``filter``, ``all``,
 iteration, ``first``/``last``, ``exists`` - anything that loads hashes, but not
 ``count``/``keys``/``values``) records one access per instance, through the
 ``behaviour_after_load`` hook: ONE pipelined round trip per query result (one
-script call per 500 instances in it), never one per object. ``.no_track()``
+script call per 500 instances of one tag group in it, so every call touches one
+cluster slot), never one per object. ``.no_track()``
 on the query skips it.
 
 Per instance:
@@ -35,12 +36,11 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from .. import keys
 from ..exceptions import ModelException
 from ..models import scripts
 from ..models.write import LINKED_KEY
+from ..query.io import execute
 from ..redis_db import get_client
 
 if TYPE_CHECKING:
@@ -80,18 +80,6 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _execute(pipe: Any, client: Any) -> list[Any]:
-    """Run the queued script calls; reload the script once if the server forgot it."""
-    stack = list(pipe.command_stack)
-    try:
-        return pipe.execute()
-    except redis.exceptions.NoScriptError:
-        ACCESS.forget()
-        ACCESS.ensure_loaded(client)
-        pipe.command_stack = stack
-        return pipe.execute()
-
-
 def record_accesses(objs: Iterable[Any], when: float | None = None) -> list[int]:
     """Record one access for each saved instance in ``objs`` (one round trip).
 
@@ -102,16 +90,24 @@ def record_accesses(objs: Iterable[Any], when: float | None = None) -> list[int]
     if not found:
         return []
     now = time.time() if when is None else when
-    client = get_client()
-    pipe = client.pipeline(transaction=False)
-    for start in range(0, len(found), CHUNK):
-        part = found[start:start + CHUNK]
-        cap = min(type(o)._max_access_log for o in part)
-        keys_: list[str] = []
-        for obj in part:
-            keys_ += [obj._redis_key, obj.access_log_key()]
-        ACCESS.queue(pipe, client, keys_, [repr(now), cap, COUNT_FIELD, LAST_FIELD])
-    counts = [int(c) for reply in _execute(pipe, client) for c in reply]
+    by_group: dict[str, list[int]] = {}  # one script call touches one tag group (slot)
+    for i, obj in enumerate(found):
+        by_group.setdefault(keys.ns_of(obj._redis_key), []).append(i)
+    order: list[int] = []
+    commands = []
+    for positions in by_group.values():
+        for start in range(0, len(positions), CHUNK):
+            part = positions[start:start + CHUNK]
+            cap = min(type(found[i])._max_access_log for i in part)
+            keys_: list[str] = []
+            for i in part:
+                keys_ += [found[i]._redis_key, found[i].access_log_key()]
+            commands.append(ACCESS.command(keys_, [repr(now), cap, COUNT_FIELD, LAST_FIELD]))
+            order += part
+    counts = [0] * len(found)
+    replies = execute(get_client(), commands)
+    for i, count in zip(order, (c for reply in replies for c in reply)):
+        counts[i] = int(count)
     for obj, count in zip(found, counts):
         if count:
             obj.__dict__["_access_count"] = count

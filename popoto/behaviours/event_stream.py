@@ -12,6 +12,16 @@ Stream key (``popoto.keys.stream_key``)::
     stream:<_stream_name>:<partition value>      (escaped str() of the value;
                                                   None -> the unpartitioned key)
 
+A sharded model (``Meta.shards`` > 1, or cluster mode) writes each entry in
+the stream of the instance's tag group, ``stream:<_stream_name>[:<partition
+value>]:{Model#k}``, so the XADD runs in the save script's own slot. Its
+events are then spread over one stream per group: ``Model.stream_keys()``
+lists them, ``stream_range``/``stream_len`` read them all, and a
+``workers.StreamConsumer`` given the stream name (with the model module
+imported) or ``Model.stream_keys()`` consumes them all. Entries of one
+instance are in one stream, in commit order (a save that moves an instance to
+another group writes its event, with ``old_pk``, to the new group's stream).
+
 Entry format, a contract with stream consumers. Every field and value is a
 string (UTF-8)::
 
@@ -35,17 +45,19 @@ string (UTF-8)::
 an existing key; "update" is any save of a loaded or already saved instance.
 ``parse_event`` turns an entry back into Python values. The stream is capped
 with ``XADD ... MAXLEN ~ <_stream_max_length>`` (approximate trimming; None
-disables the cap).
+disables the cap); a sharded model's cap applies to each group's stream.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 from typing import TYPE_CHECKING, Any
 
 from .. import keys
 from ..exceptions import ModelException
-from ..redis_db import get_client
+from ..query.io import Steps, run
 
 if TYPE_CHECKING:
     from ..models.write import WriteBatch
@@ -122,24 +134,44 @@ class EventStreamMixin:
         cls._stream_fields_ok = True
 
     @classmethod
-    def stream_key(cls, partition: Any = None) -> str:
-        """Key of this model's stream (of one partition when partitioned)."""
-        return keys.stream_key(cls._stream_name, partition)
+    def stream_key(cls, partition: Any = None, ns: str | None = None) -> str:
+        """Key of this model's stream (of one partition when partitioned).
+
+        A sharded model has one stream per tag group: give the group ``ns``
+        (``keys.ns_of(instance key)``), or use :meth:`stream_keys`.
+        """
+        meta = cls._meta
+        if ns is None:
+            if meta.sharded:
+                raise ModelException(f"{cls.__name__} is sharded into {len(meta.groups)} tag "
+                                     f"groups, each with its own stream: stream_key() needs a "
+                                     f"group; see stream_keys()")
+            ns = meta.groups[0]
+        return keys.stream_key(cls._stream_name, partition, ns)
+
+    @classmethod
+    def stream_keys(cls, partition: Any = None) -> list[str]:
+        """Every stream this model writes to (of one partition): one per tag group."""
+        return [keys.stream_key(cls._stream_name, partition, ns) for ns in cls._meta.groups]
 
     @classmethod
     def stream_range(cls, start: str = "-", end: str = "+", count: int | None = None,
                      partition: Any = None) -> list[tuple[str, dict[str, Any]]]:
         """``(entry id, parse_event(entry))`` pairs, oldest first (XRANGE).
 
-        The stream may be shared with other models (same ``_stream_name``).
+        The stream may be shared with other models (same ``_stream_name``). A
+        sharded model's group streams are read in one pipelined round trip and
+        merged: each stream in its own (commit) order, the streams interleaved
+        by entry id time, then by the writer's ``ts``. So one instance's entries
+        are in commit order; entries of different groups in time order as far
+        as the servers' and writers' clocks agree.
         """
-        rows = get_client().xrange(cls.stream_key(partition), start, end, count=count)
-        return [(_s(entry_id), parse_event(fields)) for entry_id, fields in rows]
+        return run(_range_steps(cls.stream_keys(partition), start, end, count))
 
     @classmethod
     def stream_len(cls, partition: Any = None) -> int:
-        """Number of entries in the stream (XLEN)."""
-        return get_client().xlen(cls.stream_key(partition))
+        """Number of entries in the stream (XLEN; summed over a sharded model's groups)."""
+        return run(_len_steps(cls.stream_keys(partition)))
 
     # --- behaviour hooks ---------------------------------------------------
     def _xadd_mutation(self, batch: WriteBatch, op: str, changed: list[str]) -> None:
@@ -149,13 +181,16 @@ class EventStreamMixin:
         cls._check_stream_fields()
         partition = getattr(self, cls._stream_partition_field) \
             if cls._stream_partition_field else None
-        args: list[Any] = ["XADD", cls.stream_key(partition)]
+        args: list[Any] = ["XADD", keys.stream_key(cls._stream_name, partition, batch.ns)]
         if cls._stream_max_length is not None:
             args += ["MAXLEN", "~", cls._stream_max_length]
         args += ["*", "model", self._meta.model_name, "pk", batch.key, "op", op,
                  "ts", repr(time.time()), "changed_fields", json.dumps(changed)]
-        if batch.old_key:
-            args += ["old_pk", batch.old_key]
+        # the key it moved from: in the same script (batch.old_key), or, when a sharded
+        # instance moved to another tag group, the key the separate delete removes
+        old_key = batch.old_key or (self.__dict__.get("_redis_key") if op != "delete" else None)
+        if old_key and old_key != batch.key:
+            args += ["old_pk", old_key]
         for name in cls._stream_metadata_fields:
             args += [name, json.dumps(getattr(self, name), default=str)]
         batch.command(*args)
@@ -167,3 +202,29 @@ class EventStreamMixin:
 
     def behaviour_on_delete(self, batch: WriteBatch) -> None:
         self._xadd_mutation(batch, "delete", [])
+
+
+def _merge_key(row: tuple[Any, dict[Any, Any]]) -> tuple[int, float]:
+    """Entry id milliseconds, then the writer's ``ts`` (ties across groups' streams)."""
+    entry_id, fields = row
+    ts = fields.get(b"ts", fields.get("ts", 0))
+    try:
+        when = float(ts)
+    except (TypeError, ValueError):
+        when = 0.0
+    return int(_s(entry_id).partition("-")[0]), when
+
+
+def _range_steps(stream_keys: list[str], start: str, end: str, count: int | None
+                 ) -> Steps[list[tuple[str, dict[str, Any]]]]:
+    replies = yield [("xrange", (key, start, end, count)) for key in stream_keys]
+    # a k-way merge keeps each stream's own order (exact) and interleaves the streams
+    rows: Any = heapq.merge(*replies, key=_merge_key) if len(replies) > 1 else replies[0]
+    if count is not None:
+        rows = itertools.islice(rows, count)
+    return [(_s(entry_id), parse_event(fields)) for entry_id, fields in rows]
+
+
+def _len_steps(stream_keys: list[str]) -> Steps[int]:
+    replies = yield [("xlen", (key,)) for key in stream_keys]
+    return sum(int(n) for n in replies)

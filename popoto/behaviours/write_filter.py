@@ -8,7 +8,8 @@ The model implements ``compute_filter_score() -> float``. On ``save()``:
 * score >= ``_priority_threshold`` (default 0.7): the instance is also a member
   of the sorted set ``$Priority:<Model>`` scored by its filter score, written in
   the same script call as the save; a later save scoring lower removes it, and
-  so does ``delete()``.
+  so does ``delete()``. A sharded model has one such set per tag group,
+  ``$Priority:{Model#k}``, in the group (slot) of its members.
 * ``save(skip_write_filter=True)`` bypasses the minimum (the priority set is
   still maintained from the score).
 
@@ -17,7 +18,9 @@ writes made by field methods (``touch()``, ``CappedListProxy.push()``) are not
 filtered; they re-score the priority entry like any save.
 
 ``Model.query.priority(n)`` returns the n instances with the highest filter
-score (ties by key), dropping entries whose instance has expired.
+score (ties by key), dropping entries whose instance has expired. For a
+sharded model it asks every group for its n best in one pipelined round trip
+and merges them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from .. import keys
 from ..exceptions import ModelException, PopotoError, QueryException
 from ..models import scripts
 from ..models.write import ZSET
-from ..redis_db import get_client
+from ..query.io import Steps, run
 
 if TYPE_CHECKING:
     from ..models.base import Model
@@ -134,8 +137,21 @@ class WriteFilterMixin:
         return score
 
     @classmethod
-    def priority_key(cls) -> str:
-        return keys.behaviour_key("Priority", cls._meta.model_name)
+    def priority_key(cls, ns: str | None = None) -> str:
+        """The priority set of tag group ``ns`` (may be omitted for an unsharded model)."""
+        meta = cls._meta
+        if ns is None:
+            if meta.sharded:
+                raise ModelException(f"{cls.__name__} is sharded into {len(meta.groups)} tag "
+                                     f"groups: priority_key() needs a group; see "
+                                     f"priority_keys()")
+            ns = meta.groups[0]
+        return keys.behaviour_key("Priority", ns)
+
+    @classmethod
+    def priority_keys(cls) -> list[str]:
+        """The priority set of every tag group (one for an unsharded model)."""
+        return [cls.priority_key(ns) for ns in cls._meta.groups]
 
     # --- behaviour hooks ---------------------------------------------------
     def behaviour_allow_save(self, skip_write_filter: bool = False, **_options: Any) -> bool:
@@ -154,7 +170,7 @@ class WriteFilterMixin:
             score = self.filter_score()
         batch.own(OWNER)
         if score >= self._priority_threshold:
-            batch.add(OWNER, ZSET, self.priority_key(), batch.key, repr(score))
+            batch.add(OWNER, ZSET, self.priority_key(batch.ns), batch.key, repr(score))
 
     def behaviour_on_delete(self, batch: WriteBatch) -> None:
         batch.own(OWNER)
@@ -172,7 +188,20 @@ def priority(model: type[Model], n: int = 10) -> list[Model]:
                              f"got {n!r}")
     if n == 0:
         return []
-    flat = PRIORITY(get_client(), [model.priority_key()], [n])
+    return run(_priority_steps(QuerySet(model), n))
+
+
+def best_rows(replies: list[list[Any]], n: int) -> list[tuple[str, float]]:
+    """Merge per-group ``(member, score)*`` replies into the n best ``(member, score)`` rows:
+    score descending, then key ascending without its group tag (the unsharded order)."""
     rows = [(m.decode() if isinstance(m, bytes) else m, float(s))
-            for m, s in zip(flat[0::2], flat[1::2])]
-    return QuerySet(model).hydrate(rows)
+            for flat in replies for m, s in zip(flat[0::2], flat[1::2])]
+    rows.sort(key=lambda row: (-row[1], row[0].split(keys.SEP, 1)[-1]))
+    return rows[:n]
+
+
+def _priority_steps(qs: Any, n: int) -> Steps[list[Any]]:
+    """Each group's n best in one round trip (one script call per group, each in its own
+    slot), merged; then the winners' hashes."""
+    replies = yield [PRIORITY.command([key], [n]) for key in qs.model.priority_keys()]
+    return (yield from qs._hydrate_steps(best_rows(replies, n)))

@@ -21,10 +21,16 @@ Highest first; equal scores are ordered by instance key (ascending).
 Cyclic state is per member and lives in two companion hashes keyed by the
 instance key, msgpack values: ``$Cycles:M:<field>`` → ``[[period_s, amplitude,
 phase_s], ...]`` and ``$Pressure:M:<field>`` → ``{"rate": r, "last_resolved":
-epoch_s}``. Both are written once, on the instance's first save (``H`` entries
-of the write path: HSETNX), so later saves and index rebuilds never reset what
-``strengthen_cycle``/``weaken_cycle``/``resolve_pressure`` learned; they move
-with a key migration and are deleted with the instance.
+epoch_s}`` (``M`` is the model's namespace: a sharded model has one pair per
+tag group, ``$Cycles:{M#k}:<field>``, beside its members). Both are written
+once, on the instance's first save (``H`` entries of the write path: HSETNX),
+so later saves and index rebuilds never reset what ``strengthen_cycle``/
+``weaken_cycle``/``resolve_pressure`` learned; they move with a key migration
+and are deleted with the instance.
+
+Sharded models: ``top_by_decay`` runs the ranking script once per tag group
+(one pipelined round trip, every call inside one group's slot) and merges the
+groups' n best by (score, key), which gives the unsharded answer.
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ from typing import TYPE_CHECKING, Any
 from .. import encoding, keys
 from ..exceptions import FieldUsageError, ModelException, QueryException, UnknownFieldError
 from ..models import scripts
+from ..query.io import Command, Steps, run
 from ..redis_db import get_client
+from .field import NS_CONTEXT
 from .sorted import SortedField, to_score
 
 if TYPE_CHECKING:
@@ -50,12 +58,17 @@ MAX_AMPLITUDE = 100.0
 MIN_AMPLITUDE = 0.01
 BASE_TYPES = (int, float)
 
-# KEYS: 1 time zset, 2 zset whose top score bounds the base ('' = none), 3 cycles hash
-# ('' = none), 4 pressure hash ('' = none). ARGV: 1 n, 2 decay rate, 3 as_of, 4 base field
-# ('' = base 1). Scans the time zset newest first; stops early when no older member can
-# beat the n-th best (only possible without cycles/pressure and with a known base bound).
+# KEYS: 1 time zset, 2 zset whose top score bounds the base, 3 cycles hash, 4 pressure
+# hash, all of one tag group. ARGV: 1 n, 2 decay rate, 3 as_of, 4 base field ('' = base 1),
+# 5 flags: which of KEYS 2-4 are used ('M', 'C', 'P'); an unused one repeats KEYS[1] (a
+# cluster client computes the slot of every key, so there is no placeholder key).
+# Scans the time zset newest first; stops early when no older member can beat the n-th
+# best (only possible without cycles/pressure and with a known base bound).
 TOP_LUA = r"""
-local zkey, maxkey, ckey, pkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local flags = ARGV[5]
+local function used(flag, k) if string.find(flags, flag, 1, true) then return k end return '' end
+local zkey, maxkey = KEYS[1], used('M', KEYS[2])
+local ckey, pkey = used('C', KEYS[3]), used('P', KEYS[4])
 local n, rate, as_of = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local base_field = ARGV[4]
 local DAY = 86400
@@ -285,34 +298,46 @@ class CyclicDecayField(DecayingSortedField):
             out.append([float(period), float(amplitude), float(phase)])
         return out
 
-    @property
-    def cycles_key(self) -> str:
-        return keys.behaviour_key("Cycles", self.model._meta.model_name, self.name)
+    def _ns(self, ns: str | None, what: str) -> str:
+        meta = self.model._meta
+        if ns is not None:
+            return ns
+        if meta.sharded:
+            raise ModelException(f"{self.label}: {self.model.__name__} is sharded into "
+                                 f"{len(meta.groups)} tag groups; {what}() needs the group "
+                                 f"(keys.ns_of(instance key))")
+        return meta.groups[0]
 
-    @property
-    def pressure_key(self) -> str:
-        return keys.behaviour_key("Pressure", self.model._meta.model_name, self.name)
+    def cycles_key(self, ns: str | None = None) -> str:
+        """The cycles hash of tag group ``ns`` (may be omitted for an unsharded model)."""
+        return keys.behaviour_key("Cycles", self._ns(ns, "cycles_key"), self.name)
+
+    def pressure_key(self, ns: str | None = None) -> str:
+        """The pressure hash of tag group ``ns`` (may be omitted for an unsharded model)."""
+        return keys.behaviour_key("Pressure", self._ns(ns, "pressure_key"), self.name)
 
     def on_save(self, instance: Model, value: Any, batch: WriteBatch) -> None:
         from ..models.write import COMPANION_FIELD
 
         super().on_save(instance, value, batch)
-        batch.add(self.name, COMPANION_FIELD, self.cycles_key, batch.key,
+        batch.add(self.name, COMPANION_FIELD, self.cycles_key(batch.ns), batch.key,
                   encoding.pack(self.cycles))
         if self.pressure_rate > 0:
             state = {"rate": self.pressure_rate, "last_resolved": float(value)}
-            batch.add(self.name, COMPANION_FIELD, self.pressure_key, batch.key,
+            batch.add(self.name, COMPANION_FIELD, self.pressure_key(batch.ns), batch.key,
                       encoding.pack(state))
 
     # --- reading the per-member state ------------------------------------------
     def cycles_of(self, instance: Model) -> list[tuple[float, float, float]]:
         """The member's current ``(period_s, amplitude, phase_s)`` cycles ([] if none)."""
-        raw = get_client().hget(self.cycles_key, instance.pk)
+        key = instance.pk
+        raw = get_client().hget(self.cycles_key(keys.ns_of(key)), key)
         return _cycles(raw)
 
     def pressure_of(self, instance: Model) -> dict[str, float] | None:
         """The member's ``{"rate", "last_resolved"}`` pressure state, None if it has none."""
-        raw = get_client().hget(self.pressure_key, instance.pk)
+        key = instance.pk
+        raw = get_client().hget(self.pressure_key(keys.ns_of(key)), key)
         if raw is None:
             return None
         state = encoding.unpack(raw)
@@ -377,7 +402,8 @@ class DecayMethodsMixin:
         key = self._require_saved("resolve_pressure")
         now = time.time()
         state = encoding.pack({"rate": field.pressure_rate, "last_resolved": now})
-        self._run_state_script(SET_STATE, [key, field.pressure_key], [state], pipeline)
+        self._run_state_script(SET_STATE, [key, field.pressure_key(keys.ns_of(key))], [state],
+                               pipeline)
         return pipeline if pipeline is not None else now
 
     def strengthen_cycle(self, field_name: str, factor: float = 1.2, pipeline: Any = None
@@ -399,8 +425,8 @@ class DecayMethodsMixin:
         if not _number(factor) or factor < 0:
             raise field.error(f"{action}() factor must be a finite number >= 0", factor)
         key = self._require_saved(action)
-        raw = self._run_state_script(SCALE, [key, field.cycles_key], [repr(float(factor))],
-                                     pipeline)
+        raw = self._run_state_script(SCALE, [key, field.cycles_key(keys.ns_of(key))],
+                                     [repr(float(factor))], pipeline)
         return pipeline if pipeline is not None else _cycles(raw)
 
     def _run_state_script(self, script: scripts.LuaScript, keys_: list[str], args: list[Any],
@@ -456,7 +482,8 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
 
     One Lua script ranks the members of the field's sorted set server-side
     (O(members) worst case, early exit when the base is bounded and there are
-    no cycles/pressure) and returns only the winners; their hashes are then
+    no cycles/pressure) and returns only the winners (a sharded model: one call
+    per tag group in one pipelined round trip, merged); their hashes are then
     read in one pipelined round trip. ``partition`` gives the values of the
     field's ``partition_by`` fields. Each result carries its score in ``_score``.
     """
@@ -482,17 +509,26 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
             context[name] = model._meta.fields[name].coerce(value)
         except ModelException as exc:
             raise QueryException(str(exc)) from None
-    zkey = field.key_from_context(context)
+    field.key_from_context(context)  # checks the partition values
     if n == 0:
         return []
-    max_key = ""
-    if base is not None and base.is_sorted and not getattr(base, "partition_by", ()):
-        max_key = base.sorted_key(())
+    bounded = base is not None and base.is_sorted and not getattr(base, "partition_by", ())
     cyclic = isinstance(field, CyclicDecayField)
-    keys_ = [zkey, max_key, field.cycles_key if cyclic else "",
-             field.pressure_key if cyclic else ""]
-    args = [n, repr(float(rate)), repr(moment), base.name if base is not None else ""]
-    flat = TOP(get_client(), keys_, args)
-    rows = [(m.decode() if isinstance(m, bytes) else m, float(s))
-            for m, s in zip(flat[0::2], flat[1::2])]
-    return QuerySet(model).hydrate(rows)
+    flags = ("M" if bounded else "") + ("CP" if cyclic else "")
+    args = [n, repr(float(rate)), repr(moment), base.name if base is not None else "",
+            flags or "-"]
+    calls = []
+    for ns in model._meta.groups:
+        zkey = field.key_from_context({**context, NS_CONTEXT: ns})
+        calls.append(TOP.command([zkey, base.sorted_key((), ns) if bounded else zkey,
+                                  field.cycles_key(ns) if cyclic else zkey,
+                                  field.pressure_key(ns) if cyclic else zkey], args))
+    return run(_top_steps(QuerySet(model), calls, n))
+
+
+def _top_steps(qs: Any, calls: list[Command], n: int) -> Steps[list[Any]]:
+    """Every group's n best in one round trip, merged by (score, key); then their hashes."""
+    from ..behaviours.write_filter import best_rows
+
+    replies = yield calls
+    return (yield from qs._hydrate_steps(best_rows(replies, n)))

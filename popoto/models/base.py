@@ -359,7 +359,8 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         if relocating:
             old = WriteBatch(key=old_key, class_set=keys.class_set_key(keys.ns_of(old_key)),
                              ns=keys.ns_of(old_key), external_claims=True)
-            old.owners = list(self._meta.index_owners)
+            # behaviour owners too (e.g. a write filter's priority entry in the old group)
+            old.owners = list(dict.fromkeys([*self._meta.index_owners, *batch.owners]))
             (reply,) = yield [scripts.DELETE.command(*old.delete_args())]
             _existed, released = claims.released_after_delete(reply)
             yield from claims.settle_steps(old, [], released, old_key)

@@ -29,6 +29,7 @@ class Staged(AccessTrackerMixin, Model):
     _access_staging = True
 
 
+@pytest.mark.standalone_only
 def test_get_filter_all_each_record_one_access(r):
     """Every hydrating read records one access; the loaded object shows it."""
     Doc.create(name="a", kind="x")
@@ -48,6 +49,7 @@ def test_fresh_and_unread_instances_have_no_accesses():
     assert doc.access_log() == []
 
 
+@pytest.mark.standalone_only
 def test_tracking_costs_one_round_trip_per_result(r):
     """Tracking 50 results adds exactly one round trip, not one per object."""
     for i in range(50):
@@ -110,6 +112,7 @@ def test_tracking_never_resurrects_a_deleted_instance(r):
         Doc(name="b").record_access()
 
 
+@pytest.mark.standalone_only
 def test_access_log_expires_with_the_instance(r):
     """The log gets the instance's TTL, on save and on every access."""
     TtlDoc.create(name="a")
@@ -120,6 +123,7 @@ def test_access_log_expires_with_the_instance(r):
     assert 90 < r.ttl("$AccessLog:TtlDoc:a:log") <= 100
 
 
+@pytest.mark.standalone_only
 def test_key_migration_carries_counters_and_log(r):
     """save(migrate_key=True) keeps the access count and renames the log."""
     Doc.create(name="a")
@@ -134,6 +138,7 @@ def test_key_migration_carries_counters_and_log(r):
     assert not r.exists("$AccessLog:Doc:a:log")
 
 
+@pytest.mark.standalone_only
 def test_staged_accesses_need_confirmation(r):
     """With _access_staging, reads stage; confirm records, discard drops."""
     Staged.create(name="a")

@@ -1,5 +1,7 @@
 """All behaviours and special fields on one model compose in one write per save/delete."""
 
+import pytest
+
 from popoto import (
     AccessTrackerMixin,
     CyclicDecayField,
@@ -27,6 +29,7 @@ class Memory(WriteFilterMixin, EventStreamMixin, AccessTrackerMixin, Model):
         return self.importance
 
 
+@pytest.mark.standalone_only
 def test_one_round_trip_per_save_and_delete_with_everything_cleaned(r):
     """Save and delete stay one script call each; delete leaves no key behind but the stream."""
     Memory(mid="warm", importance=0.9).save()  # connection and script loading

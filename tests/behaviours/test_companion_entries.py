@@ -1,5 +1,7 @@
 """Persistent companion entries (L keys, H hash fields) of the single write path."""
 
+import pytest
+
 from popoto import KeyField, Model
 from popoto.models import scripts
 from popoto.models.write import COMPANION_FIELD, LINKED_KEY, WriteBatch
@@ -27,6 +29,7 @@ def batch_for(key, entries, old_key="", commands=()):
     return batch
 
 
+@pytest.mark.standalone_only
 def test_rewrite_keeps_companions_and_hsetnx_keeps_values(r):
     """Re-adding L/H entries keeps the key and never overwrites the hash field value."""
     run(batch_for("Box:a", [(LINKED_KEY, "$L:Box:a", "s"), (COMPANION_FIELD, "$H", "Box:a", "1")],
@@ -37,6 +40,7 @@ def test_rewrite_keeps_companions_and_hsetnx_keeps_values(r):
     assert r.hget("$H", "Box:a") == b"learned"
 
 
+@pytest.mark.standalone_only
 def test_rewrite_without_the_entries_deletes_them(r):
     """A rewrite of the owner that no longer lists a companion deletes it."""
     run(batch_for("Box:a", [(LINKED_KEY, "$L:Box:a", "s"), (COMPANION_FIELD, "$H", "Box:a", "1")],
@@ -45,6 +49,7 @@ def test_rewrite_without_the_entries_deletes_them(r):
     assert not r.exists("$L:Box:a") and not r.exists("$H")
 
 
+@pytest.mark.standalone_only
 def test_migration_moves_companions_and_delete_removes_them(r):
     """On a key change L keys are renamed by slot and H values move; delete removes both."""
     run(batch_for("Box:a", [(LINKED_KEY, "$L:Box:a", "s"), (COMPANION_FIELD, "$H", "Box:a", "1")],

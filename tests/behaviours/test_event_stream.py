@@ -53,6 +53,7 @@ def events(model=Order, **kwargs):
     return [e for _id, e in model.stream_range(**kwargs)]
 
 
+@pytest.mark.standalone_only
 def test_create_update_delete_each_add_one_entry(r):
     """create -> 'create', save -> 'update', delete -> 'delete', in that order."""
     before = time.time()
@@ -69,6 +70,7 @@ def test_create_update_delete_each_add_one_entry(r):
     assert Order.stream_key() == "stream:mutations" and Order.stream_len() == 3
 
 
+@pytest.mark.standalone_only
 def test_raw_entry_is_strings_with_json_changed_fields(r):
     """Consumers in other processes read plain strings; changed_fields is a JSON list."""
     Order.create(oid="1")
@@ -119,6 +121,7 @@ def test_every_committed_write_has_an_entry_under_concurrency(r):
     assert Order.stream_len() == 31
 
 
+@pytest.mark.standalone_only
 def test_partitions_and_metadata(r):
     """Partitioned models write to stream:<name>:<value>; metadata values are JSON."""
     Tenanted.create(name="a", tenant="acme", amount=5)
@@ -142,6 +145,7 @@ def test_partial_writes_by_field_methods_are_updates(r):
         ("update", ["seen"]), ("update", ["log"])]
 
 
+@pytest.mark.standalone_only
 def test_key_migration_reports_the_old_key(r):
     """save(migrate_key=True) emits an update with pk = new key and old_pk = old key."""
     order = Order.create(oid="1")
@@ -169,6 +173,7 @@ def test_bulk_writes_emit_and_rebuilds_do_not(r):
     assert [e["op"] for e in events()].count("delete") == 5
 
 
+@pytest.mark.standalone_only
 def test_stream_is_capped_approximately(r):
     """XADD MAXLEN ~ keeps the stream near _stream_max_length."""
     for i in range(400):
@@ -177,6 +182,7 @@ def test_stream_is_capped_approximately(r):
     assert events(Capped)[-1]["pk"] == "Capped:399"
 
 
+@pytest.mark.standalone_only
 def test_stream_range_bounds_and_count(r):
     """stream_range passes start/end/count to XRANGE."""
     for i in range(5):

@@ -49,6 +49,7 @@ def test_low_score_save_on_pipeline_queues_nothing(r):
     assert len(pipe.command_stack) == 0
 
 
+@pytest.mark.standalone_only
 def test_threshold_is_inclusive(r):
     """A score equal to the minimum is saved; equal to the priority threshold is ranked."""
     assert Note(name="min", value=0.1).save() is True
@@ -63,6 +64,7 @@ def test_mid_score_is_saved_but_not_ranked(r):
     assert not r.exists(PRIO)
 
 
+@pytest.mark.standalone_only
 def test_priority_membership_follows_the_score(r):
     """A save scoring lower leaves the priority set; delete removes the entry too."""
     note = Note(name="a", value=0.9)
@@ -80,6 +82,7 @@ def test_priority_membership_follows_the_score(r):
     assert r.keys("*") == []
 
 
+@pytest.mark.standalone_only
 def test_vetoed_save_changes_nothing(r):
     """A filtered save of a ranked instance leaves its stored state and rank as they were."""
     note = Note.create(name="a", value=0.9, text="kept")
@@ -105,6 +108,7 @@ def test_create_of_filtered_instance_is_not_persisted(r):
     assert r.keys("*") == []
 
 
+@pytest.mark.standalone_only
 def test_per_model_thresholds(r):
     """_min_threshold/_priority_threshold are overridable per model."""
     assert Strict(name="a", value=0.4).save() is False
@@ -113,6 +117,7 @@ def test_per_model_thresholds(r):
     assert r.zrange("$Priority:Strict", 0, -1) == [b"Strict:c"]
 
 
+@pytest.mark.standalone_only
 def test_bulk_create_applies_the_filter(r):
     """bulk_create writes only the instances that pass the filter."""
     made = Note.bulk_create([Note(name=f"n{i}", value=i / 10) for i in range(10)])
@@ -132,6 +137,7 @@ def test_priority_query_orders_by_score_then_key(r):
     assert top._score == 0.95
 
 
+@pytest.mark.standalone_only
 def test_priority_query_drops_vanished_instances(r):
     """Entries whose instance hash expired are skipped and removed from the set."""
     for name, value in (("a", 0.9), ("b", 0.8), ("c", 0.75)):

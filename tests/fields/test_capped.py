@@ -58,6 +58,7 @@ def test_listfield_with_max_length_is_capped():
     assert type(PlainList._meta.fields["items"]) is ListField
 
 
+@pytest.mark.standalone_only
 def test_push_adds_newest_last_and_trims_oldest(r):
     """push() appends at the end and drops the oldest items beyond the cap, in Redis."""
     feed = Feed.create(name="a", items=[1, 2])
@@ -68,6 +69,7 @@ def test_push_adds_newest_last_and_trims_oldest(r):
     assert Feed.query.get(name="a").items == [2, 3, 4]
 
 
+@pytest.mark.standalone_only
 def test_hash_holds_no_copy_of_the_list(r):
     """The instance hash has no field for the capped list; the LIST is the only copy."""
     Feed.create(name="a", items=["x"])
@@ -75,6 +77,7 @@ def test_hash_holds_no_copy_of_the_list(r):
     assert stored(r) == ["x"]
 
 
+@pytest.mark.standalone_only
 def test_constructor_and_assignment_keep_the_newest_items(r):
     """A list longer than the cap keeps its last N items, locally and in Redis."""
     feed = Feed(name="a", items=[1, 2, 3, 4, 5])
@@ -109,6 +112,7 @@ def test_list_protocol():
         items[3]
 
 
+@pytest.mark.standalone_only
 def test_append_and_extend_are_written_by_save_with_the_cap(r):
     """append/extend change the local view (capped) and the next save writes them."""
     feed = Feed.create(name="a", items=[1])
@@ -123,6 +127,7 @@ def test_append_and_extend_are_written_by_save_with_the_cap(r):
     assert stored(r) == [3, 4, 5]
 
 
+@pytest.mark.standalone_only
 def test_save_of_appends_keeps_concurrent_pushes(r):
     """Appends saved from a stale copy are added after items another writer pushed."""
     Feed.create(name="a", items=[1])
@@ -135,6 +140,7 @@ def test_save_of_appends_keeps_concurrent_pushes(r):
     assert stored(r) == [1, 2, 3]
 
 
+@pytest.mark.standalone_only
 def test_save_without_list_changes_does_not_rewrite_it(r):
     """A save that did not change the list leaves items pushed meanwhile in place."""
     Feed.create(name="a", items=[1])
@@ -157,6 +163,7 @@ def test_save_without_list_changes_does_not_rewrite_it(r):
     (lambda items: items.reverse(), ["c", "b", "a"]),
     (lambda items: items.sort(reverse=True), ["c", "b", "a"]),
 ])
+@pytest.mark.standalone_only
 def test_other_mutations_rewrite_the_whole_list(r, mutate, expected):
     """setitem/del/insert/pop/remove/clear/reverse/sort rewrite the list on save (capped)."""
     feed = Feed.create(name="a", items=["a", "b", "c"])
@@ -168,6 +175,7 @@ def test_other_mutations_rewrite_the_whole_list(r, mutate, expected):
     assert feed.items.has_unsaved_changes is False
 
 
+@pytest.mark.standalone_only
 def test_push_writes_pending_local_changes_in_the_same_step(r):
     """push() also writes unsaved appends/rewrites of the list, keeping the local order."""
     feed = Feed.create(name="a", items=[1, 2, 3])
@@ -211,6 +219,7 @@ def test_push_on_deleted_instance_raises_and_keeps_local_state(r):
     assert r.keys("*") == []
 
 
+@pytest.mark.standalone_only
 def test_push_of_unencodable_value_raises(r):
     """An item msgpack cannot encode is refused naming field and value; nothing written."""
     feed = Feed.create(name="a", items=[1])
@@ -223,6 +232,7 @@ def test_push_of_unencodable_value_raises(r):
     assert stored(r) == [1]
 
 
+@pytest.mark.standalone_only
 def test_failed_save_keeps_pending_changes_and_retries_them_once(r):
     """A save that fails (unique violation) leaves list changes pending; the retry writes once."""
     Feed.create(name="other", email="taken@example.org")
@@ -240,6 +250,7 @@ def test_failed_save_keeps_pending_changes_and_retries_them_once(r):
     assert stored(r) == [1, 2]
 
 
+@pytest.mark.standalone_only
 def test_partial_save_writes_the_list_only_when_named(r):
     """save(update_fields=...) writes pending list changes only when the list is named."""
     feed = Feed.create(name="a", items=[1])
@@ -251,6 +262,7 @@ def test_partial_save_writes_the_list_only_when_named(r):
     assert stored(r) == [1, 2]
 
 
+@pytest.mark.standalone_only
 def test_list_is_deleted_with_its_instance(r):
     """delete() removes the LIST in the same script call."""
     feed = Feed.create(name="a", items=[1, 2])
@@ -261,6 +273,7 @@ def test_list_is_deleted_with_its_instance(r):
         feed.items.push(3)
 
 
+@pytest.mark.standalone_only
 def test_key_migration_moves_the_list(r):
     """save(migrate_key=True) renames the LIST with the instance, without reading it."""
     Feed.create(name="a", items=[1, 2])
@@ -274,6 +287,7 @@ def test_key_migration_moves_the_list(r):
     assert Feed.query.get(name="b").items == [1, 2]
 
 
+@pytest.mark.standalone_only
 def test_list_expires_with_its_instance(r):
     """With a TTL, save, push and partial saves give the LIST the instance's expiry."""
     feed = TtlFeed.create(name="a", items=[1])
@@ -289,6 +303,7 @@ def test_list_expires_with_its_instance(r):
     assert 990 < r.ttl(list_key) <= 1000
 
 
+@pytest.mark.standalone_only
 def test_list_expires_at_instance_expire_at(r):
     """_expire_at on the instance is applied to its LIST too."""
     when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
@@ -298,6 +313,7 @@ def test_list_expires_at_instance_expire_at(r):
     assert 3500 < r.ttl("Feed:a") <= 3600
 
 
+@pytest.mark.standalone_only
 def test_reads_are_lazy_and_prefetch_is_one_round_trip():
     """Loading instances does not read their lists; Model.field.prefetch reads all at once."""
     for i in range(5):
@@ -324,6 +340,7 @@ def test_refresh_rereads_and_drops_local_changes(r):
     assert not feed.items.has_unsaved_changes
 
 
+@pytest.mark.standalone_only
 def test_two_capped_lists_on_one_model(r):
     """Each capped field has its own LIST and cap."""
     obj = TwoLists.create(name="x", a=[1, 2, 3], b=[1, 2, 3])
@@ -333,6 +350,7 @@ def test_two_capped_lists_on_one_model(r):
     assert stored(r, "TwoLists:x", "b") == [1, 2, 3, 4]
 
 
+@pytest.mark.standalone_only
 def test_pipeline_push_is_queued(r):
     """push(pipeline=p) only queues the write; executing p applies it."""
     from popoto.redis_db import get_client
@@ -345,6 +363,7 @@ def test_pipeline_push_is_queued(r):
     assert stored(r) == [1, 2]
 
 
+@pytest.mark.standalone_only
 def test_bulk_paths_keep_the_cap(r):
     """bulk_create and bulk_update write capped lists with the same order and cap."""
     Feed.bulk_create([Feed(name=f"b{i}", items=list(range(i + 3))) for i in range(3)])
@@ -353,6 +372,7 @@ def test_bulk_paths_keep_the_cap(r):
     assert [stored(r, f"Feed:b{i}") for i in range(3)] == [["q", "r", "s"]] * 3
 
 
+@pytest.mark.standalone_only
 def test_rebuild_indexes_keeps_the_list(r):
     """Index maintenance re-runs the write path without touching list contents."""
     Feed.create(name="a", items=[1, 2, 3])
@@ -363,6 +383,7 @@ def test_rebuild_indexes_keeps_the_list(r):
     assert r.keys("*") == []
 
 
+@pytest.mark.standalone_only
 def test_legacy_hash_copy_is_removed_on_save(r):
     """A value left in the hash by a plain ListField is dropped when the list is written."""
     feed = Feed.create(name="a", items=[1])

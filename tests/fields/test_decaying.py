@@ -91,6 +91,7 @@ def make_post(slug, ts, likes=None):
 
 # --- DecayingSortedField -------------------------------------------------------
 
+@pytest.mark.standalone_only
 def test_save_stamps_the_time_in_hash_and_sorted_set(r):
     """Every full save sets the field to now and scores the sorted set with it."""
     before = time.time()
@@ -104,6 +105,7 @@ def test_save_stamps_the_time_in_hash_and_sorted_set(r):
     assert post.seen >= after
 
 
+@pytest.mark.standalone_only
 def test_partial_save_not_naming_the_field_keeps_its_time(r):
     """save(update_fields=[other]) and skip_auto_now leave the timestamp alone."""
     post = make_post("a", NOW - DAY)
@@ -114,6 +116,7 @@ def test_partial_save_not_naming_the_field_keeps_its_time(r):
     assert r.zscore("$SortedF:Post:seen", "Post:a") == NOW - DAY
 
 
+@pytest.mark.standalone_only
 def test_touch_updates_hash_and_index_in_one_write(r):
     """touch() sets the field to now in the hash and the sorted set, in one round trip."""
     from tests.helpers import count_round_trips
@@ -130,6 +133,7 @@ def test_touch_updates_hash_and_index_in_one_write(r):
     assert post.likes == Post.query.get(slug="a").likes
 
 
+@pytest.mark.standalone_only
 def test_touch_with_pipeline_is_queued(r):
     """touch(pipeline=p) queues the write and returns p."""
     post = make_post("a", NOW)
@@ -257,6 +261,7 @@ def test_top_by_decay_is_exact_on_many_members():
     assert [p.name for p in got] == ["u000", "u001", "u002", "u003", "u004", "u005", "u006"]
 
 
+@pytest.mark.standalone_only
 def test_top_by_decay_skips_vanished_instances(r):
     """Sorted-set entries whose hash expired or was deleted behind the ORM are skipped."""
     for i in range(4):
@@ -316,6 +321,7 @@ def stored_cycles(r, key="Habit:h", field="level"):
     return unpack(r.hget(f"$Cycles:Habit:{field}", key))
 
 
+@pytest.mark.standalone_only
 def test_first_save_writes_companion_state(r):
     """A new member gets the field's cycles and a pressure clock in the companion hashes."""
     habit = Habit.create(name="h")
@@ -352,6 +358,7 @@ def test_amplitude_updates_are_atomic_under_concurrency():
     assert amp == pytest.approx(1.1 ** 20)
 
 
+@pytest.mark.standalone_only
 def test_saves_and_rebuilds_never_reset_learned_amplitudes(r):
     """Full saves, partial saves, stale-copy saves and rebuild_indexes keep learned state."""
     habit = Habit.create(name="h")
@@ -371,6 +378,7 @@ def test_saves_and_rebuilds_never_reset_learned_amplitudes(r):
     assert Habit.check_indexes()["total"] == 0
 
 
+@pytest.mark.standalone_only
 def test_companion_state_moves_with_key_and_dies_with_instance(r):
     """A key migration moves the member's state; delete removes it."""
     habit = Habit.create(name="h")
@@ -384,6 +392,7 @@ def test_companion_state_moves_with_key_and_dies_with_instance(r):
     assert not r.exists("$Cycles:Habit:level") and not r.exists("$Pressure:Habit:level")
 
 
+@pytest.mark.standalone_only
 def test_resolve_pressure_resets_the_clock(r):
     """resolve_pressure() stores last_resolved = now (with the field's rate)."""
     habit = Habit(name="h", level=NOW - 5 * DAY)
@@ -426,6 +435,7 @@ def test_cyclic_errors(r):
     assert not r.exists("$Pressure:Habit:level")
 
 
+@pytest.mark.standalone_only
 def test_member_without_stored_cycles_adjusts_nothing(r):
     """strengthen/weaken on a member whose cycles were removed return [] and write nothing."""
     habit = Habit.create(name="h")

@@ -51,6 +51,7 @@ def test_group_is_created_with_mkstream_and_existing_group_is_kept(r: redis.Redi
     assert [g["name"] for g in r.xinfo_groups(STREAM)] == [b"projections"]
 
 
+@pytest.mark.standalone_only
 def test_stream_key_matches_the_event_stream_layout() -> None:
     """Bare names and partitions map to stream:<name>[:<partition>], escaped like keys.py."""
     assert stream_key("mutations") == "stream:mutations"
@@ -152,6 +153,7 @@ def test_failed_handler_is_retried_after_claim_idle_and_then_acked(r: redis.Redi
     assert pending(r) == 0
 
 
+@pytest.mark.standalone_only
 def test_poison_entry_goes_to_dead_letters_after_n_deliveries_and_replays(
         r: redis.Redis) -> None:
     """A handler failing every time: after max_deliveries the entry is dead-lettered
@@ -191,6 +193,7 @@ def test_poison_entry_goes_to_dead_letters_after_n_deliveries_and_replays(
     assert int(r.get("orders:count")) == 1
 
 
+@pytest.mark.standalone_only
 def test_malformed_entry_is_dead_lettered_at_once(r: redis.Redis) -> None:
     """An entry without model/pk/op cannot succeed: it is dead-lettered on first delivery."""
     reg = HandlerRegistry()
@@ -232,6 +235,7 @@ def test_stream_without_groups_is_never_trimmed(r: redis.Redis) -> None:
     assert trim_acknowledged(r, "nothing-here") == 0
 
 
+@pytest.mark.standalone_only
 def test_duplicate_delivery_has_exactly_once_effect(r: redis.Redis) -> None:
     """An entry handled twice (crash after the effect, before XACK) changes state once."""
     crash_once = {"armed": True}

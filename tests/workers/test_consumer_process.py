@@ -7,9 +7,12 @@ import os
 import signal
 import time
 
+import pytest
 import redis
 
 from tasks.testing import spawn_consumer, wait_until
+
+pytestmark = pytest.mark.standalone_only  # the child process gets a standalone REDIS_URL
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STREAM = "stream:mutations"

@@ -12,7 +12,8 @@ from tasks.jobs import lease
 from workers import Event, apply_once, registry
 from workers.tasks import drain_stream
 
-pytestmark = pytest.mark.usefixtures("worker", "idle_after")
+pytestmark = [pytest.mark.usefixtures("worker", "idle_after"),
+              pytest.mark.standalone_only]  # Celery's broker is a standalone Redis
 STREAM = "stream:audit"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from ops import example_handlers
@@ -9,6 +10,7 @@ from ops.example_models import Order
 from workers import HandlerRegistry, StreamConsumer, apply_if_newer, apply_once
 
 
+@pytest.mark.standalone_only  # its marker and effect keys are in different slots
 def test_apply_once_runs_the_commands_once_per_event_id(r: redis.Redis) -> None:
     """The marker and the writes commit together: a repeat of the id changes nothing."""
     cmds = [("HINCRBY", "totals", "n", 1), ("SADD", "ids", "a")]
@@ -25,6 +27,7 @@ def test_apply_once_trims_markers_older_than_the_retention(r: redis.Redis) -> No
     assert [m for m in r.zrange("seen", 0, -1)] == [b"2000-0"]
 
 
+@pytest.mark.standalone_only  # its marker and effect keys are in different slots
 def test_apply_if_newer_ignores_old_and_repeated_versions(r: redis.Redis) -> None:
     """Out-of-order or repeated events never roll a projection back."""
     assert apply_if_newer(r, "v", "Order:1", 2.0, [("HSET", "latest", "Order:1", "paid")])
@@ -35,6 +38,7 @@ def test_apply_if_newer_ignores_old_and_repeated_versions(r: redis.Redis) -> Non
     assert r.hget("latest", "Order:1") is None
 
 
+@pytest.mark.standalone_only  # its marker and effect keys are in different slots
 def test_real_event_stream_entries_drive_the_example_projection(r: redis.Redis) -> None:
     """Saves of an EventStreamMixin model, consumed twice over: the projection is exact."""
     reg = HandlerRegistry()
