@@ -123,6 +123,9 @@ def _fail() -> Any:
 
 #: compile context entry naming the tag group a query source is built for
 NS_CONTEXT = "@ns"
+#: compile context entry: a dict shared by the compilations of one query for every tag
+#: group (sources whose result does not depend on the group compute it once)
+PLAN_MEMO_CONTEXT = "@memo"
 
 class Field:
     """A persisted attribute of a model: one field of the instance's Redis hash.

@@ -18,7 +18,7 @@ from .. import encoding, keys
 from ..exceptions import QueryException
 from ..query import lookups as lk
 from ..query.sources import Combine, KeyList, Program, SetSource, Source
-from .field import Field
+from .field import PLAN_MEMO_CONTEXT, Field
 
 if TYPE_CHECKING:
     from ..models.base import Model
@@ -114,7 +114,16 @@ class RelatedFilter(lk.Lookup):
             raise QueryException(f"{field.label}__{path}: {exc}") from None
 
     def source(self, context: dict[str, Any]) -> Source | None:
-        return RelatedKeys(self.field, self.where)
+        # one related query per plan, not one per tag group: the groups share the source
+        memo = context.get(PLAN_MEMO_CONTEXT)
+        if memo is None:
+            return RelatedKeys(self.field, self.where)
+        # the plan's compilations resolve one Q: the same condition has the same value object
+        token = (RelatedKeys, self.field.label, self.lookup_name, id(self.value))
+        related = memo.get(token)
+        if related is None:
+            related = memo[token] = RelatedKeys(self.field, self.where)
+        return related
 
     def matches(self, stored: Any) -> bool:
         return stored is not None and self.compiled.full(stored)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from .. import keys
 from ..encoding import decode_field
 from ..exceptions import QueryException
-from ..fields.field import NS_CONTEXT
+from ..fields.field import NS_CONTEXT, PLAN_MEMO_CONTEXT
 from .compiler import Compiled, compile_q, keep_scores, set_score_source
 from .expressions import Q
 from .io import Command, Steps, run, run_async
@@ -133,14 +133,17 @@ class QuerySet:
         """([(group, source)] for every tag group, residual predicate, ordered-by-redis)."""
         plans: Plans = []
         residual, redis_order = None, True
+        memo: dict[Any, Any] = {}  # shared by the groups' compilations
         for ns in self.model._meta.groups:
-            source, residual, redis_order = self._group_plan(ns)
+            source, residual, redis_order = self._group_plan(ns, memo)
             plans.append((ns, source))
         return plans, residual, redis_order
 
-    def _group_plan(self, ns: str) -> tuple[Source | None, Any, bool]:
+    def _group_plan(self, ns: str, memo: dict[Any, Any] | None = None
+                    ) -> tuple[Source | None, Any, bool]:
         """(source, residual predicate, ordered-by-redis) in the tag group ``ns``."""
-        compiled: Compiled = compile_q(self.model, self._where, options=self._options, ns=ns)
+        compiled: Compiled = compile_q(self.model, self._where, options=self._options, ns=ns,
+                                       context={PLAN_MEMO_CONTEXT: {} if memo is None else memo})
         source = compiled.source
         order = self._order
         redis_order = True

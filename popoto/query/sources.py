@@ -23,12 +23,14 @@ class Program:
     n_temps: int = 0
     temp_prefix: str = ""
     ns: str = ""  # the tag group the program runs in (sources built per group use it)
+    _positions: dict[str, int] = field(default_factory=dict, repr=False)
 
     def key(self, name: str) -> int:
-        if name in self.keys:
-            return self.keys.index(name) + 1
-        self.keys.append(name)
-        return len(self.keys)
+        position = self._positions.get(name)
+        if position is None:  # (a dict: an OR of thousands of index sets stays linear)
+            self.keys.append(name)
+            position = self._positions[name] = len(self.keys)
+        return position
 
     def temp(self) -> int:
         self.n_temps += 1

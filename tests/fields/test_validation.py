@@ -92,7 +92,8 @@ def test_round_trip_of_every_type(r):
     for name in Typed._meta.fields:
         assert getattr(back, name) == getattr(t, name), name
         assert type(getattr(back, name)) is type(getattr(t, name)), name
-    assert r.hget("Typed:k", "i") != b"None"
+    stored = r.hget(t.pk, "i")
+    assert stored is not None and stored != b"None"
 
 
 def test_none_stored_as_none():

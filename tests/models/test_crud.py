@@ -1,6 +1,11 @@
-"""CRUD: one-round-trip atomic saves, partial saves, key migration, TTL, delete."""
+"""CRUD: one-round-trip atomic saves, partial saves, key migration, TTL, delete.
+
+Key names come from the model's layout (tests.helpers), so these tests run in the
+cluster run too; only the test pinning the unsharded key layout is standalone_only.
+"""
 
 import datetime as dt
+import re
 import time
 
 import pytest
@@ -15,9 +20,10 @@ from popoto import (
     ModelException,
     SortedField,
     UniqueViolation,
+    keys,
 )
 from popoto.redis_db import get_client
-from tests.helpers import count_round_trips
+from tests.helpers import class_set_of, count_round_trips, db_size, index_key, key_of
 
 
 class Person(Model):
@@ -36,6 +42,7 @@ class Temp(Model):
         ttl = 100
 
 
+@pytest.mark.standalone_only  # pins the unsharded layout (cluster keys carry a group tag)
 def test_key_is_class_then_key_values_by_field_name(r):
     """The hash lives at ClassName:v1:v2 with key values ordered by field name."""
     p = Person(org="acme", email="a@x.io", name="A")
@@ -52,8 +59,8 @@ def test_save_is_one_round_trip_with_all_indexes(r):
     with count_round_trips() as trips:
         assert p.save() is True
     assert trips[0] == 1
-    assert r.zscore("$SortedF:Person:age", "Person:e:o") == 30
-    assert r.sismember("$IndexF:Person:team:red", "Person:e:o")
+    assert r.zscore(index_key(Person, "age", instance=p), p.pk) == 30
+    assert r.sismember(index_key(Person, "team", "red", instance=p), p.pk)
 
 
 def test_save_with_pipeline_only_queues():
@@ -73,9 +80,9 @@ def test_update_moves_index_entries(r):
     p = Person.query.get(org="o", email="e")
     p.team, p.age = "blue", 5
     p.save()
-    assert not r.exists("$IndexF:Person:team:red")
-    assert r.sismember("$IndexF:Person:team:blue", "Person:e:o")
-    assert r.zscore("$SortedF:Person:age", "Person:e:o") == 5
+    assert not r.exists(index_key(Person, "team", "red", instance=p))
+    assert r.sismember(index_key(Person, "team", "blue", instance=p), p.pk)
+    assert r.zscore(index_key(Person, "age", instance=p), p.pk) == 5
 
 
 def test_stale_instance_cannot_leave_stale_index(r):
@@ -89,7 +96,7 @@ def test_stale_instance_cannot_leave_stale_index(r):
     b.save()
     assert Person.query.filter(team="blue").count() == 0
     assert Person.query.filter(team="red").count() == 0
-    assert Person.query.filter(team="green").keys() == ["Person:e:o"]
+    assert Person.query.filter(team="green").keys() == [key_of(Person, "e", "o")]
 
 
 def test_update_fields_writes_only_listed_fields(r):
@@ -113,14 +120,19 @@ def test_key_change_requires_migrate_key(r):
     Person(org="o", email="e", age=7, team="red").save()
     p = Person.query.get(org="o", email="e")
     p.email = "f"
+    old, new = key_of(Person, "e", "o"), key_of(Person, "f", "o")
     with pytest.raises(KeyMutationError):
         p.save()
-    assert r.exists("Person:e:o")
+    assert r.exists(old)
     p.save(migrate_key=True)
-    assert not r.exists("Person:e:o") and r.exists("Person:f:o")
-    assert r.smembers("$Class:Person") == {b"Person:f:o"}
-    assert r.zrange("$SortedF:Person:age", 0, -1) == [b"Person:f:o"]
-    assert r.smembers("$IndexF:Person:team:red") == {b"Person:f:o"}
+    assert not r.exists(old) and r.exists(new)
+    assert {m for k in Person._meta.class_set_keys() for m in r.smembers(k)} == {new.encode()}
+    assert r.smembers(class_set_of(new)) == {new.encode()}
+    assert r.zrange(index_key(Person, "age", instance=new), 0, -1) == [new.encode()]
+    assert r.smembers(index_key(Person, "team", "red", instance=new)) == {new.encode()}
+    if keys.ns_of(old) != keys.ns_of(new):  # the old group keeps no entry
+        assert not r.exists(index_key(Person, "age", instance=old))
+        assert not r.exists(index_key(Person, "team", "red", instance=old))
 
 
 def test_migrate_onto_existing_key_refused(r):
@@ -131,13 +143,13 @@ def test_migrate_onto_existing_key_refused(r):
     p.email = "taken"
     with pytest.raises(UniqueViolation):
         p.save(migrate_key=True)
-    assert r.exists("Person:e:o")
+    assert r.exists(key_of(Person, "e", "o"))
 
 
 def test_create_refuses_existing_key():
     """create() of an existing key raises; save() of a new instance overwrites."""
     Person.create(org="o", email="e", name="first")
-    with pytest.raises(UniqueViolation, match="Person:e:o"):
+    with pytest.raises(UniqueViolation, match=re.escape(key_of(Person, "e", "o"))):
         Person.create(org="o", email="e", name="second")
     assert Person.query.get(org="o", email="e").name == "first"
     Person(org="o", email="e", name="third").save()
@@ -150,7 +162,7 @@ def test_failed_validation_writes_nothing(r):
     p.age = "not a number"
     with pytest.raises(ModelException, match="age"):
         p.save()
-    assert r.dbsize() == 0
+    assert db_size(r) == 0
     assert p.save(ignore_errors=True) is False
 
 
@@ -161,7 +173,7 @@ def test_load_get_or_create_update_or_create():
     again, created = Person.get_or_create(org="o", email="e", defaults={"name": "X"})
     assert not created and again.name == "N"
     assert Person.load(org="o", email="e") == obj
-    assert Person.load(db_key="Person:e:o") == obj
+    assert Person.load(db_key=key_of(Person, "e", "o")) == obj
     upd, created = Person.update_or_create(org="o", email="e", defaults={"name": "U"})
     assert not created and Person.load(org="o", email="e").name == "U"
     new, created = Person.update_or_create(org="o", email="z", defaults={"age": 3})
@@ -173,7 +185,7 @@ def test_delete_removes_everything(r):
     p = Person(org="o", email="e", age=1, team="red")
     p.save()
     assert p.delete() is True
-    assert r.dbsize() == 0
+    assert db_size(r) == 0
     assert Person(org="o", email="e").delete() is False
 
 
@@ -190,12 +202,12 @@ def test_delete_with_pipeline():
 def test_meta_ttl_and_instance_ttl(r):
     """Meta.ttl applies by default; _ttl and _expire_at override; both at once is an error."""
     Temp(key="a").save()
-    assert 0 < r.ttl("Temp:a") <= 100
+    assert 0 < r.ttl(key_of(Temp, "a")) <= 100
     Temp(key="b", _ttl=5).save()
-    assert 0 < r.ttl("Temp:b") <= 5
+    assert 0 < r.ttl(key_of(Temp, "b")) <= 5
     at = dt.datetime.now(tz=dt.timezone.utc) + dt.timedelta(seconds=50)
     Temp(key="c", _ttl=None, _expire_at=at).save()
-    assert 40 < r.ttl("Temp:c") <= 50
+    assert 40 < r.ttl(key_of(Temp, "c")) <= 50
     with pytest.raises(ModelException, match="_ttl"):
         Temp(key="d", _ttl=5, _expire_at=at).save()
 
@@ -214,7 +226,7 @@ def test_equality_repr_to_dict():
     b = Person(org="o", email="e", name="B")
     assert a == b and hash(a) == hash(b)
     assert a != Person(org="o", email="f")
-    assert repr(a) == "<Person Person:e:o>"
+    assert repr(a) == f"<Person {key_of(Person, 'e', 'o')}>"
     assert a.to_dict() == {"org": "o", "email": "e", "name": "A", "age": None, "team": None}
     assert a.to_dict(include=["name"], exclude=[]) == {"name": "A"}
     assert "name" not in a.to_dict(exclude=["name"])
@@ -235,8 +247,8 @@ def test_missing_key_value_is_an_error():
 def test_corrupt_hash_value_raises_decode_error(r):
     """A corrupt stored value raises an error naming key and field when read."""
     Person(org="o", email="e", name="ok").save()
-    r.hset("Person:e:o", "name", b"\xc1")
+    r.hset(key_of(Person, "e", "o"), "name", b"\xc1")
     p = Person.query.get(org="o", email="e")
-    with pytest.raises(ModelException, match="name.*Person:e:o"):
+    with pytest.raises(ModelException, match="name.*" + re.escape(key_of(Person, "e", "o"))):
         _ = p.name
     assert p.org == "o"

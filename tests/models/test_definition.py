@@ -35,9 +35,17 @@ def test_meta_registers_fields_by_category():
     assert meta.key_field_names == ["slug"]
     assert meta.sorted_field_names == ["views"]
     assert meta.indexed_field_names == ["tag"]
+    assert meta.class_set_keys() == [f"$Class:{ns}" for ns in meta.groups]
+    assert meta.order_by == "-views" and meta.ttl == 3600
+
+
+@pytest.mark.standalone_only  # an unsharded model (cluster mode shards every model)
+def test_unsharded_meta_names_its_one_class_key():
+    """An unsharded model has one namespace (its name) and one class set."""
+    meta = Article._meta
+    assert meta.groups == ("Article",) and not meta.sharded
     assert meta.db_class_key == "Article"
     assert meta.db_class_set_key == "$Class:Article"
-    assert meta.order_by == "-views" and meta.ttl == 3600
 
 
 def test_query_and_objects_are_the_same():

@@ -1,7 +1,9 @@
 """Sharded models (``Meta.shards``) on one server: layout, scatter/merge queries, global claims.
 
 Standalone with ``shards=4`` builds exactly the key layout of cluster mode, so
-these tests pin the logic; tests/cluster/ runs it on a real cluster.
+these tests pin the logic; tests/cluster/ runs it on a real cluster, and so does
+the cluster run of the suite (POPOTO_TEST_CLUSTER=1), where ``Flat`` is sharded
+too (16 groups) and server counters are summed over the primaries.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from popoto import (
 )
 from popoto.exceptions import KeyMutationError
 from popoto.models import claims
-from popoto.models.write import IDX_PREFIX
+from popoto.models.write import IDX_PREFIX, unpack_record
+from tests.helpers import command_calls, db_keys, worker_url
 
 CTX = multiprocessing.get_context("spawn")
 N = 4
@@ -75,19 +78,27 @@ def _names(objs: list) -> list[tuple[str, str]]:
     return [(o.region, o.name) for o in objs]
 
 
+@pytest.mark.standalone_only  # cluster mode shards every model
+def test_an_unsharded_model_keeps_the_documented_layout(r):
+    """Without Meta.shards a standalone model keeps untagged keys beside sharded ones."""
+    _fill(12)
+    flat = {k for k in db_keys(r) if "Flat" in k}
+    assert "$Class:Flat" in flat and "$SortedF:Flat:score" in flat
+    assert not any("{" in k for k in flat), flat
+
+
 def test_layout_tags_every_key_and_keeps_an_instance_in_one_slot(r):
     """Every key of a sharded model carries its group's tag; an instance's hash, class-set
-    entry and index entries share one slot; an unsharded model keeps the documented layout."""
+    entry and index entries share one slot."""
     meta = Spread._meta
     assert meta.sharded and len(meta.groups) == N
     assert all(ns.startswith("{Spread#") and ns.endswith("}") for ns in meta.groups)
     _fill(40)
-    names = {k.decode() for k in r.keys("*")}
-    flat = {k for k in names if "Flat" in k}
-    assert "$Class:Flat" in flat and "$SortedF:Flat:score" in flat
+    names = db_keys(r)
     spread = {k for k in names if "Spread" in k}
     assert all("{Spread#" in k for k in spread), spread
-    groups_used = {keys.ns_of(k) for k in map(bytes.decode, r.sunion(meta.class_set_keys()))}
+    members = {m.decode() for k in meta.class_set_keys() for m in r.smembers(k)}
+    groups_used = {keys.ns_of(k) for k in members}
     assert groups_used == set(meta.groups)  # 40 instances reach all 4 groups
     obj = Spread.query.get(region="eu", name="n001")
     slot = keys.key_slot(obj.pk)
@@ -95,8 +106,7 @@ def test_layout_tags_every_key_and_keeps_an_instance_in_one_slot(r):
     for row in r.hgetall(obj.pk):
         if row.startswith(IDX_PREFIX.encode()):
             owner = row.decode()[len(IDX_PREFIX):]
-            for kind, key, _member in __import__("popoto.models.write", fromlist=["x"]) \
-                    .unpack_record(r.hget(obj.pk, row), obj.pk):
+            for kind, key, _member in unpack_record(r.hget(obj.pk, row), obj.pk):
                 if kind != "C":  # claims live in the value's group, checked below
                     assert keys.key_slot(key) == slot, (owner, key)
 
@@ -166,13 +176,13 @@ def test_sharded_queries_equal_the_unsharded_answer():
 def test_a_page_reads_at_most_offset_plus_limit_rows_per_group(r):
     """order_by + limit asks each group for offset+limit rows only (no whole index)."""
     _fill()
-    r.config_resetstat()
+    Spread.query.order_by("score")[10:15]  # loads the query script on every node
+    hgetall, evalsha = command_calls(r, "hgetall"), command_calls(r, "evalsha")
     got = Spread.query.order_by("score")[10:15]
     assert len(got) == 5
-    stats = r.info("commandstats")
     # one ZRANGEBYSCORE-free plan: the query script per group, then 5 HGETALLs
-    assert stats["cmdstat_hgetall"]["calls"] == 5
-    assert stats["cmdstat_evalsha"]["calls"] == N
+    assert command_calls(r, "hgetall") - hgetall == 5
+    assert command_calls(r, "evalsha") - evalsha == N
 
 
 def test_unique_values_are_global_across_groups():
@@ -311,7 +321,8 @@ def test_8_processes_race_for_one_unique_value_across_groups(redis_url):
     """8 processes creating instances in different groups with one unique value: one wins."""
     barrier = CTX.Barrier(8)
     out = CTX.Queue()
-    procs = [CTX.Process(target=_race_worker, args=(redis_url, barrier, i, out))
+    url = worker_url(redis_url)
+    procs = [CTX.Process(target=_race_worker, args=(url, barrier, i, out))
              for i in range(8)]
     for p in procs:
         p.start()

@@ -5,6 +5,7 @@ import time
 import pytest
 
 from popoto import Field, IndexedField, KeyField, Model, SortedField
+from tests.helpers import index_key, key_of
 
 
 class Relic(Model):
@@ -15,7 +16,7 @@ class Relic(Model):
 
 
 def key(i: int) -> str:
-    return f"Relic:r{i:02d}"
+    return key_of(Relic, f"r{i:02d}")
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def names(qs) -> list[str]:
 def test_filter_skips_deleted_hashes(r, relics):
     """filter() on an indexed field leaves out instances whose hash was deleted."""
     vanish(r, 1, 3, 5)
-    assert r.sismember("$IndexF:Relic:color:red", key(1))
+    assert r.sismember(index_key(Relic, "color", "red", instance=key(1)), key(1))
     found = names(Relic.query.filter(color="red"))
     assert sorted(found) == [f"r{i:02d}" for i in range(7, 30, 2)]
 
