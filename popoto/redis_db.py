@@ -16,6 +16,7 @@ real clients.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import weakref
@@ -192,7 +193,9 @@ def get_async_client() -> redis.asyncio.Redis:
     """An asyncio client for the running event loop (one per loop).
 
     Its pool waits for a free connection when many tasks use it at once,
-    instead of failing with "Too many connections".
+    instead of failing with "Too many connections" (the cluster client's pools
+    cannot wait, so it admits at most :data:`ASYNC_CLUSTER_CONCURRENCY` commands
+    or pipelines at a time instead).
     """
     import asyncio
 
@@ -201,13 +204,50 @@ def get_async_client() -> redis.asyncio.Redis:
     if client is None:
         url, cluster = _resolve()
         if cluster:
-            client = redis.asyncio.cluster.RedisCluster.from_url(url, **_config["kwargs"])
+            client = _AsyncClusterClient.from_url(url, **_config["kwargs"])
+            client._popoto_gate = asyncio.Semaphore(ASYNC_CLUSTER_CONCURRENCY)
             _async_clients[loop] = client
             return client
         pool = redis.asyncio.BlockingConnectionPool.from_url(url, **_config["kwargs"])
         client = redis.asyncio.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client
+
+
+#: concurrent commands/pipelines one asyncio cluster client runs (each takes at most one
+#: connection per node; redis-py's per-node pools hold 100 and raise when exhausted)
+ASYNC_CLUSTER_CONCURRENCY = 64
+_in_gate: contextvars.ContextVar[bool] = contextvars.ContextVar("popoto_in_gate", default=False)
+
+
+class _AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
+    """An asyncio ``RedisCluster`` whose commands and pipelines wait for a free slot
+    (a semaphore) instead of failing with MaxConnectionsError under load."""
+
+    _popoto_gate: Any
+
+    async def _gated(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        if _in_gate.get():  # already admitted (a command issued inside a pipeline run)
+            return await call(*args, **kwargs)
+        async with self._popoto_gate:
+            token = _in_gate.set(True)
+            try:
+                return await call(*args, **kwargs)
+            finally:
+                _in_gate.reset(token)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._gated(super().execute_command, *args, **kwargs)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        async def gated_execute(*args: Any, **kwargs: Any) -> Any:
+            return await self._gated(execute, *args, **kwargs)
+
+        pipe.execute = gated_execute
+        return pipe
 
 
 class _LazyClient:

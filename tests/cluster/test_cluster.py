@@ -185,3 +185,21 @@ def test_failover_keeps_committed_writes_and_writes_resume(redis_server, capsys)
             assert Parcel.query.get(code=same_group) is not None
         finally:
             popoto.configure(url=redis_server.url)
+
+
+def test_async_cluster_client_queues_instead_of_running_out_of_connections(cluster_mode):
+    """500 concurrent async increments and 500 concurrent creates on one event loop: the
+    asyncio cluster client waits for a free connection (redis-py's per-node pools of 100
+    would raise MaxConnectionsError) and nothing is lost."""
+    import asyncio
+
+    async def scenario() -> tuple[int, int]:
+        await Parcel.async_create(code="hot", weight=0, depot="d")
+        hot = await Parcel.query.async_get(code="hot")
+        await asyncio.gather(*(hot.async_atomic_increment("weight", 1) for _ in range(500)))
+        await asyncio.gather(*(Parcel.async_create(code=f"a{i}", weight=1, depot="d")
+                               for i in range(500)))
+        return (await Parcel.query.async_get(code="hot")).weight, await Parcel.query.async_count()
+
+    assert asyncio.run(scenario()) == (500, 501)
+    assert popoto.redis_db.ASYNC_CLUSTER_CONCURRENCY < 100
