@@ -14,7 +14,8 @@ Commands (exit code 1 when a problem is found, 2 for usage errors):
 
 Models are found by label (``app.Model`` or the class name) once their modules
 are imported: ``--models app.models`` or ``POPOTO_MODEL_MODULES``. Without
-MODEL arguments, every registered model is processed.
+MODEL arguments, every registered model is processed. A sharded model (tag
+groups) is processed over all its groups; counts are summed over them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import redis
 import popoto
 from popoto.exceptions import PopotoError
 from popoto.models.base import Model
+from popoto.models.maintenance import class_set_size
 from popoto.models.registry import all_models, label_of
 from popoto.redis_db import get_client
 
@@ -97,12 +99,15 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     reports = {label_of(m): m.check_indexes(batch_size=args.batch_size)
                for m in _models(args.models)}
     lines = []
+    groups = {label_of(m): len(m._meta.groups) for m in _models(args.models)
+              if m._meta.sharded}
     for label, rep in reports.items():
         status = "ok" if rep["total"] == 0 else "PROBLEMS"
         lines.append(f"{label}: {status} total={rep['total']} orphans={rep.get('orphans', 0)} "
                      f"missing={rep.get('missing', 0)} wrong={rep.get('wrong', 0)} "
                      f"owner_records={rep.get('owner_records', 0)} "
-                     f"instances={rep.get('instances', 0)}")
+                     f"instances={rep.get('instances', 0)}"
+                     + (f" groups={groups[label]}" if label in groups else ""))
     if not reports:
         lines.append("no registered models (import them with --models)")
     _emit(out, args.json, reports, lines)
@@ -119,9 +124,12 @@ def cmd_clean(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def rebuild_with_progress(model: type[Model], batch_size: int, err: TextIO) -> int:
-    """The chunk API driven here: reindex every instance hash, then clean every index key."""
-    client = get_client()
-    total = client.scard(model._meta.db_class_set_key)
+    """The chunk API driven here: reindex every instance hash, then clean every index key.
+
+    A sharded model's scan covers every tag group (reindex_keys works group by
+    group); every group is reindexed before any index key is cleaned.
+    """
+    total = class_set_size(model)
     bar = Progress(err, f"{model.__name__} reindex")
     cursor, done = 0, 0
     while True:

@@ -14,6 +14,10 @@ first holds the lease returns ``None``. A job whose workers all vanished
 loses its lease after ``lock_ttl`` seconds without progress.
 
 ``$Jobs`` is a sorted set of recent job ids by start time (``popoto-ops jobs``).
+
+In cluster mode every one of these keys carries the hash tag ``{popoto-jobs}``
+(``$Job:{popoto-jobs}:<id>``): the scripts below touch a job's hash, its done
+set, its lease and the index together, which a cluster allows in one slot only.
 """
 
 from __future__ import annotations
@@ -28,31 +32,39 @@ import redis
 
 from popoto.keys import SEP, escape
 from popoto.models.scripts import LuaScript
-from popoto.redis_db import get_client
+from popoto.redis_db import get_client, is_cluster
 
 JOB_TTL = 7 * 24 * 3600
 RECENT_JOBS = 500
 
 
+JOBS_TAG = "{popoto-jobs}"
+
+
+def _kind(kind: str) -> str:
+    """``$<kind>``, followed by the shared hash tag in cluster mode (one slot for all)."""
+    return f"${kind}{SEP}{JOBS_TAG}" if is_cluster() else f"${kind}"
+
+
 def job_key(job_id: str) -> str:
-    return f"$Job{SEP}{escape(job_id)}"
+    return f"{_kind('Job')}{SEP}{escape(job_id)}"
 
 
 def job_done_key(job_id: str) -> str:
-    return f"$JobDone{SEP}{escape(job_id)}"
+    return f"{_kind('JobDone')}{SEP}{escape(job_id)}"
 
 
 def job_list_key(job_id: str) -> str:
     """A list the job keeps (e.g. the index keys a clean-up walks)."""
-    return f"$JobKeys{SEP}{escape(job_id)}"
+    return f"{_kind('JobKeys')}{SEP}{escape(job_id)}"
 
 
 def jobs_index_key() -> str:
-    return "$Jobs"
+    return _kind("Jobs")
 
 
 def lock_key(*parts: str) -> str:
-    return SEP.join(["$Lock", *(escape(p) for p in parts)])
+    return SEP.join([_kind("Lock"), *(escape(p) for p in parts)])
 
 
 # KEYS: lock, job, jobs index; ARGV: job_id, lock_ttl_ms, now, job_ttl, max_recent, (k v)*

@@ -12,6 +12,8 @@ from popoto import Field, IndexedField, KeyField, Model, ModelException, SortedF
 from popoto import encoding
 from popoto.redis_db import get_client
 
+pytestmark = pytest.mark.standalone_only  # pins the unsharded key layout and uses MONITOR
+
 
 class Shop(Model):
     region = KeyField()

@@ -26,6 +26,8 @@ class CliPart(Model):
     weight = SortedField(type=float)
 
 
+pytestmark = pytest.mark.standalone_only  # unsharded key names, broker on the data server
+
 LABEL = label_of(CliPart)
 STREAM = "stream:mutations"
 

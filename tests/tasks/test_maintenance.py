@@ -17,7 +17,7 @@ from popoto.models.registry import label_of
 from tasks import jobs
 from tasks.testing import wait_until
 
-pytestmark = pytest.mark.usefixtures("worker", "idle_after")
+pytestmark = [pytest.mark.usefixtures("worker", "idle_after"), pytest.mark.standalone_only]
 
 
 class MaintGadget(Model):
@@ -293,5 +293,20 @@ def test_running_job_with_recent_progress_is_left_alone() -> None:
     try:
         assert maintenance.resume_stalled_jobs.apply_async().get(timeout=20) == []
         assert (jobs.get(job.id) or {}).get("repairs") is None
+    finally:
+        job.fail("test over")
+
+
+def test_late_coordinator_never_ends_the_scan_of_the_next_phase(r: redis.Redis) -> None:
+    """A reindex coordinator settling late (phase already clean) leaves the clean phase open."""
+    job, _ = jobs.Job.start("rebuild", LABEL, 600, ("reindex", "clean"), total=10)
+    assert job is not None
+    try:
+        job.advance("reindex", 0, 1, 10)
+        job.set(**{"reindex:scanned": 1, "chunks_done": 1, "phase": "clean", "scan_done": 0})
+        result = maintenance._finish_scan(job, "reindex")
+        state = jobs.get(job.id)
+        assert state is not None and not result.finished
+        assert (state["status"], state["phase"], state["scan_done"]) == ("running", "clean", 0)
     finally:
         job.fail("test over")
