@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SERVER := $(BIN)/python -m popoto.testing.server run --
 PYTEST_ARGS ?=
+# the ORM suite, run a second time on a local 3-master Redis Cluster (tests/conftest.py)
+CLUSTER_TESTS := tests/models tests/query tests/fields tests/behaviours tests/test_keys.py \
+	tests/test_encoding.py
 
 .PHONY: venv demo test lint bench run clean
 
@@ -23,6 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	POPOTO_TEST_CLUSTER=1 $(BIN)/python -m pytest $(CLUSTER_TESTS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check popoto tasks workers ops tests
