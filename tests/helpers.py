@@ -147,3 +147,43 @@ def command_calls(client: Any, command: str) -> int:
     else:
         stats = [client.info("commandstats")]
     return sum(int(s.get(name, {}).get("calls", 0)) for s in stats)
+
+
+def servers_of(client: Any, redis_keys: Any) -> int:
+    """How many servers hold ``redis_keys``: the distinct cluster nodes owning their slots,
+    else 1 (0 for no keys). A pipeline touching these keys costs that many round trips."""
+    found = list(redis_keys)
+    if not found:
+        return 0
+    if not _is_cluster_client(client):
+        return 1
+    return len({client.get_node_from_key(k).name for k in found})
+
+
+# --- key values by tag group (models with ONE key field) --------------------------
+def group_values(model: Any, ns: str, prefix: str = "k") -> Iterator[str]:
+    """Key values ``<prefix><i>`` whose instance of ``model`` falls in tag group ``ns``
+    (every value for an unsharded model), in order of ``i``."""
+    i = 0
+    while True:
+        value = f"{prefix}{i}"
+        if keys.ns_of(model._meta.instance_key([value])) == ns:
+            yield value
+        i += 1
+
+
+def values_in_one_group(model: Any, n: int, prefix: str = "k") -> list[str]:
+    """``n`` key values whose instances all share one tag group (the group of
+    ``<prefix>0``): e.g. to fill ONE of a sharded model's per-group streams."""
+    ns = keys.ns_of(model._meta.instance_key([f"{prefix}0"]))
+    values = group_values(model, ns, prefix)
+    return [next(values) for _ in range(n)]
+
+
+def same_group_value(model: Any, instance: Any, prefix: str = "m") -> str:
+    """A key value that moves ``instance`` (object or key) to another key in its own tag
+    group: a key migration that stays in one slot, so companions (capped lists,
+    access logs, cycles) can move with it in sharded mode too."""
+    pk = instance if isinstance(instance, str) else instance.pk
+    return next(v for v in group_values(model, keys.ns_of(pk), prefix)
+                if model._meta.instance_key([v]) != pk)

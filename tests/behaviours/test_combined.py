@@ -1,7 +1,5 @@
 """All behaviours and special fields on one model compose in one write per save/delete."""
 
-import pytest
-
 from popoto import (
     AccessTrackerMixin,
     CyclicDecayField,
@@ -12,8 +10,9 @@ from popoto import (
     ListField,
     Model,
     WriteFilterMixin,
+    keys,
 )
-from tests.helpers import count_round_trips
+from tests.helpers import count_round_trips, db_keys
 
 
 class Memory(WriteFilterMixin, EventStreamMixin, AccessTrackerMixin, Model):
@@ -29,30 +28,33 @@ class Memory(WriteFilterMixin, EventStreamMixin, AccessTrackerMixin, Model):
         return self.importance
 
 
-@pytest.mark.standalone_only
 def test_one_round_trip_per_save_and_delete_with_everything_cleaned(r):
     """Save and delete stay one script call each; delete leaves no key behind but the stream."""
     Memory(mid="warm", importance=0.9).save()  # connection and script loading
     Memory.query.get(mid="warm").delete()
-    r.delete("stream:memories")
+    for stream in Memory.stream_keys():
+        r.delete(stream)
     memory = Memory(mid="m1", importance=0.9, trail=["a", "b", "c"])
     with count_round_trips() as trips:
         assert memory.save() is True
     assert trips[0] == 1
-    assert r.zscore("$Priority:Memory", "Memory:m1") == 0.9
+    ns = keys.ns_of(memory.pk)
+    assert r.zscore(Memory.priority_key(ns), memory.pk) == 0.9
     assert Memory.stream_len() == 1
     loaded = Memory.query.get(mid="m1")
     assert loaded.access_count == 1
     loaded.trail.push("d")
     loaded.strengthen_cycle("recalled")
+    assert r.hexists(Memory.recalled.cycles_key(ns), memory.pk)
+    assert r.llen(keys.companion_key("List", memory.pk, "trail")) == 2
     with count_round_trips() as trips:
         assert loaded.delete() is True
     assert trips[0] == 1
-    assert [k.decode() for k in r.keys("*")] == ["stream:memories"]
+    assert db_keys(r) == {Memory.stream_key(ns=ns)}
     assert [e["op"] for _i, e in Memory.stream_range()] == ["create", "update", "delete"]
 
 
 def test_filtered_save_writes_no_behaviour_data(r):
     """A save vetoed by the write filter writes no list, companion state or event."""
     assert Memory(mid="m1", importance=0.01, trail=["x"]).save() is False
-    assert r.keys("*") == []
+    assert db_keys(r) == set()

@@ -16,8 +16,10 @@ from popoto import (
     ModelException,
     UniqueViolation,
 )
+from popoto import keys
 from popoto.behaviours import parse_event
 from popoto.redis_db import get_client
+from tests.helpers import db_keys, same_group_value, values_in_one_group
 
 
 class Order(EventStreamMixin, Model):
@@ -53,31 +55,45 @@ def events(model=Order, **kwargs):
     return [e for _id, e in model.stream_range(**kwargs)]
 
 
-@pytest.mark.standalone_only
+def home_stream(model, instance, partition=None):
+    """The stream an instance's events go to (its tag group's stream when sharded)."""
+    return model.stream_key(partition, ns=keys.ns_of(instance.pk))
+
+
+@pytest.mark.standalone_only  # pins the unsharded stream names (cluster: one per tag group)
+def test_unsharded_stream_key_names(r):
+    """An unsharded model writes to stream:<name>[:<partition>], no group suffix."""
+    assert Order.stream_key() == "stream:mutations" == Order.stream_keys()[0]
+    assert Tenanted.stream_key("acme") == "stream:billing:acme"
+    Order.create(oid="1")
+    Tenanted.create(name="a", tenant="acme")
+    assert r.xlen("stream:mutations") == 1 and r.xlen("stream:billing:acme") == 1
+
+
 def test_create_update_delete_each_add_one_entry(r):
     """create -> 'create', save -> 'update', delete -> 'delete', in that order."""
     before = time.time()
     order = Order.create(oid="1", status="new")
+    pk = order.pk
     order.status = "paid"
     order.save()
     order.delete()
     got = events()
     assert [e["op"] for e in got] == ["create", "update", "delete"]
-    assert all(e["model"] == "Order" and e["pk"] == "Order:1" for e in got)
+    assert all(e["model"] == "Order" and e["pk"] == pk for e in got)
     assert got[0]["changed_fields"] == ALL_ORDER_FIELDS == got[1]["changed_fields"]
     assert got[2]["changed_fields"] == []
     assert all(before <= e["ts"] <= time.time() for e in got)
-    assert Order.stream_key() == "stream:mutations" and Order.stream_len() == 3
+    assert Order.stream_len() == 3 == r.xlen(Order.stream_key(ns=keys.ns_of(pk)))
 
 
-@pytest.mark.standalone_only
 def test_raw_entry_is_strings_with_json_changed_fields(r):
     """Consumers in other processes read plain strings; changed_fields is a JSON list."""
     Order.create(oid="1")
     order = Order.query.get(oid="1")
     order.status = "x"
     order.save(update_fields=["status", "email"])
-    (_id1, first), (_id2, second) = r.xrange("stream:mutations")
+    (_id1, first), (_id2, second) = r.xrange(home_stream(Order, order))
     assert set(first) == {b"model", b"pk", b"op", b"ts", b"changed_fields"}
     assert second[b"op"] == b"update"
     assert json.loads(second[b"changed_fields"]) == ["email", "status"]
@@ -121,19 +137,18 @@ def test_every_committed_write_has_an_entry_under_concurrency(r):
     assert Order.stream_len() == 31
 
 
-@pytest.mark.standalone_only
 def test_partitions_and_metadata(r):
     """Partitioned models write to stream:<name>:<value>; metadata values are JSON."""
     Tenanted.create(name="a", tenant="acme", amount=5)
-    Tenanted.create(name="b", tenant="globex", amount=None)
-    Tenanted.create(name="c", tenant=None, amount=1)
-    assert Tenanted.stream_key("acme") == "stream:billing:acme"
+    b = Tenanted.create(name="b", tenant="globex", amount=None)
+    c = Tenanted.create(name="c", tenant=None, amount=1)
+    assert all(k.startswith("stream:billing:acme") for k in Tenanted.stream_keys("acme"))
     (acme,) = events(Tenanted, partition="acme")
     assert acme["tenant"] == "acme" and acme["amount"] == 5
     (globex,) = events(Tenanted, partition="globex")
     assert globex["amount"] is None
-    assert r.xrange("stream:billing:globex")[0][1][b"amount"] == b"null"
-    assert [e["pk"] for e in events(Tenanted)] == ["Tenanted:c"]
+    assert r.xrange(home_stream(Tenanted, b, "globex"))[0][1][b"amount"] == b"null"
+    assert [e["pk"] for e in events(Tenanted)] == [c.pk]
 
 
 def test_partial_writes_by_field_methods_are_updates(r):
@@ -145,14 +160,15 @@ def test_partial_writes_by_field_methods_are_updates(r):
         ("update", ["seen"]), ("update", ["log"])]
 
 
-@pytest.mark.standalone_only
 def test_key_migration_reports_the_old_key(r):
     """save(migrate_key=True) emits an update with pk = new key and old_pk = old key."""
     order = Order.create(oid="1")
-    order.oid = "2"
+    old_pk = order.pk
+    order.oid = same_group_value(Order, order)  # its capped list moves within one slot
     order.save(migrate_key=True)
     last = events()[-1]
-    assert (last["op"], last["pk"], last["old_pk"]) == ("update", "Order:2", "Order:1")
+    assert old_pk != order.pk
+    assert (last["op"], last["pk"], last["old_pk"]) == ("update", order.pk, old_pk)
 
 
 def test_pipeline_entry_appears_on_execute(r):
@@ -173,23 +189,23 @@ def test_bulk_writes_emit_and_rebuilds_do_not(r):
     assert [e["op"] for e in events()].count("delete") == 5
 
 
-@pytest.mark.standalone_only
 def test_stream_is_capped_approximately(r):
-    """XADD MAXLEN ~ keeps the stream near _stream_max_length."""
-    for i in range(400):
-        Capped.create(name=str(i))
+    """XADD MAXLEN ~ keeps the stream near _stream_max_length (each group's stream when
+    sharded: all 400 instances are in one group here)."""
+    made = [Capped.create(name=name) for name in values_in_one_group(Capped, 400)]
     assert 100 <= Capped.stream_len() < 400
-    assert events(Capped)[-1]["pk"] == "Capped:399"
+    assert 100 <= r.xlen(home_stream(Capped, made[0])) < 400
+    assert events(Capped)[-1]["pk"] == made[-1].pk
 
 
-@pytest.mark.standalone_only
 def test_stream_range_bounds_and_count(r):
-    """stream_range passes start/end/count to XRANGE."""
-    for i in range(5):
-        Order.create(oid=str(i))
+    """stream_range passes start/end/count to XRANGE (on one stream: entry ids of different
+    group streams are not comparable, so the instances share a group)."""
+    made = [Order.create(oid=name) for name in values_in_one_group(Order, 5)]
     ids = [entry_id for entry_id, _e in Order.stream_range()]
-    assert [e["pk"] for _i, e in Order.stream_range(count=2)] == ["Order:0", "Order:1"]
+    assert [e["pk"] for _i, e in Order.stream_range(count=2)] == [o.pk for o in made[:2]]
     assert len(Order.stream_range(start=ids[3])) == 2
+    assert [e["pk"] for _i, e in Order.stream_range(end=ids[1])] == [o.pk for o in made[:2]]
 
 
 def test_bad_definitions_raise(r):
@@ -213,4 +229,4 @@ def test_bad_definitions_raise(r):
 
     with pytest.raises(ModelException, match="missing"):
         Bad4(name="x").save()
-    assert r.keys("*") == []
+    assert db_keys(r) == set()

@@ -136,7 +136,7 @@ def test_priority_set_is_per_group_beside_its_members(r: redis.Redis) -> None:
         ShardNote.priority_key()
 
 
-@pytest.mark.standalone_only
+@pytest.mark.standalone_only  # pins the unsharded names (cluster mode shards every model)
 def test_unsharded_behaviour_keys_are_unchanged() -> None:
     """An unsharded model keeps $Priority:<Model> and stream:<name> (no group suffix)."""
     assert FlatNote.priority_key() == "$Priority:FlatNote" == FlatNote.priority_keys()[0]

@@ -3,8 +3,9 @@
 import pytest
 
 from popoto import Field, FloatField, KeyField, Model, ModelException, QueryException
-from popoto import WriteFilterMixin
+from popoto import WriteFilterMixin, keys
 from popoto.redis_db import get_client
+from tests.helpers import db_keys, key_of
 
 
 class Note(WriteFilterMixin, Model):
@@ -31,14 +32,31 @@ class Plainish(Model):
     name = KeyField()
 
 
-PRIO = "$Priority:Note"
+def prio(model, name):
+    """The priority set holding the instance ``name`` of ``model`` (its group's set)."""
+    return model.priority_key(keys.ns_of(key_of(model, name)))
+
+
+def ranked(r, model=Note):
+    """Every (member, score) of the model's priority set(s), best first."""
+    rows = [(m.decode(), s) for k in model.priority_keys()
+            for m, s in r.zrange(k, 0, -1, withscores=True)]
+    return sorted(rows, key=lambda row: (-row[1], row[0]))
+
+
+@pytest.mark.standalone_only  # pins the unsharded set name (cluster: one per tag group)
+def test_unsharded_priority_key_name(r):
+    """An unsharded model ranks in $Priority:<Model>."""
+    assert Note.priority_key() == "$Priority:Note" == Note.priority_keys()[0]
+    Note(name="a", value=0.9).save()
+    assert r.zscore("$Priority:Note", "Note:a") == 0.9
 
 
 def test_low_score_save_writes_nothing_and_returns_false(r):
     """Below _min_threshold save() returns False and nothing reaches Redis."""
     note = Note(name="a", value=0.05)
     assert note.save() is False
-    assert r.keys("*") == []
+    assert db_keys(r) == set()
     assert note.is_persisted is False
 
 
@@ -49,40 +67,39 @@ def test_low_score_save_on_pipeline_queues_nothing(r):
     assert len(pipe.command_stack) == 0
 
 
-@pytest.mark.standalone_only
 def test_threshold_is_inclusive(r):
     """A score equal to the minimum is saved; equal to the priority threshold is ranked."""
     assert Note(name="min", value=0.1).save() is True
     assert Note(name="prio", value=0.7).save() is True
-    assert r.zrange(PRIO, 0, -1, withscores=True) == [(b"Note:prio", 0.7)]
+    assert ranked(r) == [(key_of(Note, "prio"), 0.7)]
+    assert Note.query.count() == 2
 
 
 def test_mid_score_is_saved_but_not_ranked(r):
     """Between the thresholds the instance is saved and not in the priority set."""
     assert Note(name="a", value=0.5).save() is True
     assert Note.query.get(name="a").value == 0.5
-    assert not r.exists(PRIO)
+    assert sum(r.exists(k) for k in Note.priority_keys()) == 0
 
 
-@pytest.mark.standalone_only
 def test_priority_membership_follows_the_score(r):
     """A save scoring lower leaves the priority set; delete removes the entry too."""
     note = Note(name="a", value=0.9)
     note.save()
-    assert r.zscore(PRIO, "Note:a") == 0.9
+    assert r.zscore(prio(Note, "a"), note.pk) == 0.9
     note.value = 0.95
     note.save(update_fields=["value"])
-    assert r.zscore(PRIO, "Note:a") == 0.95
+    assert r.zscore(prio(Note, "a"), note.pk) == 0.95
     note.value = 0.3
     note.save()
-    assert r.zscore(PRIO, "Note:a") is None
+    assert r.zscore(prio(Note, "a"), note.pk) is None
     note.value = 0.8
     note.save()
+    assert ranked(r) == [(note.pk, 0.8)]
     note.delete()
-    assert r.keys("*") == []
+    assert db_keys(r) == set()
 
 
-@pytest.mark.standalone_only
 def test_vetoed_save_changes_nothing(r):
     """A filtered save of a ranked instance leaves its stored state and rank as they were."""
     note = Note.create(name="a", value=0.9, text="kept")
@@ -91,39 +108,37 @@ def test_vetoed_save_changes_nothing(r):
     assert note.save() is False
     stored = Note.query.get(name="a")
     assert (stored.value, stored.text) == (0.9, "kept")
-    assert r.zscore(PRIO, "Note:a") == 0.9
+    assert ranked(r) == [(note.pk, 0.9)]
 
 
 def test_skip_write_filter_bypasses_the_minimum(r):
     """save(skip_write_filter=True) writes a low-value instance (and ranks from its score)."""
     assert Note(name="a", value=0.0).save(skip_write_filter=True) is True
     assert Note.query.get(name="a") is not None
-    assert not r.exists(PRIO)
+    assert sum(r.exists(k) for k in Note.priority_keys()) == 0
 
 
 def test_create_of_filtered_instance_is_not_persisted(r):
     """Model.create() of a low-value instance returns it unsaved."""
     note = Note.create(name="a", value=0.0)
     assert note.is_persisted is False
-    assert r.keys("*") == []
+    assert db_keys(r) == set()
 
 
-@pytest.mark.standalone_only
 def test_per_model_thresholds(r):
     """_min_threshold/_priority_threshold are overridable per model."""
     assert Strict(name="a", value=0.4).save() is False
     assert Strict(name="b", value=0.6).save() is True
     assert Strict(name="c", value=0.95).save() is True
-    assert r.zrange("$Priority:Strict", 0, -1) == [b"Strict:c"]
+    assert ranked(r, Strict) == [(key_of(Strict, "c"), 0.95)]
 
 
-@pytest.mark.standalone_only
 def test_bulk_create_applies_the_filter(r):
     """bulk_create writes only the instances that pass the filter."""
     made = Note.bulk_create([Note(name=f"n{i}", value=i / 10) for i in range(10)])
     assert sorted(n.name for n in made) == [f"n{i}" for i in range(1, 10)]
     assert Note.query.count() == 9
-    assert r.zcard(PRIO) == 3  # 0.7, 0.8, 0.9
+    assert ranked(r) == [(key_of(Note, f"n{i}"), i / 10) for i in (9, 8, 7)]
 
 
 def test_priority_query_orders_by_score_then_key(r):
@@ -137,14 +152,14 @@ def test_priority_query_orders_by_score_then_key(r):
     assert top._score == 0.95
 
 
-@pytest.mark.standalone_only
 def test_priority_query_drops_vanished_instances(r):
     """Entries whose instance hash expired are skipped and removed from the set."""
     for name, value in (("a", 0.9), ("b", 0.8), ("c", 0.75)):
         Note(name=name, value=value).save()
-    r.delete("Note:a")
+    r.delete(key_of(Note, "a"))
     assert [n.name for n in Note.query.priority(2)] == ["b", "c"]
-    assert r.zscore(PRIO, "Note:a") is None
+    assert r.zscore(prio(Note, "a"), key_of(Note, "a")) is None
+    assert ranked(r) == [(key_of(Note, "b"), 0.8), (key_of(Note, "c"), 0.75)]
 
 
 def test_priority_query_errors():
@@ -177,4 +192,4 @@ def test_bad_scores_and_definitions_raise(r):
             name = KeyField()
             _min_threshold = 0.8
             _priority_threshold = 0.2
-    assert r.keys("*") == []
+    assert db_keys(r) == set()

@@ -13,10 +13,18 @@ from popoto import (
     Model,
     ModelException,
     UniqueViolation,
+    keys,
 )
 from popoto.fields.capped import CappedListField
 from popoto.encoding import pack, unpack
-from tests.helpers import count_round_trips
+from tests.helpers import (
+    count_round_trips,
+    db_keys,
+    key_of,
+    same_group_value,
+    server_count,
+    servers_of,
+)
 
 
 class Feed(Model):
@@ -46,9 +54,22 @@ class PlainList(Model):
     items = ListField(null=True)
 
 
-def stored(r, key="Feed:a", field="items"):
+def list_key(key=None, field="items"):
+    """The Redis LIST of a capped field of the instance at ``key`` (default: Feed "a")."""
+    return keys.companion_key("List", key or key_of(Feed, "a"), field)
+
+
+def stored(r, key=None, field="items"):
     """Decoded content of the Redis LIST of a capped field."""
-    return [unpack(v) for v in r.lrange(f"$List:{key}:{field}", 0, -1)]
+    return [unpack(v) for v in r.lrange(list_key(key, field), 0, -1)]
+
+
+@pytest.mark.standalone_only  # pins the unsharded key name (cluster: keys carry a group tag)
+def test_unsharded_list_key_name(r):
+    """An unsharded Feed:a keeps its capped list in $List:Feed:a:items."""
+    feed = Feed.create(name="a", items=[1])
+    assert Feed.items.list_key(feed.pk) == "$List:Feed:a:items"
+    assert r.lrange("$List:Feed:a:items", 0, -1) == [pack(1)]
 
 
 def test_listfield_with_max_length_is_capped():
@@ -58,7 +79,6 @@ def test_listfield_with_max_length_is_capped():
     assert type(PlainList._meta.fields["items"]) is ListField
 
 
-@pytest.mark.standalone_only
 def test_push_adds_newest_last_and_trims_oldest(r):
     """push() appends at the end and drops the oldest items beyond the cap, in Redis."""
     feed = Feed.create(name="a", items=[1, 2])
@@ -69,15 +89,13 @@ def test_push_adds_newest_last_and_trims_oldest(r):
     assert Feed.query.get(name="a").items == [2, 3, 4]
 
 
-@pytest.mark.standalone_only
 def test_hash_holds_no_copy_of_the_list(r):
     """The instance hash has no field for the capped list; the LIST is the only copy."""
     Feed.create(name="a", items=["x"])
-    assert b"items" not in r.hgetall("Feed:a")
+    assert b"items" not in r.hgetall(key_of(Feed, "a"))
     assert stored(r) == ["x"]
 
 
-@pytest.mark.standalone_only
 def test_constructor_and_assignment_keep_the_newest_items(r):
     """A list longer than the cap keeps its last N items, locally and in Redis."""
     feed = Feed(name="a", items=[1, 2, 3, 4, 5])
@@ -112,7 +130,6 @@ def test_list_protocol():
         items[3]
 
 
-@pytest.mark.standalone_only
 def test_append_and_extend_are_written_by_save_with_the_cap(r):
     """append/extend change the local view (capped) and the next save writes them."""
     feed = Feed.create(name="a", items=[1])
@@ -127,7 +144,6 @@ def test_append_and_extend_are_written_by_save_with_the_cap(r):
     assert stored(r) == [3, 4, 5]
 
 
-@pytest.mark.standalone_only
 def test_save_of_appends_keeps_concurrent_pushes(r):
     """Appends saved from a stale copy are added after items another writer pushed."""
     Feed.create(name="a", items=[1])
@@ -140,7 +156,6 @@ def test_save_of_appends_keeps_concurrent_pushes(r):
     assert stored(r) == [1, 2, 3]
 
 
-@pytest.mark.standalone_only
 def test_save_without_list_changes_does_not_rewrite_it(r):
     """A save that did not change the list leaves items pushed meanwhile in place."""
     Feed.create(name="a", items=[1])
@@ -163,7 +178,6 @@ def test_save_without_list_changes_does_not_rewrite_it(r):
     (lambda items: items.reverse(), ["c", "b", "a"]),
     (lambda items: items.sort(reverse=True), ["c", "b", "a"]),
 ])
-@pytest.mark.standalone_only
 def test_other_mutations_rewrite_the_whole_list(r, mutate, expected):
     """setitem/del/insert/pop/remove/clear/reverse/sort rewrite the list on save (capped)."""
     feed = Feed.create(name="a", items=["a", "b", "c"])
@@ -175,7 +189,6 @@ def test_other_mutations_rewrite_the_whole_list(r, mutate, expected):
     assert feed.items.has_unsaved_changes is False
 
 
-@pytest.mark.standalone_only
 def test_push_writes_pending_local_changes_in_the_same_step(r):
     """push() also writes unsaved appends/rewrites of the list, keeping the local order."""
     feed = Feed.create(name="a", items=[1, 2, 3])
@@ -216,10 +229,9 @@ def test_push_on_deleted_instance_raises_and_keeps_local_state(r):
     with pytest.raises(ModelException, match="no instance"):
         feed.items.push(2)
     assert feed.items == [1]
-    assert r.keys("*") == []
+    assert db_keys(r) == set()
 
 
-@pytest.mark.standalone_only
 def test_push_of_unencodable_value_raises(r):
     """An item msgpack cannot encode is refused naming field and value; nothing written."""
     feed = Feed.create(name="a", items=[1])
@@ -232,7 +244,6 @@ def test_push_of_unencodable_value_raises(r):
     assert stored(r) == [1]
 
 
-@pytest.mark.standalone_only
 def test_failed_save_keeps_pending_changes_and_retries_them_once(r):
     """A save that fails (unique violation) leaves list changes pending; the retry writes once."""
     Feed.create(name="other", email="taken@example.org")
@@ -250,7 +261,6 @@ def test_failed_save_keeps_pending_changes_and_retries_them_once(r):
     assert stored(r) == [1, 2]
 
 
-@pytest.mark.standalone_only
 def test_partial_save_writes_the_list_only_when_named(r):
     """save(update_fields=...) writes pending list changes only when the list is named."""
     feed = Feed.create(name="a", items=[1])
@@ -262,60 +272,58 @@ def test_partial_save_writes_the_list_only_when_named(r):
     assert stored(r) == [1, 2]
 
 
-@pytest.mark.standalone_only
 def test_list_is_deleted_with_its_instance(r):
     """delete() removes the LIST in the same script call."""
     feed = Feed.create(name="a", items=[1, 2])
-    assert r.exists("$List:Feed:a:items")
+    assert r.exists(list_key())
     Feed.query.get(name="a").delete()
-    assert r.keys("*") == []
+    assert db_keys(r) == set()
     with pytest.raises(ModelException, match="no instance"):
         feed.items.push(3)
 
 
-@pytest.mark.standalone_only
 def test_key_migration_moves_the_list(r):
-    """save(migrate_key=True) renames the LIST with the instance, without reading it."""
+    """save(migrate_key=True) renames the LIST with the instance, without reading it (to a
+    key in the same tag group: a sharded instance with a list cannot move to another slot)."""
     Feed.create(name="a", items=[1, 2])
     loaded = Feed.query.get(name="a")
-    loaded.name = "b"
+    new_name = same_group_value(Feed, loaded)
+    loaded.name = new_name
     with count_round_trips() as trips:
         loaded.save(migrate_key=True)
     assert trips[0] == 1
-    assert not r.exists("$List:Feed:a:items")
-    assert stored(r, "Feed:b") == [1, 2]
-    assert Feed.query.get(name="b").items == [1, 2]
+    assert not r.exists(list_key()) and not r.exists(key_of(Feed, "a"))
+    assert stored(r, key_of(Feed, new_name)) == [1, 2]
+    assert Feed.query.get(name=new_name).items == [1, 2]
 
 
-@pytest.mark.standalone_only
 def test_list_expires_with_its_instance(r):
     """With a TTL, save, push and partial saves give the LIST the instance's expiry."""
     feed = TtlFeed.create(name="a", items=[1])
-    list_key = "$List:TtlFeed:a:items"
-    assert 990 < r.ttl(list_key) <= 1000
-    r.expire("TtlFeed:a", 500)
+    items_key = list_key(feed.pk)
+    assert 990 < r.ttl(items_key) <= 1000
+    r.expire(feed.pk, 500)
     feed.items.push(2)
-    assert 990 < r.ttl(list_key) <= 1000  # a push is a write: it refreshes both
-    assert 990 < r.ttl("TtlFeed:a") <= 1000
-    r.expire(list_key, 10)
+    assert 990 < r.ttl(items_key) <= 1000  # a push is a write: it refreshes both
+    assert 990 < r.ttl(feed.pk) <= 1000
+    r.expire(items_key, 10)
     feed.title = "x"
     feed.save(update_fields=["title"])
-    assert 990 < r.ttl(list_key) <= 1000
+    assert 990 < r.ttl(items_key) <= 1000
 
 
-@pytest.mark.standalone_only
 def test_list_expires_at_instance_expire_at(r):
     """_expire_at on the instance is applied to its LIST too."""
     when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
     feed = Feed(name="a", items=[1], _expire_at=when)
     feed.save()
-    assert 3500 < r.ttl("$List:Feed:a:items") <= 3600
-    assert 3500 < r.ttl("Feed:a") <= 3600
+    assert 3500 < r.ttl(list_key()) <= 3600
+    assert 3500 < r.ttl(key_of(Feed, "a")) <= 3600
 
 
-@pytest.mark.standalone_only
-def test_reads_are_lazy_and_prefetch_is_one_round_trip():
-    """Loading instances does not read their lists; Model.field.prefetch reads all at once."""
+def test_reads_are_lazy_and_prefetch_is_one_round_trip(r):
+    """Loading instances does not read their lists; Model.field.prefetch reads all at once
+    (one pipeline: one round trip per server holding the lists)."""
     for i in range(5):
         Feed.create(name=f"f{i}", items=[i])
     with count_round_trips() as trips:
@@ -323,11 +331,11 @@ def test_reads_are_lazy_and_prefetch_is_one_round_trip():
     base = trips[0]
     with count_round_trips() as trips:
         Feed.items.prefetch(feeds)
-    assert trips[0] == 1
+    assert trips[0] == servers_of(r, [list_key(f.pk) for f in feeds])
     with count_round_trips() as trips:
         got = sorted(f.items[0] for f in feeds)
     assert trips[0] == 0 and got == [0, 1, 2, 3, 4]
-    assert base <= 3
+    assert base <= 3 * server_count(r)
 
 
 def test_refresh_rereads_and_drops_local_changes(r):
@@ -340,17 +348,15 @@ def test_refresh_rereads_and_drops_local_changes(r):
     assert not feed.items.has_unsaved_changes
 
 
-@pytest.mark.standalone_only
 def test_two_capped_lists_on_one_model(r):
     """Each capped field has its own LIST and cap."""
     obj = TwoLists.create(name="x", a=[1, 2, 3], b=[1, 2, 3])
     obj.a.push(4)
     obj.b.push(4)
-    assert stored(r, "TwoLists:x", "a") == [3, 4]
-    assert stored(r, "TwoLists:x", "b") == [1, 2, 3, 4]
+    assert stored(r, obj.pk, "a") == [3, 4]
+    assert stored(r, obj.pk, "b") == [1, 2, 3, 4]
 
 
-@pytest.mark.standalone_only
 def test_pipeline_push_is_queued(r):
     """push(pipeline=p) only queues the write; executing p applies it."""
     from popoto.redis_db import get_client
@@ -363,16 +369,15 @@ def test_pipeline_push_is_queued(r):
     assert stored(r) == [1, 2]
 
 
-@pytest.mark.standalone_only
 def test_bulk_paths_keep_the_cap(r):
     """bulk_create and bulk_update write capped lists with the same order and cap."""
     Feed.bulk_create([Feed(name=f"b{i}", items=list(range(i + 3))) for i in range(3)])
-    assert [stored(r, f"Feed:b{i}") for i in range(3)] == [[0, 1, 2], [1, 2, 3], [2, 3, 4]]
+    made = [key_of(Feed, f"b{i}") for i in range(3)]
+    assert [stored(r, k) for k in made] == [[0, 1, 2], [1, 2, 3], [2, 3, 4]]
     Feed.bulk_update(Feed.query.all(), items=["p", "q", "r", "s"])
-    assert [stored(r, f"Feed:b{i}") for i in range(3)] == [["q", "r", "s"]] * 3
+    assert [stored(r, k) for k in made] == [["q", "r", "s"]] * 3
 
 
-@pytest.mark.standalone_only
 def test_rebuild_indexes_keeps_the_list(r):
     """Index maintenance re-runs the write path without touching list contents."""
     Feed.create(name="a", items=[1, 2, 3])
@@ -380,17 +385,17 @@ def test_rebuild_indexes_keeps_the_list(r):
     assert stored(r) == [1, 2, 3]
     assert Feed.check_indexes()["total"] == 0
     Feed.query.get(name="a").delete()
-    assert r.keys("*") == []
+    assert db_keys(r) == set()
 
 
-@pytest.mark.standalone_only
 def test_legacy_hash_copy_is_removed_on_save(r):
     """A value left in the hash by a plain ListField is dropped when the list is written."""
     feed = Feed.create(name="a", items=[1])
-    r.hset("Feed:a", "items", pack([7, 8]))
+    r.hset(feed.pk, "items", pack([7, 8]))
     feed.items.append(2)
     feed.save()
-    assert b"items" not in r.hgetall("Feed:a")
+    assert b"items" not in r.hgetall(feed.pk)
+    assert stored(r) == [1, 2]
 
 
 def test_bad_definitions_and_values_raise():

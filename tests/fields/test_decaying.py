@@ -21,9 +21,11 @@ from popoto import (
     QueryException,
     SortedField,
     UnknownFieldError,
+    keys,
 )
 from popoto.encoding import pack, unpack
 from popoto.redis_db import get_client
+from tests.helpers import db_keys, index_key, key_of, same_group_value
 
 DAY = 86400.0
 NOW = 1_700_000_000.0
@@ -89,23 +91,39 @@ def make_post(slug, ts, likes=None):
     return post
 
 
+def seen_score(r, slug):
+    """The score of Post ``slug`` in the sorted set of Post.seen (its group's set)."""
+    pk = key_of(Post, slug)
+    return r.zscore(index_key(Post, "seen", instance=pk), pk)
+
+
 # --- DecayingSortedField -------------------------------------------------------
 
-@pytest.mark.standalone_only
+@pytest.mark.standalone_only  # pins the unsharded key names (cluster: keys carry a group tag)
+def test_unsharded_decay_key_names(r):
+    """Unsharded: $SortedF:Post:seen, and Habit's $Cycles:/$Pressure:Habit:level hashes."""
+    make_post("a", NOW)
+    Habit.create(name="h")
+    assert r.zscore("$SortedF:Post:seen", "Post:a") == NOW
+    assert Habit.level.cycles_key() == "$Cycles:Habit:level"
+    assert Habit.level.pressure_key() == "$Pressure:Habit:level"
+    assert r.hexists("$Cycles:Habit:level", "Habit:h")
+    assert r.hexists("$Pressure:Habit:level", "Habit:h")
+
+
 def test_save_stamps_the_time_in_hash_and_sorted_set(r):
     """Every full save sets the field to now and scores the sorted set with it."""
     before = time.time()
     post = Post.create(slug="a", likes=3)
     after = time.time()
     assert before <= post.seen <= after
-    assert r.zscore("$SortedF:Post:seen", "Post:a") == post.seen
+    assert seen_score(r, "a") == post.seen
     assert Post.query.get(slug="a").seen == post.seen
     post.title = "x"
     post.save()
     assert post.seen >= after
 
 
-@pytest.mark.standalone_only
 def test_partial_save_not_naming_the_field_keeps_its_time(r):
     """save(update_fields=[other]) and skip_auto_now leave the timestamp alone."""
     post = make_post("a", NOW - DAY)
@@ -113,10 +131,9 @@ def test_partial_save_not_naming_the_field_keeps_its_time(r):
     post.save(update_fields=["title"])
     assert Post.query.get(slug="a").seen == NOW - DAY
     post.save(skip_auto_now=True)
-    assert r.zscore("$SortedF:Post:seen", "Post:a") == NOW - DAY
+    assert seen_score(r, "a") == NOW - DAY
 
 
-@pytest.mark.standalone_only
 def test_touch_updates_hash_and_index_in_one_write(r):
     """touch() sets the field to now in the hash and the sorted set, in one round trip."""
     from tests.helpers import count_round_trips
@@ -128,20 +145,20 @@ def test_touch_updates_hash_and_index_in_one_write(r):
     assert trips[0] == 1
     assert abs(ts - time.time()) < 5
     assert loaded.seen == ts
-    assert r.zscore("$SortedF:Post:seen", "Post:a") == ts
+    assert seen_score(r, "a") == ts
     assert Post.query.get(slug="a").seen == ts
     assert post.likes == Post.query.get(slug="a").likes
 
 
-@pytest.mark.standalone_only
 def test_touch_with_pipeline_is_queued(r):
     """touch(pipeline=p) queues the write and returns p."""
     post = make_post("a", NOW)
     pipe = get_client().pipeline()
     assert post.touch("seen", pipeline=pipe) is pipe
-    assert r.zscore("$SortedF:Post:seen", "Post:a") == NOW
+    assert seen_score(r, "a") == NOW
     pipe.execute()
-    assert r.zscore("$SortedF:Post:seen", "Post:a") > NOW
+    assert seen_score(r, "a") > NOW
+    assert Post.query.get(slug="a").seen == seen_score(r, "a")
 
 
 def test_touch_errors():
@@ -166,7 +183,7 @@ def test_touch_never_resurrects_a_deleted_instance(r):
     Post.query.get(slug="a").delete()
     with pytest.raises(ModelException, match="no instance"):
         post.touch("seen")
-    assert r.keys("*") == []
+    assert db_keys(r) == set()
 
 
 def test_field_definition_errors():
@@ -261,12 +278,12 @@ def test_top_by_decay_is_exact_on_many_members():
     assert [p.name for p in got] == ["u000", "u001", "u002", "u003", "u004", "u005", "u006"]
 
 
-@pytest.mark.standalone_only
 def test_top_by_decay_skips_vanished_instances(r):
     """Sorted-set entries whose hash expired or was deleted behind the ORM are skipped."""
     for i in range(4):
         make_post(f"p{i}", NOW - i * DAY, likes=1)
-    r.delete("Post:p0")
+    r.delete(key_of(Post, "p0"))
+    assert seen_score(r, "p0") == NOW
     got = Post.query.top_by_decay(n=3, as_of=NOW)
     assert [p.slug for p in got] == ["p1", "p2", "p3"]
 
@@ -316,20 +333,32 @@ def test_top_by_decay_errors():
 
 # --- CyclicDecayField ----------------------------------------------------------
 
-def stored_cycles(r, key="Habit:h", field="level"):
-    """Decoded cycles of one member from the companion hash."""
-    return unpack(r.hget(f"$Cycles:Habit:{field}", key))
+def cycles_key(key=None):
+    """The cycles hash of Habit.level holding the member at ``key`` (default Habit "h")."""
+    return Habit.level.cycles_key(keys.ns_of(key or key_of(Habit, "h")))
 
 
-@pytest.mark.standalone_only
+def pressure_key(key=None):
+    """The pressure hash of Habit.level holding the member at ``key`` (default Habit "h")."""
+    return Habit.level.pressure_key(keys.ns_of(key or key_of(Habit, "h")))
+
+
+def stored_cycles(r, key=None):
+    """Decoded cycles of one member (default Habit "h") from the companion hash."""
+    key = key or key_of(Habit, "h")
+    return unpack(r.hget(cycles_key(key), key))
+
+
 def test_first_save_writes_companion_state(r):
     """A new member gets the field's cycles and a pressure clock in the companion hashes."""
     habit = Habit.create(name="h")
     assert stored_cycles(r) == [[DAY, 2.0, 0.0], [7 * DAY, 1.0, 3600.0]]
-    pressure = unpack(r.hget("$Pressure:Habit:level", "Habit:h"))
+    pressure = unpack(r.hget(pressure_key(), habit.pk))
     assert pressure == {"rate": 0.5, "last_resolved": habit.level}
     assert Habit.level.cycles_of(habit) == [(DAY, 2.0, 0.0), (7 * DAY, 1.0, 3600.0)]
-    assert Calm.create(name="c") and not r.exists("$Pressure:Calm:level")
+    calm = Calm.create(name="c")
+    assert Calm.level.cycles_of(calm) == [(DAY, 1.0, 0.0)]
+    assert sum(r.exists(Calm.level.pressure_key(ns)) for ns in Calm._meta.groups) == 0
 
 
 def test_strengthen_and_weaken_scale_amplitudes_with_clamping(r):
@@ -358,7 +387,6 @@ def test_amplitude_updates_are_atomic_under_concurrency():
     assert amp == pytest.approx(1.1 ** 20)
 
 
-@pytest.mark.standalone_only
 def test_saves_and_rebuilds_never_reset_learned_amplitudes(r):
     """Full saves, partial saves, stale-copy saves and rebuild_indexes keep learned state."""
     habit = Habit.create(name="h")
@@ -366,7 +394,8 @@ def test_saves_and_rebuilds_never_reset_learned_amplitudes(r):
     habit.strengthen_cycle("level", factor=2)
     habit.resolve_pressure("level")
     learned = stored_cycles(r)
-    pressure = r.hget("$Pressure:Habit:level", "Habit:h")
+    assert learned == [[DAY, 4.0, 0.0], [7 * DAY, 2.0, 3600.0]]
+    pressure = r.hget(pressure_key(), habit.pk)
     habit.note = "x"
     habit.save()
     habit.save(update_fields=["note"])
@@ -374,30 +403,32 @@ def test_saves_and_rebuilds_never_reset_learned_amplitudes(r):
     habit.touch("level")
     Habit.rebuild_indexes()
     assert stored_cycles(r) == learned
-    assert r.hget("$Pressure:Habit:level", "Habit:h") == pressure
+    assert r.hget(pressure_key(), habit.pk) == pressure
     assert Habit.check_indexes()["total"] == 0
 
 
-@pytest.mark.standalone_only
 def test_companion_state_moves_with_key_and_dies_with_instance(r):
-    """A key migration moves the member's state; delete removes it."""
+    """A key migration moves the member's state; delete removes it (the new key is in the
+    same tag group: a sharded member with state cannot move to another slot)."""
     habit = Habit.create(name="h")
+    old_pk = habit.pk
     habit.strengthen_cycle("level", factor=3)
-    habit.name = "g"
+    habit.name = same_group_value(Habit, habit, prefix="g")
     habit.save(migrate_key=True)
-    assert r.hget("$Cycles:Habit:level", "Habit:h") is None
-    assert stored_cycles(r, "Habit:g")[0][1] == 6.0
-    assert r.hexists("$Pressure:Habit:level", "Habit:g")
+    assert r.hget(cycles_key(old_pk), old_pk) is None
+    assert r.hget(pressure_key(old_pk), old_pk) is None
+    assert stored_cycles(r, habit.pk)[0][1] == 6.0
+    assert r.hexists(pressure_key(habit.pk), habit.pk)
     habit.delete()
-    assert not r.exists("$Cycles:Habit:level") and not r.exists("$Pressure:Habit:level")
+    assert not r.exists(cycles_key(habit.pk)) and not r.exists(pressure_key(habit.pk))
+    assert db_keys(r) == set()
 
 
-@pytest.mark.standalone_only
 def test_resolve_pressure_resets_the_clock(r):
     """resolve_pressure() stores last_resolved = now (with the field's rate)."""
     habit = Habit(name="h", level=NOW - 5 * DAY)
     habit.save(skip_auto_now=True)
-    assert unpack(r.hget("$Pressure:Habit:level", "Habit:h"))["last_resolved"] == NOW - 5 * DAY
+    assert unpack(r.hget(pressure_key(), habit.pk))["last_resolved"] == NOW - 5 * DAY
     ts = habit.resolve_pressure("level")
     assert abs(ts - time.time()) < 5
     assert Habit.level.pressure_of(habit) == {"rate": 0.5, "last_resolved": ts}
@@ -432,16 +463,16 @@ def test_cyclic_errors(r):
         habit.strengthen_cycle("level")
     with pytest.raises(ModelException, match="no instance"):
         habit.resolve_pressure("level")
-    assert not r.exists("$Pressure:Habit:level")
+    assert not r.exists(pressure_key())
 
 
-@pytest.mark.standalone_only
 def test_member_without_stored_cycles_adjusts_nothing(r):
     """strengthen/weaken on a member whose cycles were removed return [] and write nothing."""
     habit = Habit.create(name="h")
-    r.hdel("$Cycles:Habit:level", "Habit:h")
+    assert r.hdel(cycles_key(), habit.pk) == 1
     assert habit.strengthen_cycle("level") == []
-    assert not r.hexists("$Cycles:Habit:level", "Habit:h")
+    assert habit.weaken_cycle("level") == []
+    assert not r.hexists(cycles_key(), habit.pk)
 
 
 def test_cyclic_ranking_matches_the_formula(r):
@@ -452,7 +483,9 @@ def test_cyclic_ranking_matches_the_formula(r):
         Habit(name=name, level=ts).save(skip_auto_now=True)
     Habit.query.get(name="b").strengthen_cycle("level", factor=3)
     Habit.query.get(name="c").weaken_cycle("level", factor=0)
-    r.hset("$Pressure:Habit:level", "Habit:a", pack({"rate": 0.5, "last_resolved": as_of}))
+    a_key = key_of(Habit, "a")
+    r.hset(pressure_key(a_key), a_key, pack({"rate": 0.5, "last_resolved": as_of}))
+    assert Habit.level.pressure_of(Habit.query.get(name="a"))["last_resolved"] == as_of
     expected = {}
     for name, ts in specs.items():
         cycles = Habit.level.cycles_of(Habit.query.get(name=name))
