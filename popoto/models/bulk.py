@@ -276,18 +276,7 @@ def run_inline(steps: Steps[T]) -> T:
 
     A failed round trip (e.g. a lost connection) is thrown into the generator.
     """
-    client = get_client()
-    try:
-        commands = next(steps)
-        while True:
-            try:
-                replies = send_inline(client, commands)
-            except redis.exceptions.RedisError as exc:
-                commands = steps.throw(exc)
-                continue
-            commands = steps.send(replies)
-    except StopIteration as done:
-        return done.value
+    return run(steps, send_inline)
 
 
 def lockstep(gens: Sequence[Steps[Any]]) -> Steps[list[Any]]:

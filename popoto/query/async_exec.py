@@ -16,7 +16,7 @@ import redis
 
 from ..redis_db import get_async_client
 from .expressions import Q
-from .io import Command, Steps
+from .io import Command, Steps, run_async
 from .io import _queue
 
 if TYPE_CHECKING:
@@ -39,11 +39,9 @@ async def run_script_async(script: LuaScript, keys_: list[str], args: list[Any])
         return await client.evalsha(script.sha, len(keys_), *keys_, *args)
 
 
-async def send_inline_async(commands: list[Command]) -> list[Any]:
+async def send_inline_async(client: Any, commands: list[Command]) -> list[Any]:
     """Async twin of :func:`popoto.models.bulk.send_inline` (one pipeline, errors inline)."""
     from ..models.bulk import lost_scripts
-
-    client = get_async_client()
 
     async def send(batch: list[Command]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
@@ -62,17 +60,7 @@ async def send_inline_async(commands: list[Command]) -> list[Any]:
 
 async def run_inline_async(steps: Steps[T]) -> T:
     """Async twin of :func:`popoto.models.bulk.run_inline`."""
-    try:
-        commands = next(steps)
-        while True:
-            try:
-                replies = await send_inline_async(commands)
-            except redis.exceptions.RedisError as exc:
-                commands = steps.throw(exc)
-                continue
-            commands = steps.send(replies)
-    except StopIteration as done:
-        return done.value
+    return await run_async(steps, send_inline_async)
 
 
 # --- reads: the queryset's own steps, awaited ---------------------------------

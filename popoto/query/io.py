@@ -13,7 +13,7 @@ NOSCRIPT reply means no script ran).
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 import redis
@@ -72,18 +72,19 @@ def execute(client: Any, commands: list[Command]) -> list[Any]:
         return _send(client, commands)
 
 
-def run(steps: Steps[T]) -> T:
+def run(steps: Steps[T], send: Callable[[Any, list[Command]], list[Any]] = execute) -> T:
     """Drive a step generator with the synchronous client.
 
     A Redis error of a round trip is thrown into the generator, which may
-    translate it (e.g. a script's error reply into UniqueViolation).
+    translate it (e.g. a script's error reply into UniqueViolation). ``send``
+    performs one round trip (bulk writes pass one that keeps error replies inline).
     """
     client = get_client()
     try:
         commands = next(steps)
         while True:
             try:
-                replies = execute(client, commands)
+                replies = send(client, commands)
             except redis.exceptions.RedisError as exc:
                 commands = steps.throw(exc)
                 continue
@@ -111,14 +112,17 @@ async def execute_async(client: Any, commands: list[Command]) -> list[Any]:
         return await _send_async(client, commands)
 
 
-async def run_async(steps: Steps[T]) -> T:
-    """Drive a step generator with the event loop's asyncio client."""
+async def run_async(steps: Steps[T],
+                    send: Callable[[Any, list[Command]], Awaitable[list[Any]]] | None = None
+                    ) -> T:
+    """Drive a step generator with the event loop's asyncio client (``send``: as in run)."""
     client = get_async_client()
+    send = send or execute_async
     try:
         commands = next(steps)
         while True:
             try:
-                replies = await execute_async(client, commands)
+                replies = await send(client, commands)
             except redis.exceptions.RedisError as exc:
                 commands = steps.throw(exc)
                 continue
