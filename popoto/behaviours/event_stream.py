@@ -140,13 +140,8 @@ class EventStreamMixin:
         A sharded model has one stream per tag group: give the group ``ns``
         (``keys.ns_of(instance key)``), or use :meth:`stream_keys`.
         """
-        meta = cls._meta
         if ns is None:
-            if meta.sharded:
-                raise ModelException(f"{cls.__name__} is sharded into {len(meta.groups)} tag "
-                                     f"groups, each with its own stream: stream_key() needs a "
-                                     f"group; see stream_keys()")
-            ns = meta.groups[0]
+            ns = cls._meta.single_group("stream_key() (one stream per group: stream_keys())")
         return keys.stream_key(cls._stream_name, partition, ns)
 
     @classmethod

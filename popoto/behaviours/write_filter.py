@@ -139,13 +139,8 @@ class WriteFilterMixin:
     @classmethod
     def priority_key(cls, ns: str | None = None) -> str:
         """The priority set of tag group ``ns`` (may be omitted for an unsharded model)."""
-        meta = cls._meta
         if ns is None:
-            if meta.sharded:
-                raise ModelException(f"{cls.__name__} is sharded into {len(meta.groups)} tag "
-                                     f"groups: priority_key() needs a group; see "
-                                     f"priority_keys()")
-            ns = meta.groups[0]
+            ns = cls._meta.single_group("priority_key() (one set per group: priority_keys())")
         return keys.behaviour_key("Priority", ns)
 
     @classmethod

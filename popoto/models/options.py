@@ -246,14 +246,16 @@ class ModelOptions:
 
     @property
     def db_class_key(self) -> str:
-        return self._single_group("db_class_key")
+        return self.single_group("db_class_key")
 
     @property
     def db_class_set_key(self) -> str:
         """The class set of an unsharded model (sharded models: ``class_set_keys()``)."""
-        return keys.class_set_key(self._single_group("db_class_set_key"))
+        return keys.class_set_key(self.single_group("db_class_set_key"))
 
-    def _single_group(self, what: str) -> str:
+    def single_group(self, what: str) -> str:
+        """The namespace of an unsharded model; ModelException naming ``what`` when the
+        model is sharded (the caller must then say which group it means)."""
         groups = self.groups
         if len(groups) != 1 or self.sharded:
             raise ModelException(f"{self.model_name} is sharded into {len(groups)} tag groups: "
@@ -297,7 +299,7 @@ class ModelOptions:
         return 1 + self.key_field_names.index(field_name)
 
     def get_index_key(self, field_names: tuple[str, ...], ns: str | None = None) -> str:
-        return keys.composite_index_key(ns or self._single_group("get_index_key"), field_names)
+        return keys.composite_index_key(ns or self.single_group("get_index_key"), field_names)
 
     def query_filters(self) -> list[str]:
         params: list[str] = []
