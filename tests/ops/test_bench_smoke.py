@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import redis
 
 import popoto
 from ops.bench import runner
@@ -154,18 +155,33 @@ def test_sharded_raw_floor_stores_and_reads_what_popoto_does(r):
         assert len(top) == min(20, 600 - int(low))
 
 
+def _command_calls(cluster) -> int:
+    """COMMAND calls (e.g. COMMAND GETKEYS) the cluster's masters have served so far."""
+    total = 0
+    for node in cluster.masters():
+        client = redis.Redis.from_url(node.url)
+        total += client.info("commandstats").get("cmdstat_command", {}).get("calls", 0)
+        client.close()
+    return total
+
+
 def test_cluster_floors_write_and_read_what_popoto_does(cluster_mode):
-    """On the cluster, both raw floors (routed by redis-py, and with target_nodes) leave
-    the data BenchShard.bulk_create leaves, and the merged top-20 equals Popoto's."""
+    """On the cluster, the raw floor (target_nodes) and raw-getkeys (redis-py routing) leave
+    the data BenchShard.bulk_create leaves, the floor and Popoto send no COMMAND GETKEYS,
+    and the merged top-20 equals Popoto's."""
     client = cluster_mode.client()
+    raw = ShardedRaw(client)
+    assert BenchShard.query.count() == 0  # both clients connected (COMMAND sent once each)
     rows = Dataset(300).rows
+    before = _command_calls(cluster_mode)
     BenchShard.bulk_create([BenchShard(**row.kwargs()) for row in rows])
     via_popoto = _dump(client)
-    raw = ShardedRaw(client)
-    for write in (raw.bulk_create, raw.bulk_create_routed):
+    for write in (raw.bulk_create, raw.bulk_create_getkeys):
         cluster_mode.flushall()
         write(rows)
         assert _dump(client) == via_popoto
+        if write == raw.bulk_create:
+            assert _command_calls(cluster_mode) == before
     top = [list(runner.read_all(o)) for o in
            BenchShard.query.filter(score__gte=50).order_by("-score").limit(20)]
     assert top == raw.top(50, 20) and len(top) == 20
@@ -183,7 +199,7 @@ def test_quick_cluster_run_writes_sane_ratios(tmp_path, redis_url, cluster, r, m
     assert section["environment"]["masters"] == 3
     assert section["environment"]["server"] == "REDIS_CLUSTER_URL"
     assert [s["scenario"] for s in section["scenarios"]] == ["c1/200", "c2/600"]
-    for s, impls in zip(section["scenarios"], (7, 6)):  # c1 adds cluster/raw-routed
+    for s, impls in zip(section["scenarios"], (7, 6)):  # c1 adds cluster/raw-getkeys
         assert len(s["timings"]) == impls
         for value in (*s["per_op_us"].values(), *s["ops_per_s"].values(),
                       *s["ratios"].values()):
