@@ -116,8 +116,8 @@ class KeyField(Field):
     def _exact(self, value: Any, ns: str) -> Source:
         meta = self.model._meta
         if len(meta.key_field_names) == 1:
-            key = meta.instance_key([value])  # in exactly one tag group
-            return KeyList([key] if keys.ns_of(key) == ns else [])
+            # in exactly one tag group: KeyList.emit() leaves it out of the others
+            return KeyList([meta.instance_key([value])])
         return KeyPattern(keys.class_set_key(ns), self._pattern(ns, keys.escape(value)))
 
     def lookup_source(self, lookup: lk.Lookup, context: dict[str, Any]) -> Source | None:

@@ -130,13 +130,15 @@ class QuerySet:
 
     # --- evaluation ----------------------------------------------------
     def _plan(self) -> tuple[Plans, Any, bool]:
-        """([(group, source)] for every tag group, residual predicate, ordered-by-redis)."""
-        plans: Plans = []
-        residual, redis_order = None, True
-        memo: dict[Any, Any] = {}  # shared by the groups' compilations
-        for ns in self.model._meta.groups:
-            source, residual, redis_order = self._group_plan(ns, memo)
-            plans.append((ns, source))
+        """([(group, source)] for every tag group, residual predicate, ordered-by-redis).
+
+        Compiled for the first group and retargeted to the others (the plan's shape
+        does not depend on the group, only its keys do).
+        """
+        first, *others = self.model._meta.groups
+        source, residual, redis_order = self._group_plan(first)
+        plans: Plans = [(first, source)]
+        plans += [(ns, None if source is None else source.retarget(first, ns)) for ns in others]
         return plans, residual, redis_order
 
     def _group_plan(self, ns: str, memo: dict[Any, Any] | None = None
@@ -219,7 +221,12 @@ class QuerySet:
     def _scatter_page_steps(self, plans: Plans, offset: int,
                             count: int) -> Steps[tuple[int, list[Any]]]:
         """One page across tag groups: each group's first ``offset + count`` rows with
-        their scores, in one round trip, merged by (score, key without its tag)."""
+        their scores, in one round trip, merged by (score, key without its tag).
+
+        The total is exact when every group's rows were counted by the query script;
+        a group answered by a plain range read reports only the rows it returned,
+        plus one when its page was full (more may follow), which is all the page
+        top-up of :meth:`_fetch_steps` needs to know."""
         rev = self._rev()
         want = -1 if count < 0 else offset + count
         cmds: list[Command] = []
@@ -229,7 +236,6 @@ class QuerySet:
             if isinstance(source, ScoreRange):  # no script needed: one sorted set
                 low, high = source.low, source.high
                 page = (None, None) if want < 0 else (0, want)
-                cmds.append(("zcount", (source.key, low, high)))
                 cmds.append(("zrevrangebyscore", (source.key, high, low, *page, True)) if rev
                             else ("zrangebyscore", (source.key, low, high, *page, True)))
             else:
@@ -238,8 +244,9 @@ class QuerySet:
         total, rows = 0, []
         for _ns, source in plans:
             if isinstance(source, ScoreRange):
-                total += next(replies)
-                rows += [(m, float(s)) for m, s in next(replies)]
+                got = next(replies)
+                total += len(got) + (1 if want >= 0 and len(got) == want else 0)
+                rows += [(m, float(s)) for m, s in got]
             else:
                 n, flat = next(replies)
                 total += n

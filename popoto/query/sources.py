@@ -10,6 +10,7 @@ no index ever travels to Python.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,20 @@ class Source:
     def emit(self, prog: Program) -> int:
         """Emit ops producing a key (KEYS index) holding a set or zset of instance keys."""
         raise NotImplementedError
+
+    def retarget(self, old_ns: str, new_ns: str) -> Source:
+        """This source in another tag group: every key naming ``old_ns`` names ``new_ns``.
+
+        A sharded query is compiled once and retargeted to each group. Safe as a
+        string replacement: a namespace carries the only ``{`` of a key.
+        """
+        changed = {name: value.replace(old_ns, new_ns) for name, value in vars(self).items()
+                   if isinstance(value, str) and old_ns in value}
+        if not changed:
+            return self
+        clone = copy.copy(self)
+        clone.__dict__.update(changed)
+        return clone
 
 
 @dataclass
@@ -96,9 +111,15 @@ class KeyList(Source):
     members: list[str]
 
     def emit(self, prog: Program) -> int:
+        members = self.members
+        if prog.ns.startswith("{"):  # a tag group holds only its own keys
+            members = [m for m in members if m.split(":", 1)[0] == prog.ns]
         dst = prog.temp()
-        prog.op("KEYS", dst, len(self.members), *self.members)
+        prog.op("KEYS", dst, len(members), *members)
         return dst
+
+    def retarget(self, old_ns: str, new_ns: str) -> Source:
+        return self  # instance keys stay as they are; emit() keeps the group's own
 
 
 @dataclass
@@ -134,6 +155,10 @@ class Combine(Source):
         if self.kind == "OR":
             return all(p.scored for p in self.parts)
         return self.parts[0].scored
+
+    def retarget(self, old_ns: str, new_ns: str) -> Source:
+        return Combine(self.kind, [p.retarget(old_ns, new_ns) for p in self.parts],
+                       self.score_from)
 
     def emit(self, prog: Program) -> int:
         srcs = [p.emit(prog) for p in self.parts]
