@@ -15,7 +15,7 @@ from popoto import (
     encoding,
     keys,
 )
-from tests.helpers import count_round_trips
+from tests.helpers import count_round_trips, db_size
 
 
 class Shop(Model):
@@ -92,10 +92,10 @@ def test_bulk_create_validates_everything_before_writing(r):
     batch[2].rating = "high"
     with pytest.raises(ModelException, match=r"Shop.rating.*'high'"):
         Shop.bulk_create(batch)
-    assert r.dbsize() == 0
+    assert db_size(r) == 0
     with pytest.raises(ModelException, match="every instance must be a Shop"):
         Shop.bulk_create([*shops(2), Other(name="o")])
-    assert r.dbsize() == 0
+    assert db_size(r) == 0
     with pytest.raises(ModelException, match="batch_size must be a positive int, got 0"):
         Shop.bulk_create(shops(2), batch_size=0)
 
@@ -170,17 +170,18 @@ def test_bulk_update_unique_conflict_reported(r):
 def test_bulk_update_bad_input_writes_nothing(r, updates, match):
     """Unknown fields, key fields and invalid values raise before anything is written."""
     items = Shop.bulk_create(shops(2))
-    before = {k: r.hgetall(k) for k in r.keys("Shop:*")}
+    before = {o.pk: r.hgetall(o.pk) for o in items}
+    assert all(before.values())
     with pytest.raises(ModelException, match=match):
         Shop.bulk_update(items, **updates)
-    assert {k: r.hgetall(k) for k in r.keys("Shop:*")} == before
+    assert {o.pk: r.hgetall(o.pk) for o in items} == before
 
 
 def test_bulk_update_refuses_unsaved_instances(r):
     """Instances that were never saved cannot be bulk-updated."""
     with pytest.raises(ModelException, match="was never saved"):
         Shop.bulk_update(shops(1), city="x")
-    assert r.dbsize() == 0
+    assert db_size(r) == 0
 
 
 def test_bulk_delete_list_and_query_clean_every_index(r):
