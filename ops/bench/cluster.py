@@ -105,7 +105,7 @@ class ShardedRaw:
         zkey = f"$SortedF:{ns}:score"
         ckey = f"$IndexF:{ns}:color:{row.color}"
         return [
-            3, key, f"$Class:{ns}", key,
+            5, key, f"$Class:{ns}", key, zkey, ckey,  # every key it touches is declared
             f"NX{NO_LEASE}", "-", 0, 0, 2, "score", "color", 0, 9,
             "sku", pack(row.sku), "score", pack(row.score), "color", pack(row.color),
             "name", pack(row.name), "qty", pack(row.qty), "price", pack(row.price),

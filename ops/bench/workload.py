@@ -145,7 +145,7 @@ class Raw:
         key = row.key
         ckey = COLOR_PREFIX + row.color
         return [
-            3, key, CLASS_SET, key,
+            5, key, CLASS_SET, key, SCORE_KEY, ckey,  # every key it touches is declared
             flags, "-", 0, 0, 2, "score", "color", 0, 9,
             "sku", pack(row.sku), "score", pack(row.score), "color", pack(row.color),
             "name", pack(row.name), "qty", pack(row.qty), "price", pack(row.price),

@@ -27,7 +27,7 @@ from .async_ops import AsyncModelMixin
 from .bulk import BulkMixin
 from .maintenance import MaintenanceMixin
 from .options import ModelOptions
-from .write import COMPANION_FIELD, LINKED_KEY, WriteBatch
+from .write import COMPANION_FIELD, IDX_PREFIX, LINKED_KEY, WriteBatch
 
 if TYPE_CHECKING:
     from ..query.queryset import Query
@@ -253,6 +253,10 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
             hook = behaviour.__dict__.get("behaviour_on_save")
             if hook:
                 hook(self, batch)
+        raw = self.__dict__.get("_raw")
+        if raw and not relocating:
+            batch.previous = [r for o in (*batch.owners, *batch.migrated_owners, *(
+                meta.index_owners if migrating else ())) if (r := raw.get(IDX_PREFIX + o))]
         if relocating:
             companions = [o for o, rows in batch.entries.items()
                           if any(r[0] in (LINKED_KEY, COMPANION_FIELD) for r in rows)]
@@ -276,6 +280,11 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
             raw = dict(batch.mapping)
         else:
             raw = {**raw, **batch.mapping}
+        for name, record in batch.records.items():  # what the next write will clean up
+            if record is None:
+                raw.pop(name, None)
+            else:
+                raw[name] = record
         self.__dict__["_raw"] = raw
         self.__dict__["_redis_key"] = batch.key
 
@@ -378,6 +387,9 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
             if hook:
                 hook(self, batch)
         batch.owners += [o for o in batch.entries if o not in batch.owners]
+        raw = self.__dict__.get("_raw")
+        if raw:
+            batch.previous = [r for o in batch.owners if (r := raw.get(IDX_PREFIX + o))]
         return batch
 
     def delete(self, pipeline: Any = None) -> Any:

@@ -110,7 +110,8 @@ end
 """
 _LUA_COMMON += RUN_COMMANDS_LUA
 
-# KEYS: 1 instance key, 2 class set, 3 previous key ('' when none)
+# KEYS: 1 instance key, 2 class set, 3 previous key (the key itself when none),
+#       4.. every other key the call touches (declared for Redis Cluster; not read here)
 # ARGV: flags, ttl_mode, ttl_value, n_claims, (hash field owner)*,
 #       n_owners_replaced, owner*, n_owners_migrated, owner*,
 #       n_hset_pairs, (field value)*, n_hdel, field*, n_entries, (kind key member score)*,
@@ -223,7 +224,7 @@ end
 return 1
 """
 
-# KEYS: 1 instance key, 2 class set
+# KEYS: 1 instance key, 2 class set, 3.. the other keys it touches (declared only)
 # ARGV: flags ('X': claims are external), n_owners, owner*, n_cmds, (nargs cmd args...)*
 # Returns 1/0 (existed); with 'X' {existed, (claim hash, claim field)*} of the claims to release.
 DELETE_LUA = _LUA_COMMON + r"""
@@ -272,6 +273,11 @@ class WriteBatch:
     migrated_owners: list[str] = field(default_factory=list)
     entries: dict[str, list[tuple[str, str, str, Any]]] = field(default_factory=dict)
     commands: list[tuple[Any, ...]] = field(default_factory=list)
+    #: the instance's previous ``@idx:`` records as the client last saw them (packed), so
+    #: the keys the script will clean up can be declared in KEYS too
+    previous: list[bytes] = field(default_factory=list)
+    #: after save_args(): the ``@idx:`` fields written (packed) or removed (None)
+    records: dict[str, bytes | None] = field(default_factory=dict)
 
     # --- API for hooks -------------------------------------------------
     def own(self, owner: str) -> None:
@@ -296,8 +302,42 @@ class WriteBatch:
         self.add(owner, CLAIM, hash_key, hash_field)
 
     def command(self, *args: Any) -> None:
-        """Queue a raw Redis command that runs after the write succeeds, in the same script."""
+        """Queue a raw Redis command that runs after the write succeeds, in the same script.
+
+        Single-key commands only, the key first (``"LTRIM", key, ...``): it is declared
+        in the script's KEYS and must be in the instance's slot.
+        """
         self.commands.append(args)
+
+    def declared_keys(self) -> list[str]:
+        """Every key the script will touch besides the instance key, class set and previous
+        key: index entries, command keys and the previous entries it removes (as far as
+        the client knows them; the script reads the authoritative record itself). A
+        sharded model's claims live in other slots and are settled outside the script."""
+        origin = self.old_key or self.key
+        seen = {self.key, self.class_set, origin}
+        out: list[str] = []
+        external = self.external_claims
+        for rows in self.entries.values():
+            for kind, k, _m, _s in rows:
+                if k not in seen and not (external and kind == CLAIM):
+                    seen.add(k)
+                    out.append(k)
+        for cmd in self.commands:
+            k = str(cmd[1])
+            if k not in seen:
+                seen.add(k)
+                out.append(k)
+        for packed in self.previous:
+            try:
+                rows = unpack_record(packed, origin)
+            except (ValueError, TypeError, IndexError, msgpack.ExtraData):
+                continue  # an unreadable copy: the script reads the stored record anyway
+            for kind, k, _m in rows:
+                if k not in seen and not (external and kind == CLAIM):
+                    seen.add(k)
+                    out.append(k)
+        return out
 
     # --- compilation ---------------------------------------------------
     def save_args(self, lease_deadline: int | None = None) -> tuple[list[str], list[Any]]:
@@ -342,7 +382,9 @@ class WriteBatch:
         for cmd in self.commands:
             argv.append(len(cmd))
             argv += cmd
-        keys = [self.key, self.class_set, self.old_key or self.key]
+        keys = [self.key, self.class_set, self.old_key or self.key, *self.declared_keys()]
+        self.records = {f: v for f, v in mapping.items() if f.startswith(IDX_PREFIX)}
+        self.records.update(dict.fromkeys(h for h in hdel if h.startswith(IDX_PREFIX)))
         return keys, argv
 
     def delete_args(self) -> tuple[list[str], list[Any]]:
@@ -351,4 +393,4 @@ class WriteBatch:
         for cmd in self.commands:
             argv.append(len(cmd))
             argv += cmd
-        return [self.key, self.class_set], argv
+        return [self.key, self.class_set, *self.declared_keys()], argv

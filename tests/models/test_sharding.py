@@ -332,3 +332,67 @@ def test_8_processes_race_for_one_unique_value_across_groups(redis_url):
     assert results == ["ok"] + ["unique"] * 7, results
     assert Spread.query.filter(email="race@m").count() == 1
     assert Spread.query.count() == 1
+
+
+def _touched_keys(r, action) -> set[str]:
+    """Keys modified while ``action`` runs (keyspace notifications of the test server)."""
+    r.config_set("notify-keyspace-events", "KA")
+    pubsub = r.pubsub()
+    pubsub.psubscribe("__keyspace@*__:*")
+    pubsub.get_message(timeout=1)
+    try:
+        action()
+        touched, deadline = set(), time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=0.05)
+            if msg and msg["type"] == "pmessage":
+                touched.add(msg["channel"].decode().split(":", 1)[1])
+        return touched
+    finally:
+        pubsub.close()
+        r.config_set("notify-keyspace-events", "")
+
+
+@pytest.mark.standalone_only  # keyspace notifications of one server
+def test_a_save_and_a_delete_declare_every_key_they_touch(r):
+    """The save and delete scripts' KEYS name every key the call writes: the hash, class
+    set, old and new index entries of a loaded instance (claims of a sharded model are
+    settled outside the script, in their own slot)."""
+    from popoto.models import scripts
+
+    for model in (Flat, Spread):
+        model.create(region="eu", name="k", score=1, color="red", email="k@m", place=(1, 1))
+        obj = model.query.get(region="eu", name="k")
+        obj.color, obj.score, obj.email, obj.place = "blue", 2, "j@m", None
+        batch = obj.build_save()
+        call = batch.save_args()
+        touched = _touched_keys(r, lambda b=batch, c=call: scripts.SAVE(
+            popoto.redis_db.get_client(), *c))
+        assert obj.pk in touched and len(touched) >= 5, touched
+        declared = set(call[0])
+        claims_elsewhere = {h for h, _f in batch.claims} if batch.external_claims else set()
+        assert touched - claims_elsewhere <= declared, touched - declared
+        obj = model.query.get(region="eu", name="k")
+        dcall = obj.build_delete().delete_args()
+        touched = _touched_keys(r, lambda c=dcall: scripts.DELETE(
+            popoto.redis_db.get_client(), *c))
+        assert obj.pk in touched
+        assert touched - claims_elsewhere <= set(dcall[0]), touched - set(dcall[0])
+
+
+def test_declared_keys_of_a_sharded_save_share_the_instance_slot():
+    """Every key a sharded save or delete declares is in the instance's slot (so a cluster
+    routes the one script call to one node); unique claims are not among them."""
+    Spread.create(region="eu", name="s", score=1, color="red", email="s@m", place=(1, 1))
+    obj = Spread.query.get(region="eu", name="s")
+    obj.color = "blue"
+    keys_, _argv = obj.build_save().save_args()
+    ns = keys.ns_of(obj.pk)
+    fields = Spread._meta.fields
+    for expected in (fields["color"].index_key("red", ns), fields["color"].index_key("blue", ns),
+                     fields["score"].sorted_key((), ns), fields["place"].geo_key(ns)):
+        assert expected in keys_, expected
+    assert {keys.key_slot(k) for k in keys_} == {keys.key_slot(obj.pk)}
+    dkeys, _ = obj.build_delete().delete_args()
+    assert fields["color"].index_key("red", ns) in dkeys
+    assert {keys.key_slot(k) for k in dkeys} == {keys.key_slot(obj.pk)}
