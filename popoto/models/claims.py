@@ -17,7 +17,10 @@ holds the value, or nobody does") like this:
    record (``@idx:<owner>`` in its hash). If the holder still lists the claim,
    the value is taken: :class:`UniqueViolation`. If not (holder deleted,
    expired, or it changed value and crashed before releasing), the claim is
-   taken over with a compare-and-set on the exact value we saw.
+   taken over with a compare-and-set on the exact value we saw, and the holder's
+   record read once more (the holder may have saved the same value again in
+   between, leaving the same claim value behind: an ABA that only the record
+   shows).
 3. **Write** the instance with the SAVE script, which refuses to write once
    the lease has run out (``POPOTO_LEASE``): a slow writer can never write a
    value whose pending claim another writer may already have taken over. On
@@ -122,6 +125,7 @@ def acquire_steps(model: type[Model], batch: WriteBatch,
     expected = [""] * len(batch.claims)
     todo = list(range(len(batch.claims)))
     taken: list[tuple[int, str, str]] = []
+    took_over: list[tuple[int, str]] = []  # (claim index, the stale value replaced)
     deadline = 2**62
     try:
         for _attempt in range(MAX_TAKEOVERS + 1):
@@ -135,6 +139,8 @@ def acquire_steps(model: type[Model], batch: WriteBatch,
                 if status == "OK":
                     taken.append((i, f"~{until}~{me}", value))
                     deadline = min(deadline, until)
+                    if expected[i] and value == expected[i]:
+                        took_over.append((i, value))
                 elif status == "BUSY":
                     raise _violation(model, batch.claim_labels[i], value)
                 else:
@@ -154,6 +160,16 @@ def acquire_steps(model: type[Model], batch: WriteBatch,
         if todo:
             i = todo[0]
             raise _violation(model, batch.claim_labels[i], expected[i])
+        if took_over:
+            # ABA guard: the holder may have re-saved the same value (claim, write, settle)
+            # between our reading its record and our compare-and-set, which then saw the
+            # same value again. Our pending claim now blocks any further save of it, so
+            # its record as read NOW is final: if it lists the claim, the value is its.
+            records = yield [("hget", (holder_of(value), IDX_PREFIX + batch.claim_owners[i]))
+                             for i, value in took_over]
+            for (i, value), record in zip(took_over, records):
+                if _lists_claim(record, *batch.claims[i]):
+                    raise _violation(model, batch.claim_labels[i], holder_of(value))
     except BaseException:
         yield from rollback_steps(batch, taken)
         raise

@@ -326,6 +326,7 @@ class _Claims:
         expected: dict[tuple[str, int], str] = {}
         todo = [(key, i) for key, batch in batches for i in range(len(batch.claims))]
         busy: set[str] = set()
+        took_over: list[tuple[str, int, str]] = []  # (key, claim index, stale value replaced)
         for _attempt in range(MAX_TAKEOVERS + 1):
             todo = [(key, i) for key, i in todo if key not in busy]
             if not todo:
@@ -349,6 +350,8 @@ class _Claims:
                     self.taken.setdefault(key, []).append(
                         (hash_key, hash_field, f"~{until}~{key}", value))
                     self.deadline[key] = min(self.deadline.get(key, until), until)
+                    if expected.get((key, i)) and value == expected[(key, i)]:
+                        took_over.append((key, i, value))
                 elif status == "BUSY":
                     busy.add(key)  # another save of this value is in flight
                 else:
@@ -372,11 +375,35 @@ class _Claims:
                 else:
                     expected[(key, i)] = value  # stale: take it over if still unchanged
                     todo.append((key, i))
+        self._verify_takeovers(by_key, took_over, dropped)
         busy.update(key for key, _i in todo)  # kept changing: retry the instance alone
         for key, batch in batches:
             _drop_claims(batch, dropped.get(key, ()))
         self.rollback(busy)
         return busy
+
+    def _verify_takeovers(self, by_key: dict[str, WriteBatch],
+                          took_over: list[tuple[str, int, str]],
+                          dropped: dict[str, set[tuple[str, str]]]) -> None:
+        """ABA guard (see popoto.models.claims): a holder that saved the same value again
+        between our read of its record and our compare-and-set keeps it."""
+        if not took_over:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for key, i, value in took_over:
+            pipe.hget(parse_claim(value)[0], IDX_PREFIX + by_key[key].claim_owners[i])
+        back: list[tuple[str, str, str, str]] = []
+        for (key, i, value), record in zip(took_over, pipe.execute(raise_on_error=False)):
+            hash_key, hash_field = by_key[key].claims[i]
+            holder = parse_claim(value)[0]
+            if not _lists_claim(record, holder, hash_key, hash_field):
+                continue
+            mine = [t for t in self.taken.get(key, ()) if t[:2] == (hash_key, hash_field)]
+            for entry in mine:
+                self.taken[key].remove(entry)
+                back.append(entry)
+            dropped.setdefault(key, set()).add((hash_key, hash_field))
+        _settle_all(self.client, [(h, f, pending, prev) for h, f, pending, prev in back])
 
     def lease_deadline(self, key: str) -> int | None:
         """The SAVE script's deadline for ``key`` (None: it holds no pending claim)."""
@@ -855,7 +882,24 @@ class MaintenanceMixin:
         listed = {(f, v) for (f, v, holder), record in zip(live, records)
                   if _lists_claim(record, holder, index_key, f)}
         stale = [(index_key, f, v, "") for f, v, _h in candidates if (f, v) not in listed]
-        return int(cursor), _settle_all(client, stale, strict=True)
+        removed = _settle_all(client, stale, strict=True)
+        # ABA guard (see popoto.models.claims): a holder that saved the same value again
+        # between our read of its record and the compare-and-set gets its claim back
+        again = [(f, holder) for f, v, holder in candidates
+                 if (f, v) not in listed and cls._is_instance_key(holder)]
+        if removed and again:
+            pipe = client.pipeline(transaction=False)
+            for _f, holder in again:
+                pipe.hget(holder, IDX_PREFIX + owner)
+            back = [(f, holder) for (f, holder), record
+                    in zip(again, pipe.execute(raise_on_error=False))
+                    if _lists_claim(record, holder, index_key, f)]
+            if back:
+                pipe = client.pipeline(transaction=False)
+                for f, holder in back:
+                    pipe.hsetnx(index_key, f, holder)
+                removed -= sum(pipe.execute())
+        return int(cursor), removed
 
     # --- whole-model operations ------------------------------------------
     @classmethod

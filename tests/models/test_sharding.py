@@ -396,3 +396,32 @@ def test_declared_keys_of_a_sharded_save_share_the_instance_slot():
     dkeys, _ = obj.build_delete().delete_args()
     assert fields["color"].index_key("red", ns) in dkeys
     assert {keys.key_slot(k) for k in dkeys} == {keys.key_slot(obj.pk)}
+
+
+def test_a_takeover_loses_to_a_holder_that_resaved_the_value_meanwhile(r):
+    """ABA: B finds A's claim stale and reads A's record; A then saves the same value
+    again (claim, write, settle back to the same claim value) before B's compare-and-set,
+    which therefore succeeds. B re-reads A's record, sees the claim listed and backs off:
+    one holder, and the claim is A's again."""
+    from popoto.query.io import execute
+
+    a = Spread.create(region="eu", name="a", score=1, email="v@m")
+    h, token, _ = _claim_state(Spread, "email", "v@m")
+    a.email = "other@m"
+    a.save()
+    r.hset(h, token, a.pk)  # A changed its value and "crashed" before releasing v@m
+    b = Spread(region="us", name="b", score=1, email="v@m")
+    batch = b.build_save(must_not_exist=True)
+    gen = claims.acquire_steps(Spread, batch, batch.key)
+    client = popoto.redis_db.get_client()
+    cmds = next(gen)  # 1: claim -> HELD by A
+    cmds = gen.send(execute(client, cmds))  # 2: read A's record: it does not list v@m
+    cmds = gen.send(execute(client, cmds))  # 3: the compare-and-set is next
+    a.email = "v@m"
+    a.save()  # A takes v@m again in between: claim value ends as A's key, as B saw it
+    assert r.hget(h, token).decode() == a.pk
+    with pytest.raises(UniqueViolation, match="v@m"):
+        while True:
+            cmds = gen.send(execute(client, cmds))
+    assert r.hget(h, token).decode() == a.pk  # B's pending claim rolled back
+    assert Spread.query.filter(email="v@m").keys() == [a.pk]
