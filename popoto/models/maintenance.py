@@ -898,7 +898,13 @@ class MaintenanceMixin:
                 pipe = client.pipeline(transaction=False)
                 for f, holder in back:
                     pipe.hsetnx(index_key, f, holder)
-                removed -= sum(pipe.execute())
+                restored = pipe.execute()
+                removed -= sum(restored)
+                lost = [holder for (f, holder), ok in zip(back, restored) if not ok]
+                if lost:
+                    logger.error("%s: unique claims of %s in %s were taken by another writer "
+                                 "while being restored; check_indexes reports the duplicate",
+                                 cls.__name__, lost, index_key)
         return int(cursor), removed
 
     # --- whole-model operations ------------------------------------------
