@@ -41,7 +41,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -49,7 +48,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from popoto.testing.server import HOST, EmbeddedRedis, _run_child, find_redis_server
+from popoto.testing.server import HOST, EmbeddedRedis, Started, _run_child, find_redis_server
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -196,7 +195,7 @@ def _tail(path: str | None, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.strip().splitlines()[-lines:]) or "(empty log)"
 
 
-class EmbeddedCluster:
+class EmbeddedCluster(Started):
     """A local Redis Cluster of ``masters`` masters with ``replicas_per_master`` replicas each.
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`. Raises
@@ -393,17 +392,6 @@ class EmbeddedCluster:
 
         self._wait_until(problem, f"fail over from {self.host}:{port} ({old_id})", timeout)
         return promoted[0]
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         if not self._nodes:

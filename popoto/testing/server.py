@@ -157,7 +157,28 @@ class _StartupError(RuntimeError):
     """The server process could not be brought up."""
 
 
-class EmbeddedRedis:
+class Started:
+    """``with X() as x:`` for servers that ``start()`` (returning themselves) and ``stop()``."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedRedis(Started):
     """A real ``redis-server`` process bound to 127.0.0.1 on a free port.
 
     Use as a context manager, or call :meth:`start` / :meth:`stop` yourself. A
@@ -281,17 +302,6 @@ class EmbeddedRedis:
         self._port = port
         self._launch(port)
         return self
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"{self.url} pid={self._process.pid}" if self.running else "stopped"
