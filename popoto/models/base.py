@@ -234,7 +234,7 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         ns = keys.ns_of(key)
         sharded = meta.sharded
         # a sharded instance whose new key falls in another tag group (another slot) is
-        # written there first and its old copy deleted after (see _relocate_steps)
+        # written there first and its old copy deleted after (see _sharded_save_steps)
         relocating = migrating and sharded and keys.ns_of(old_key) != ns
         batch = WriteBatch(key=key, class_set=keys.class_set_key(ns), ns=ns,
                            external_claims=sharded,
@@ -370,6 +370,8 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
                              ns=keys.ns_of(old_key), external_claims=True)
             # behaviour owners too (e.g. a write filter's priority entry in the old group)
             old.owners = list(dict.fromkeys([*self._meta.index_owners, *batch.owners]))
+            raw = self.__dict__.get("_raw") or {}  # still the old copy's: declare its keys
+            old.previous = [r for o in old.owners if (r := raw.get(IDX_PREFIX + o))]
             (reply,) = yield [scripts.DELETE.command(*old.delete_args())]
             _existed, released = claims.released_after_delete(reply)
             yield from claims.settle_steps(old, [], released, old_key)
