@@ -170,6 +170,8 @@ def acquire_steps(model: type[Model], batch: WriteBatch,
             for (i, value), record in zip(took_over, records):
                 if _lists_claim(record, *batch.claims[i]):
                     raise _violation(model, batch.claim_labels[i], holder_of(value))
+    except GeneratorExit:  # abandoned by its driver: no more round trips (leases expire)
+        raise
     except BaseException:
         yield from rollback_steps(batch, taken)
         raise
@@ -220,6 +222,8 @@ def claimed_save_steps(model: type[Model], batch: WriteBatch, alias: str,
     except redis.exceptions.ResponseError as exc:
         yield from rollback_steps(batch, taken)
         raise translate(model, exc, batch) from None
+    except GeneratorExit:
+        raise
     except BaseException:
         yield from rollback_steps(batch, taken)
         raise
