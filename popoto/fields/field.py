@@ -292,6 +292,16 @@ class Field:
         """The tag group a query is being compiled for (the only one when unsharded)."""
         return context.get(NS_CONTEXT) or self.model._meta.groups[0]
 
+    @staticmethod
+    def isnull_source(null_key: str, ns: str, is_null: bool) -> Source:
+        """``isnull`` of a field whose NULLs have their own index set ``null_key``: that
+        set, or every instance of the group but those in it."""
+        from ..keys import class_set_key
+        from ..query.sources import Combine, SetSource
+
+        null = SetSource(null_key)
+        return null if is_null else Combine("NOT", [SetSource(class_set_key(ns)), null])
+
     def unique_token(self, value: Any) -> str:
         return encoding.pack(value).hex()
 

@@ -276,10 +276,7 @@ class Relationship(Field):
         if isinstance(lookup, RelIn):
             return _or_of_sets([self.index_key(k, ns) for k in lookup.value])
         if isinstance(lookup, lk.IsNull):
-            null = SetSource(self.index_key(None, ns))
-            if lookup.value:
-                return null
-            return Combine("NOT", [SetSource(keys.class_set_key(ns)), null])
+            return self.isnull_source(self.index_key(None, ns), ns, lookup.value)
         return None
 
     # --- batched loading -------------------------------------------------

@@ -191,8 +191,5 @@ class IndexedField(Field):
         if isinstance(lookup, lk.In):
             return Combine("OR", [SetSource(self.index_key(v, ns)) for v in lookup.value])
         if isinstance(lookup, lk.IsNull):
-            null = SetSource(self.index_key(None, ns))
-            if lookup.value:
-                return null
-            return Combine("NOT", [SetSource(keys.class_set_key(ns)), null])
+            return self.isnull_source(self.index_key(None, ns), ns, lookup.value)
         return None
