@@ -145,12 +145,7 @@ def rebuild_with_progress(model: type[Model], batch_size: int, err: TextIO) -> i
     bar = Progress(err, f"{model.__name__} clean")
     removed = 0
     for position, index_key in enumerate(index_keys, 1):
-        cursor = 0
-        while True:
-            cursor, n = model.clean_index_chunk(index_key, cursor, batch_size)
-            removed += n
-            if cursor == 0:
-                break
+        removed += model.clean_index_key(index_key, batch_size)
         bar.update(position, len(index_keys), f"removed={removed}")
     bar.update(len(index_keys), len(index_keys), f"removed={removed}", force=True)
     bar.close()

@@ -940,15 +940,19 @@ class MaintenanceMixin:
         unique claims and composite indexes. Wrong scores and missing entries
         need :meth:`rebuild_indexes`. ``group``: only that tag group's keys.
         """
-        removed = 0
-        for index_key in cls.index_keys(batch_size, group=group):
-            cursor = 0
-            while True:
-                cursor, n = cls.clean_index_chunk(index_key, cursor, batch_size)
-                removed += n
-                if cursor == 0:
-                    break
-        return removed
+        return sum(cls.clean_index_key(index_key, batch_size)
+                   for index_key in cls.index_keys(batch_size, group=group))
+
+    @classmethod
+    def clean_index_key(cls, index_key: str, batch_size: int = 1000) -> int:
+        """:meth:`clean_index_chunk` over the whole of one index key; returns how many
+        entries were removed."""
+        removed, cursor = 0, 0
+        while True:
+            cursor, n = cls.clean_index_chunk(index_key, cursor, batch_size)
+            removed += n
+            if cursor == 0:
+                return removed
 
     @classmethod
     def check_indexes(cls, batch_size: int = 1000, group: str | None = None) -> dict[str, Any]:
