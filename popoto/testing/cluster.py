@@ -48,7 +48,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from popoto.testing.server import HOST, EmbeddedRedis, Started, _run_child, find_redis_server
+from popoto.testing.server import HOST, EmbeddedRedis, Started, find_redis_server, run_command
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -640,11 +640,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{time.monotonic() - began:.1f}s at {url}",
             file=sys.stderr,
         )
-        try:
-            return _run_child(cmd, dict(os.environ, **{_ENV_VAR: url}))
-        except OSError as exc:
-            print(f"popoto.testing.cluster: cannot run {cmd[0]!r}: {exc}", file=sys.stderr)
-            return 127
+        return run_command("popoto.testing.cluster", cmd, dict(os.environ, **{_ENV_VAR: url}))
     finally:
         cluster.stop()
 

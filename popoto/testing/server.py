@@ -463,6 +463,15 @@ def _restore_mask(mask: set[signal.Signals]) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+def run_command(prog: str, cmd: list[str], env: dict[str, str]) -> int:
+    """:func:`_run_child`, or 127 with a message naming ``prog`` when ``cmd`` cannot start."""
+    try:
+        return _run_child(cmd, env)
+    except OSError as exc:
+        print(f"{prog}: cannot run {cmd[0]!r}: {exc}", file=sys.stderr)
+        return 127
+
+
 def _run_child(cmd: list[str], env: dict[str, str]) -> int:
     """Run ``cmd`` forwarding SIGINT/SIGTERM to it; return its exit status."""
     forwarded = (signal.SIGINT, signal.SIGTERM)
@@ -541,12 +550,7 @@ def _cmd_run(cmd: list[str]) -> int:
             f"({server.executable}) at {server.url}",
             file=sys.stderr,
         )
-        env = dict(os.environ, REDIS_URL=server.url)
-        try:
-            return _run_child(cmd, env)
-        except OSError as exc:
-            print(f"popoto.testing.server: cannot run {cmd[0]!r}: {exc}", file=sys.stderr)
-            return 127
+        return run_command("popoto.testing.server", cmd, dict(os.environ, REDIS_URL=server.url))
     finally:
         server.stop()
 
