@@ -35,7 +35,7 @@ import popoto
 from popoto.exceptions import PopotoError
 from popoto.models.base import Model
 from popoto.models.maintenance import class_set_size
-from popoto.models.registry import all_models, label_of
+from popoto.registry import all_models, label_of
 from popoto.redis_db import get_client
 
 OK, PROBLEM, USAGE = 0, 1, 2

@@ -40,7 +40,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import structlog
 
 from popoto.exceptions import ModelException, QueryException
-from popoto.models.registry import label_of
+from popoto.registry import label_of
 from popoto.redis_db import get_client
 
 from .example_models import Note, Order

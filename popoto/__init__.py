@@ -5,7 +5,8 @@ hash at ``ClassName:key1:key2``; the ORM keeps secondary indexes in the same
 atomic write and answers queries from them inside Redis.
 """
 
-from .exceptions import (
+from popoto.behaviours import AccessTrackerMixin, EventStreamMixin, WriteFilterMixin
+from popoto.exceptions import (
     BulkWriteError,
     ConnectionConfigError,
     DecodeError,
@@ -17,11 +18,12 @@ from .exceptions import (
     UniqueViolation,
     UnknownFieldError,
 )
-from .behaviours import AccessTrackerMixin, EventStreamMixin, WriteFilterMixin
-from .fields.capped import CappedListProxy
-from .fields.decaying import CyclicDecayField, DecayingSortedField
-from .fields.field import Field
-from .fields.shortcuts import (
+from popoto.fields.capped import CappedListProxy, ListField
+from popoto.fields.decaying import CyclicDecayField, DecayingSortedField
+from popoto.fields.field import Field
+from popoto.fields.geo import GeoField
+from popoto.fields.relationship import Relationship
+from popoto.fields.shortcuts import (
     AutoKeyField,
     BooleanField,
     BytesField,
@@ -33,20 +35,17 @@ from .fields.shortcuts import (
     IndexedField,
     IntField,
     KeyField,
-    ListField,
     SetField,
     StringField,
     TimeField,
     TupleField,
     UniqueKeyField,
 )
-from .fields.geo import GeoField
-from .fields.relationship import Relationship
-from .fields.sorted import SortedField
-from .models.base import Model
-from .models.registry import get_model
-from .query.expressions import Q
-from .redis_db import configure
+from popoto.fields.sorted import SortedField
+from popoto.models.base import Model
+from popoto.query.expressions import Q
+from popoto.redis_db import configure
+from popoto.registry import get_model
 
 __version__ = "0.1.0"
 

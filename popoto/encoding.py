@@ -9,14 +9,15 @@ stay naive and aware ones keep their offset. ``None`` is msgpack nil.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
-from collections.abc import Callable
 
 import msgpack
 
-from .exceptions import DecodeError
+from popoto.exceptions import DecodeError
 
 # code -> (python type, to-bytes, from-bytes); codes are part of the storage format.
 _EXT: dict[int, tuple[type, Callable[[Any], bytes], Callable[[bytes], Any]]] = {
@@ -117,3 +118,9 @@ def decode_field(data: bytes, redis_key: str, field_name: str) -> Any:
         raise DecodeError(
             f"Cannot decode field {field_name!r} of {redis_key!r}: {exc} (raw {data[:40]!r})"
         ) from exc
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)

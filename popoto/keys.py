@@ -12,8 +12,8 @@ from __future__ import annotations
 import binascii
 import re
 import zlib
-from typing import Any
 from collections.abc import Iterable
+from typing import Any
 
 SEP = ":"
 _ESCAPE_CHARS = "%:*?[]{}\\"
@@ -75,11 +75,6 @@ def group_of(token: str, n_groups: int) -> int:
 def ns_of(redis_key: str) -> str:
     """The namespace (first segment) of an instance key."""
     return redis_key.split(SEP, 1)[0]
-
-
-def tag(ns: str) -> str:
-    """The namespace part of a model's keys (kept for callers of the old name)."""
-    return ns
 
 
 def instance_key(ns: str, key_values: Iterable[Any]) -> str:

@@ -28,7 +28,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from .exceptions import ConnectionConfigError
+from popoto.exceptions import ConnectionConfigError
 
 ENCODING = "utf-8"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"

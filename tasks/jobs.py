@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import redis
 
 from popoto.keys import SEP, escape
-from popoto.models.scripts import LuaScript
+from popoto.engine.scripts import LuaScript
 from popoto.redis_db import get_client, is_cluster
 
 JOB_TTL = 7 * 24 * 3600

@@ -55,8 +55,8 @@ import structlog
 from popoto import get_model
 from popoto.models.base import Model
 from popoto.models.maintenance import class_set_size, group_client, merge_reports
-from popoto.models.registry import all_models, label_of
-from popoto.models.scripts import LuaScript
+from popoto.registry import all_models, label_of
+from popoto.engine.scripts import LuaScript
 from popoto.redis_db import get_client
 
 from .base import popoto_task, settings

@@ -27,8 +27,8 @@ from typing import Any
 
 import redis
 
-from popoto.models.scripts import LuaScript
-from popoto.models.write import RUN_COMMANDS_LUA
+from popoto.engine.scripts import LuaScript
+from popoto.engine.write import RUN_COMMANDS_LUA
 
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
 

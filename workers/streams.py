@@ -22,7 +22,7 @@ import redis
 import structlog
 
 from popoto.keys import SEP, escape
-from popoto.models.scripts import LuaScript
+from popoto.engine.scripts import LuaScript
 
 from .events import DEAD_LETTER_FIELDS, ORIGIN_FIELD
 
@@ -59,7 +59,7 @@ def stream_keys(name: str, partition: Any = None) -> list[str]:
     if name.startswith(STREAM_PREFIX) and partition is None:
         return [name]
     from popoto.behaviours import EventStreamMixin
-    from popoto.models.registry import all_models
+    from popoto.registry import all_models
     from popoto.redis_db import is_cluster
 
     plain = stream_key(name, partition)

@@ -30,7 +30,7 @@ import redis
 from redis.cluster import RedisCluster
 
 import popoto
-from popoto.models.write import SAVE_LUA
+from popoto.engine.write import SAVE_LUA
 from popoto.redis_db import get_client
 
 from .workload import (

@@ -22,7 +22,7 @@ import msgpack
 import redis
 
 from popoto import Field, IndexedField, KeyField, Model, SortedField
-from popoto.models.write import DELETE_LUA, SAVE_LUA
+from popoto.engine.write import DELETE_LUA, SAVE_LUA
 
 MODEL = "BenchItem"
 FIELDS = ("sku", "score", "color", "name", "qty", "price", "created")
@@ -206,7 +206,7 @@ class Raw:
     def increment(self, row: Row, field: str, kind: str, delta: str, zkey: str) -> bytes:
         """The increment script call of ``atomic_increment`` (``zkey``: the sorted set to move)."""
         if self.increment_sha is None:
-            from popoto.models.counter_lua import INCREMENT_LUA
+            from popoto.engine.counter_lua import INCREMENT_LUA
 
             self.increment_sha = self.r.script_load(INCREMENT_LUA)
         return self.r.evalsha(self.increment_sha, 2, row.key, zkey or row.key, field, kind,

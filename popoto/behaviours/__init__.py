@@ -6,9 +6,9 @@ behaviour writes is a command or entry of the save/delete WriteBatch, so it
 commits or fails with the write it belongs to.
 """
 
-from .access_tracker import AccessTrackerMixin
-from .event_stream import EventStreamMixin, parse_event
-from .write_filter import SkipSaveException, WriteFilterMixin
+from popoto.behaviours.access_tracker import AccessTrackerMixin
+from popoto.behaviours.event_stream import EventStreamMixin, parse_event
+from popoto.behaviours.write_filter import SkipSaveException, WriteFilterMixin
 
 __all__ = [
     "AccessTrackerMixin",

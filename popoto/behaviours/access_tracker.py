@@ -36,15 +36,15 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .. import keys
-from ..exceptions import ModelException
-from ..models import scripts
-from ..models.write import LINKED_KEY
-from ..query.io import execute
-from ..redis_db import get_client
+from popoto import keys
+from popoto.engine import scripts
+from popoto.engine.io import execute
+from popoto.engine.write import LINKED_KEY
+from popoto.exceptions import ModelException
+from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
-    from ..models.write import WriteBatch
+    from popoto.engine.write import WriteBatch
 
 OWNER = "@access"
 COUNT_FIELD = "@access:count"
@@ -74,10 +74,6 @@ return out
 """
 
 ACCESS = scripts.LuaScript("access_tracker", ACCESS_LUA)
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def record_accesses(objs: Iterable[Any], when: float | None = None) -> list[int]:

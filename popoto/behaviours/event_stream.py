@@ -55,19 +55,16 @@ import itertools
 import json
 from typing import TYPE_CHECKING, Any
 
-from .. import keys
-from ..exceptions import ModelException
-from ..query.io import Steps, run
+from popoto import keys
+from popoto.engine.io import Steps, run
+from popoto.exceptions import ModelException
+from popoto.protocol import text as _s
 
 if TYPE_CHECKING:
-    from ..models.write import WriteBatch
+    from popoto.engine.write import WriteBatch
 
 #: Entry fields every event has (metadata field names must differ from these).
 STANDARD_FIELDS = ("model", "pk", "op", "ts", "changed_fields", "old_pk")
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def parse_event(fields: dict[Any, Any]) -> dict[str, Any]:

@@ -26,18 +26,20 @@ and merges them.
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING, Any
 
-from .. import keys
-from ..exceptions import ModelException, PopotoError, QueryException
-from ..models import scripts
-from ..models.write import ZSET
-from ..query.io import Steps, run
+from popoto import keys
+from popoto.encoding import is_finite_number as _finite
+from popoto.engine import scripts
+from popoto.engine.io import Steps, run
+from popoto.engine.merge import best_rows
+from popoto.engine.write import ZSET
+from popoto.exceptions import ModelException, PopotoError, QueryException
+from popoto.query.queryset import QuerySet
 
 if TYPE_CHECKING:
-    from ..models.base import Model
-    from ..models.write import WriteBatch
+    from popoto.engine.write import WriteBatch
+    from popoto.models.base import Model
 
 logger = logging.getLogger("popoto.behaviours")
 
@@ -86,11 +88,6 @@ class SkipSaveException(PopotoError):
     def __init__(self, score: float) -> None:
         super().__init__(f"filter score {score!r} is below the minimum")
         self.score = score
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value)
 
 
 class WriteFilterMixin:
@@ -173,8 +170,6 @@ class WriteFilterMixin:
 
 def priority(model: type[Model], n: int = 10) -> list[Model]:
     """The ``n`` instances with the highest filter score (>= the priority threshold)."""
-    from ..query.queryset import QuerySet
-
     if not issubclass(model, WriteFilterMixin):
         raise QueryException(f"{model.__name__}.query.priority() needs a model with "
                              f"WriteFilterMixin")
@@ -186,13 +181,8 @@ def priority(model: type[Model], n: int = 10) -> list[Model]:
     return run(_priority_steps(QuerySet(model), n))
 
 
-def best_rows(replies: list[list[Any]], n: int) -> list[tuple[str, float]]:
-    """Merge per-group ``(member, score)*`` replies into the n best ``(member, score)`` rows:
-    score descending, then key ascending without its group tag (the unsharded order)."""
-    rows = [(m.decode() if isinstance(m, bytes) else m, float(s))
-            for flat in replies for m, s in zip(flat[0::2], flat[1::2])]
-    rows.sort(key=lambda row: (-row[1], row[0].split(keys.SEP, 1)[-1]))
-    return rows[:n]
+#: ``Model.query.priority(n)`` (registered in ``_meta.query_features`` by compile_hooks)
+WriteFilterMixin.popoto_query_features = {"priority": priority}
 
 
 def _priority_steps(qs: Any, n: int) -> Steps[list[Any]]:

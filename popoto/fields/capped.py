@@ -9,7 +9,7 @@ migration.
 
 Storage: the LIST ``$List:<instance key>:<field>`` (see ``keys.companion_key``),
 one msgpack value per item; the instance hash holds no copy of it. The list is
-an ``L`` entry of the field (see ``popoto.models.write``): the save and delete
+an ``L`` entry of the field (see ``popoto.engine.write``): the save and delete
 scripts keep it across saves, rename it on key migration and delete it with
 the instance. When the instance has a TTL (``Meta.ttl``, ``_ttl``,
 ``_expire_at``), every save and every push gives the list the same expiry.
@@ -35,14 +35,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, MutableSequence
 from typing import TYPE_CHECKING, Any, SupportsIndex, overload
 
-from .. import encoding, keys
-from ..exceptions import FieldUsageError, ModelException
-from ..redis_db import get_client
-from .shortcuts import ListField
+from popoto import encoding, keys
+from popoto.engine.write import LINKED_KEY
+from popoto.exceptions import FieldUsageError, ModelException
+from popoto.fields.field import Field
+from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
-    from ..models.base import Model
-    from ..models.write import WriteBatch
+    from popoto.engine.write import WriteBatch
+    from popoto.models.base import Model
 
 #: Items per RPUSH inside the save script (Lua's unpack() has a small stack).
 PUSH_CHUNK = 1000
@@ -55,6 +56,20 @@ def _trim(items: list[Any], cap: int) -> list[Any]:
     if len(items) > cap:
         del items[:-cap]
     return items
+
+
+class ListField(Field):
+    """A list stored in the hash; ``ListField(max_length=N)`` is a capped list instead.
+
+    A capped list lives in its own Redis LIST (see :mod:`popoto.fields.capped`).
+    """
+
+    type = list
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is ListField and kwargs.get("max_length") is not None:
+            return super().__new__(CappedListField)
+        return super().__new__(cls)
 
 
 class CappedListProxy(MutableSequence):
@@ -151,8 +166,6 @@ class CappedListProxy(MutableSequence):
         unsaved local changes of this list are written in the same step. With
         ``pipeline`` the write is only queued.
         """
-        from ..behaviours.partial import save_fields
-
         field = self._field
         if self._instance._redis_key is None:
             raise FieldUsageError(f"{field.label}: push({value!r}) needs a saved instance; "
@@ -163,7 +176,7 @@ class CappedListProxy(MutableSequence):
                   list(self._appended))
         self._add([value])
         try:
-            save_fields(self._instance, [field.name], pipeline, action="push")
+            self._instance._save_fields([field.name], pipeline, action="push")
         except BaseException:
             self._items, self._mode, self._appended = before
             self._inflight = _NONE
@@ -390,8 +403,6 @@ class CappedListField(ListField):
         return tuple(self.model._meta.fields) if self.model is not None else ()
 
     def contribute_save(self, instance: Model, value: Any, batch: WriteBatch) -> None:
-        from ..models.write import LINKED_KEY
-
         list_key = self.list_key(batch.key)
         batch.add(self.name, LINKED_KEY, list_key, self.name)
         if self.name in batch.mapping:

@@ -36,21 +36,25 @@ groups' n best by (score, key), which gives the unsharded answer.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import encoding, keys
-from ..exceptions import FieldUsageError, ModelException, QueryException, UnknownFieldError
-from ..models import scripts
-from ..query.io import Command, Steps, run
-from ..redis_db import get_client
-from .field import NS_CONTEXT
-from .sorted import SortedField, to_score
+from popoto import encoding, keys
+from popoto.encoding import is_finite_number as _number
+from popoto.engine import scripts
+from popoto.engine.errors import translate_error
+from popoto.engine.io import Command, Steps, run
+from popoto.engine.merge import best_rows
+from popoto.engine.sources import NS_CONTEXT
+from popoto.engine.write import COMPANION_FIELD
+from popoto.exceptions import FieldUsageError, ModelException, QueryException, UnknownFieldError
+from popoto.fields.sorted import SortedField, to_score
+from popoto.query.queryset import QuerySet
+from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
-    from ..models.base import Model
-    from ..models.write import WriteBatch
+    from popoto.engine.write import WriteBatch
+    from popoto.models.base import Model
 
 DAY = 86400.0
 MIN_ELAPSED_DAYS = 0.01
@@ -184,11 +188,6 @@ SCALE = scripts.LuaScript("scale_cycles", SCALE_LUA)
 SET_STATE = scripts.LuaScript("set_cycle_state", SET_STATE_LUA)
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value)
-
-
 class DecayingSortedField(SortedField):
     """A sorted index scored by the time of the instance's last save or ``touch()``.
 
@@ -206,6 +205,10 @@ class DecayingSortedField(SortedField):
     """
 
     type = float
+
+    def contribute_to_class(self, model: type[Model], name: str) -> None:
+        super().contribute_to_class(model, name)
+        model._meta.query_features["top_by_decay"] = top_by_decay
 
     def __init__(self, decay_rate: float = 0.1, base_score_field: str | None = None,
                  partition_by: str | tuple[str, ...] | list[str] | None = None,
@@ -317,8 +320,6 @@ class CyclicDecayField(DecayingSortedField):
         return keys.behaviour_key("Pressure", self._ns(ns, "pressure_key"), self.name)
 
     def on_save(self, instance: Model, value: Any, batch: WriteBatch) -> None:
-        from ..models.write import COMPANION_FIELD
-
         super().on_save(instance, value, batch)
         batch.add(self.name, COMPANION_FIELD, self.cycles_key(batch.ns), batch.key,
                   encoding.pack(self.cycles))
@@ -383,10 +384,8 @@ class DecayMethodsMixin:
         write path (behaviours see an update of the field). Returns the new
         timestamp, or the pipeline when one is given (the write is then queued).
         """
-        from ..behaviours.partial import save_fields
-
         self._decay_field(field_name, DecayingSortedField, "touch")
-        save_fields(self, [field_name], pipeline, action="touch")  # type: ignore[arg-type]
+        self._save_fields([field_name], pipeline, action="touch")  # type: ignore[attr-defined]
         return pipeline if pipeline is not None else self.__dict__[field_name]
 
     def resolve_pressure(self, field_name: str, pipeline: Any = None) -> Any:
@@ -432,8 +431,6 @@ class DecayMethodsMixin:
     def _run_state_script(self, script: scripts.LuaScript, keys_: list[str], args: list[Any],
                           pipeline: Any) -> Any:
         import redis
-
-        from ..models.base import translate_error
 
         client = get_client()
         if pipeline is not None:
@@ -487,8 +484,6 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
     read in one pipelined round trip. ``partition`` gives the values of the
     field's ``partition_by`` fields. Each result carries its score in ``_score``.
     """
-    from ..query.queryset import QuerySet
-
     field = _ranking_field(model, field_name)
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise QueryException(f"{model.__name__}.top_by_decay: n must be an int >= 0, got {n!r}")
@@ -512,7 +507,7 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
     field.key_from_context(context)  # checks the partition values
     if n == 0:
         return []
-    bounded = base is not None and base.is_sorted and not getattr(base, "partition_by", ())
+    bounded = base is not None and base.is_sorted and not base.partition_by
     cyclic = isinstance(field, CyclicDecayField)
     flags = ("M" if bounded else "") + ("CP" if cyclic else "")
     args = [n, repr(float(rate)), repr(moment), base.name if base is not None else "",
@@ -528,7 +523,5 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
 
 def _top_steps(qs: Any, calls: list[Command], n: int) -> Steps[list[Any]]:
     """Every group's n best in one round trip, merged by (score, key); then their hashes."""
-    from ..behaviours.write_filter import best_rows
-
     replies = yield calls
     return (yield from qs._hydrate_steps(best_rows(replies, n)))

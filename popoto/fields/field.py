@@ -2,7 +2,7 @@
 
 A field installs itself on a model (:meth:`Field.contribute_to_class`), knows
 how to coerce and validate its values, contributes index entries to a
-:class:`~popoto.models.write.WriteBatch` on save, and offers the query
+:class:`~popoto.engine.write.WriteBatch` on save, and offers the query
 lookups registered on its class (:meth:`Field.register_lookup`).
 
 On a model class a field is a non-data descriptor: ``Model.score`` is the
@@ -16,22 +16,24 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import uuid
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, ClassVar
-from collections.abc import Callable
 
 from msgpack import unpackb as _unpackb
 
-from .. import encoding
-from ..encoding import _ext_hook
-from ..exceptions import ModelException, QueryException
-from ..query import lookups as _lk
+from popoto import encoding
+from popoto.encoding import _ext_hook
+from popoto.engine.sources import NS_CONTEXT, Combine, SetSource, Source
+from popoto.exceptions import ModelException, QueryException
+from popoto.keys import class_set_key, field_index_key
+from popoto.query import lookups as _lk
+from popoto.query.expressions import Q
+from popoto.query.lookups import Lookup
 
 if TYPE_CHECKING:
-    from ..models.base import Model
-    from ..models.write import WriteBatch
-    from ..query.lookups import Lookup
-    from ..query.sources import Source
+    from popoto.engine.write import WriteBatch
+    from popoto.models.base import Model
 
 _MISSING = object()
 
@@ -121,11 +123,6 @@ def _fail() -> Any:
     raise ValueError("incompatible type")
 
 
-#: compile context entry naming the tag group a query source is built for
-NS_CONTEXT = "@ns"
-#: compile context entry: a dict shared by the compilations of one query for every tag
-#: group (sources whose result does not depend on the group compute it once)
-PLAN_MEMO_CONTEXT = "@memo"
 
 class Field:
     """A persisted attribute of a model: one field of the instance's Redis hash.
@@ -147,6 +144,10 @@ class Field:
     is_geo: ClassVar[bool] = False
     is_relationship: ClassVar[bool] = False
     _lookups: ClassVar[dict[str, type[Lookup]]] = {}
+    #: fields whose values choose this field's index key (SortedField(partition_by=...))
+    partition_by: tuple[str, ...] = ()
+    #: more fields whose saves must re-run this field's save hook (e.g. every field)
+    depends_on: tuple[str, ...] = ()
     _uses_from_db = True  # refined per field in contribute_to_class
     _creation_counter: ClassVar[int] = 0
 
@@ -284,8 +285,6 @@ class Field:
 
     def unique_key(self, ns: str | None = None) -> str:
         """The claims hash of this field in group ``ns`` (an unsharded model has one)."""
-        from ..keys import field_index_key
-
         return field_index_key("UniqueF", ns or self.model._meta.groups[0], self.name)
 
     def query_ns(self, context: dict[str, Any]) -> str:
@@ -296,9 +295,6 @@ class Field:
     def isnull_source(null_key: str, ns: str, is_null: bool) -> Source:
         """``isnull`` of a field whose NULLs have their own index set ``null_key``: that
         set, or every instance of the group but those in it."""
-        from ..keys import class_set_key
-        from ..query.sources import Combine, SetSource
-
         null = SetSource(null_key)
         return null if is_null else Combine("NOT", [SetSource(class_set_key(ns)), null])
 
@@ -351,8 +347,6 @@ class Field:
 
     # --- expressions: Model.field <op> value -----------------------------
     def _expr(self, lookup: str, value: Any) -> Any:
-        from ..query.expressions import Q
-
         return Q(**{f"{self.name}__{lookup}": value})
 
     def __eq__(self, other: Any) -> Any:  # type: ignore[override]

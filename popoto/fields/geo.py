@@ -2,7 +2,7 @@
 
 Each model's geo field owns one geo set ``$GeoF:Model:field`` (a sorted set
 of instance keys scored by geohash). A radius query compiles to a
-:class:`~popoto.query.sources.GeoRadius` source: ``GEOSEARCHSTORE ...
+:class:`~popoto.engine.sources.GeoRadius` source: ``GEOSEARCHSTORE ...
 STOREDIST`` inside the query script, so the matches are scored by their
 distance from the centre and come back nearest first.
 """
@@ -13,14 +13,14 @@ import math
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .. import encoding, keys
-from ..exceptions import ModelException, QueryException
-from ..query import lookups as lk
-from ..query.sources import Combine, GeoRadius, Source
-from .field import Field
+from popoto import encoding, keys, registry
+from popoto.engine.sources import Combine, GeoRadius, Source
+from popoto.exceptions import ModelException, QueryException
+from popoto.fields.field import Field
+from popoto.query import lookups as lk
 
 if TYPE_CHECKING:
-    from ..models.base import Model
+    from popoto.models.base import Model
 
 # Redis's geo limits (EPSG:3857): GEOADD refuses positions outside them.
 LAT_LIMIT = 85.05112878
@@ -74,11 +74,9 @@ class Near(lk.Lookup):
     radius_m: float | None = None
 
     def prepare(self, value: Any) -> Any:
-        from ..models.base import Model
-
         if value is None:
             return None
-        if isinstance(value, Model):
+        if registry.is_instance(value):
             field = self.field
             if not isinstance(value, field.model):
                 raise QueryException(f"{field.label}: a member must be a "

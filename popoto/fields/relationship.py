@@ -11,18 +11,21 @@ pair at most once per chain, so cycles end.
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import TYPE_CHECKING, Any
 
-from .. import encoding, keys
-from ..exceptions import QueryException
-from ..query import lookups as lk
-from ..query.sources import Combine, KeyList, Program, SetSource, Source
-from .field import PLAN_MEMO_CONTEXT, Field
+from popoto import encoding, keys, registry
+from popoto.engine.sources import PLAN_MEMO_CONTEXT, Combine, KeyList, Program, SetSource, Source
+from popoto.exceptions import QueryException
+from popoto.fields.field import Field
+from popoto.query import lookups as lk
+from popoto.query.compiler import compile_q
+from popoto.query.expressions import Q
+from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
-    from ..models.base import Model
-    from ..query.expressions import Q
+    from popoto.models.base import Model
 
 BATCH = 1000  # keys per pipeline when loading related instances
 OR_CHUNK = 1000  # sets per ZUNIONSTORE (Lua's unpack() limit is about 8000 values)
@@ -101,9 +104,6 @@ class RelatedFilter(lk.Lookup):
     """``owner__<related lookup>=value``, e.g. ``owner__name='x'``."""
 
     def __init__(self, field: Relationship, path: str, value: Any) -> None:
-        from ..query.compiler import compile_q
-        from ..query.expressions import Q
-
         self.field = field
         self.lookup_name = path
         self.value = value
@@ -171,9 +171,7 @@ class Relationship(Field):
         if self._related is None:
             spec = self._related_spec
             if isinstance(spec, str):
-                from ..models.registry import get_model
-
-                spec = self.model if spec == "self" else get_model(spec)
+                spec = self.model if spec == "self" else registry.get_model(spec)
             self._related = spec
         return self._related
 
@@ -196,12 +194,10 @@ class Relationship(Field):
         return encoding.decode_field(data, instance._redis_key, self.name)
 
     def coerce(self, value: Any) -> Any:
-        from ..models.base import Model
-
         related = self.related_model
         if value is None or isinstance(value, _Dangling):
             return value
-        if isinstance(value, Model):
+        if registry.is_instance(value):
             if not isinstance(value, related):
                 raise self.error(f"expected a {related.__name__} instance or key, got a "
                                  f"{type(value).__name__}", value)
@@ -294,13 +290,10 @@ class Relationship(Field):
                 _CHAIN.reset(token)
 
     def _resolve(self, objs: list[Any], options: dict[str, Any], chain: _LoadChain) -> None:
-        from ..models.base import Model
-        from ..redis_db import get_client
-
         if self.label in chain.active:
             return  # this field is already being resolved up the chain: stay lazy
         related = self.related_model
-        models = [o for o in objs if isinstance(o, Model)]
+        models = [o for o in objs if registry.is_instance(o)]
         for obj in models:
             if obj._redis_key is not None:
                 chain.seen.setdefault(obj._redis_key, obj)

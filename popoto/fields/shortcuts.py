@@ -7,13 +7,13 @@ import uuid
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from .. import keys
-from ..query import lookups as lk
-from ..query.sources import Combine, KeyList, KeyPattern, SetSource, Source
-from .field import Field
+from popoto import keys
+from popoto.engine.sources import Combine, KeyList, KeyPattern, SetSource, Source
+from popoto.fields.field import Field
+from popoto.query import lookups as lk
 
 if TYPE_CHECKING:
-    from ..models.base import Model
+    from popoto.models.base import Model
 
 
 class IntField(Field):
@@ -38,22 +38,6 @@ class BooleanField(Field):
 
 class BytesField(Field):
     type = bytes
-
-
-class ListField(Field):
-    """A list stored in the hash; ``ListField(max_length=N)`` is a capped list instead.
-
-    A capped list lives in its own Redis LIST (see :mod:`popoto.fields.capped`).
-    """
-
-    type = list
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls is ListField and kwargs.get("max_length") is not None:
-            from .capped import CappedListField
-
-            return super().__new__(CappedListField)
-        return super().__new__(cls)
 
 
 class DictField(Field):

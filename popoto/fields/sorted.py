@@ -7,14 +7,14 @@ import math
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from .. import keys
-from ..exceptions import QueryException
-from ..query import lookups as lk
-from ..query.sources import Combine, ScoreRange, Source
-from .field import Field
+from popoto import keys
+from popoto.engine.sources import Combine, ScoreRange, Source
+from popoto.exceptions import QueryException
+from popoto.fields.field import Field
+from popoto.query import lookups as lk
 
 if TYPE_CHECKING:
-    from ..models.base import Model
+    from popoto.models.base import Model
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 

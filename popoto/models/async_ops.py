@@ -15,14 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from ..exceptions import ModelException, UniqueViolation
-from ..query.async_exec import fetch_async, keys_async, run_inline_async, run_script_async
-from ..query.io import run_async
-from ..redis_db import get_async_client
-from . import bulk, claims, scripts
+from popoto.engine import claims, scripts
+from popoto.engine.errors import translate_error
+from popoto.engine.io import run_async, run_inline_async
+from popoto.exceptions import ModelException, UniqueViolation
+from popoto.models import bulk
+from popoto.query.async_exec import fetch_async, keys_async, run_script_async
+from popoto.query.queryset import QuerySet
+from popoto.redis_db import get_async_client
 
 if TYPE_CHECKING:
-    from .base import Model
+    from popoto.models.base import Model
 
 logger = logging.getLogger("popoto.models")
 
@@ -119,8 +122,6 @@ class AsyncModelMixin:
     async def async_bulk_update(cls, queryset_or_instances: Any, batch_size: int = 1000,
                                 **updates: Any) -> int:
         """Async ``bulk_update()``; a query is evaluated with async reads."""
-        from ..query.queryset import QuerySet
-
         bulk.check_batch_size(cls, batch_size)
         if not updates:
             return 0
@@ -136,8 +137,6 @@ class AsyncModelMixin:
     @classmethod
     async def async_bulk_delete(cls, queryset_or_instances: Any, batch_size: int = 1000) -> int:
         """Async ``bulk_delete()``; a query is resolved to keys with async reads."""
-        from ..query.queryset import QuerySet
-
         bulk.check_batch_size(cls, batch_size)
         outcome = bulk.BulkOutcome(cls, "bulk_delete")
         if isinstance(queryset_or_instances, QuerySet):
@@ -188,8 +187,6 @@ class AsyncModelMixin:
 
     async def _async_increment_watched(self, field: Any, delta: Any) -> Any:
         """Async twin of ``_increment_watched`` (WATCH/MULTI in one tag group)."""
-        from .base import translate_error
-
         model = type(self)
         key = self._redis_key
         client = get_async_client()
@@ -198,23 +195,24 @@ class AsyncModelMixin:
                 await pipe.watch(key)
                 value, batch = bulk.watched_increment(model, field, key,
                                                       await pipe.hgetall(key), delta)
-                taken, deadline = await run_async(bulk.claims_before_steps(model, batch, key))
+                acquired = await run_async(bulk.claims_before_steps(model, batch, key))
                 try:
                     pipe.multi()
-                    bulk.queue_commands(pipe, [scripts.SAVE.command(*batch.save_args(deadline))])
+                    save = scripts.SAVE.command(*batch.save_args(acquired.deadline))
+                    bulk.queue_commands(pipe, [save])
                     (reply,) = await pipe.execute()
                 except redis.exceptions.WatchError:
-                    await run_async(claims.rollback_steps(batch, taken))
+                    await run_async(claims.rollback_steps(key, acquired.pending))
                     continue
                 except redis.exceptions.NoScriptError:
-                    await run_async(claims.rollback_steps(batch, taken))
+                    await run_async(claims.rollback_steps(key, acquired.pending))
                     await client.script_load(scripts.SAVE.body)
                     continue
                 except redis.exceptions.ResponseError as exc:
-                    await run_async(claims.rollback_steps(batch, taken))
+                    await run_async(claims.rollback_steps(key, acquired.pending))
                     raise translate_error(model, exc, batch) from None
                 except BaseException:
-                    await run_async(claims.rollback_steps(batch, taken))
+                    await run_async(claims.rollback_steps(key, acquired.pending))
                     raise
-                await run_async(bulk.claims_after_steps(batch, taken, reply, key))
+                await run_async(bulk.claims_after_steps(batch, acquired, reply, key))
                 return value

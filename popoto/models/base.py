@@ -1,7 +1,7 @@
 """ModelBase (the metaclass) and Model: instance lifecycle only.
 
 Fields, composite indexes and behaviours contribute to a
-:class:`~popoto.models.write.WriteBatch`; ``save()`` and ``delete()`` turn it
+:class:`~popoto.engine.write.WriteBatch`; ``save()`` and ``delete()`` turn it
 into one script call, executed on a pipeline they create or queued on the
 caller's pipeline. The same path serves create, update, partial update, key
 migration and bulk operations.
@@ -11,30 +11,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
 from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import redis
 
-from .. import keys
-from ..exceptions import KeyMutationError, ModelException, UniqueViolation
-from ..fields.decaying import DecayMethodsMixin
-from ..fields.field import Field
-from ..fields.shortcuts import AutoKeyField
-from ..query.io import Steps, run
-from . import claims, registry, scripts
-from .async_ops import AsyncModelMixin
-from .bulk import BulkMixin
-from .maintenance import MaintenanceMixin
-from .options import ModelOptions
-from .write import COMPANION_FIELD, IDX_PREFIX, LINKED_KEY, WriteBatch
-
-if TYPE_CHECKING:
-    from ..query.queryset import Query
+from popoto import keys, registry
+from popoto.behaviours.base import compile_hooks
+from popoto.engine import claims, scripts
+from popoto.engine.errors import translate_error
+from popoto.engine.io import Steps, run
+from popoto.engine.write import COMPANION_FIELD, IDX_PREFIX, LINKED_KEY, WriteBatch
+from popoto.exceptions import (
+    FieldUsageError,
+    KeyMutationError,
+    ModelException,
+    UniqueViolation,
+)
+from popoto.fields.decaying import DecayMethodsMixin
+from popoto.fields.field import Field
+from popoto.fields.shortcuts import AutoKeyField
+from popoto.models.async_ops import AsyncModelMixin
+from popoto.models.bulk import BulkMixin
+from popoto.models.maintenance import MaintenanceMixin
+from popoto.models.options import ModelOptions
+from popoto.query.queryset import Query
 
 logger = logging.getLogger("popoto.models")
-
-INSTANCE_OPTIONS = ("_ttl", "_expire_at")
 
 
 class ModelBase(type):
@@ -73,10 +76,7 @@ class ModelBase(type):
         if not meta.abstract and not any(f.is_key for f in meta.explicit_fields.values()) \
                 and not any(f.is_key for f in meta.hidden_fields.values()):
             AutoKeyField().contribute_to_class(cls, "_auto_key")
-        meta.behaviours = [b for b in cls.__mro__ if "popoto_behaviour" in b.__dict__]
-        meta.finalize()
-        from ..query.queryset import Query
-
+        meta.finalize(compile_hooks(cls))
         cls.query = cls.objects = Query(cls)
         if not meta.abstract:
             registry.register(cls)
@@ -112,10 +112,8 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
 
     def _post_init(self) -> None:
         """Hook for behaviours (e.g. wrapping capped lists); called after init and load."""
-        for behaviour in self._meta.behaviours:
-            hook = behaviour.__dict__.get("behaviour_post_init")
-            if hook:
-                hook(self)
+        for hook in self._meta.hooks.post_init:
+            hook(self)
 
     @classmethod
     def from_redis(cls, redis_key: str, raw: dict[bytes | str, bytes]) -> Model:
@@ -249,10 +247,8 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         for index in meta.composite_indexes:
             if touched is None or index.depends_on & touched:
                 index.contribute_save(self, batch)
-        for behaviour in meta.behaviours:
-            hook = behaviour.__dict__.get("behaviour_on_save")
-            if hook:
-                hook(self, batch)
+        for hook in meta.hooks.on_save:
+            hook(self, batch)
         raw = self.__dict__.get("_raw")
         if raw and not relocating:
             batch.previous = [r for o in (*batch.owners, *batch.migrated_owners, *(
@@ -290,9 +286,8 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
 
     def _gate(self, **options: Any) -> bool:
         """Behaviour gates (e.g. a write filter) may veto a save: False skips it."""
-        for behaviour in self._meta.behaviours:
-            hook = behaviour.__dict__.get("behaviour_allow_save")
-            if hook and not hook(self, **options):
+        for gate in self._meta.hooks.allow_save:
+            if not gate(self, **options):
                 return False
         return True
 
@@ -338,6 +333,24 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         self._saved(batch)
         return pipeline if pipeline is not None else True
 
+    def _save_fields(self, names: Iterable[str], pipeline: Any = None,
+                     skip_auto_now: bool = False, action: str = "this") -> WriteBatch:
+        """Save just ``names`` of an instance that must still exist, in one script call.
+
+        The partial save behind field methods (``touch``, ``push``): every field and
+        behaviour hook runs as for ``save(update_fields=names)`` (index entries, event
+        stream, TTL refresh), but behaviour gates (a write filter) cannot veto it.
+        FieldUsageError for an unsaved instance, ModelException when it is gone.
+        """
+        if self._redis_key is None:
+            raise FieldUsageError(f"Cannot call {action}() on an unsaved "
+                                  f"{type(self).__name__} instance; save it first")
+        batch = self.build_save(update_fields=list(names), skip_auto_now=skip_auto_now)
+        batch.must_exist = True
+        run(self._write_steps(scripts.SAVE, batch.save_args(), pipeline, batch))
+        self._saved(batch)
+        return batch
+
     def _write_steps(self, script: scripts.LuaScript, call: tuple[list[str], list[Any]],
                      pipeline: Any, batch: WriteBatch | None = None) -> Steps[Any]:
         """Run ``script`` now (one round trip), or only queue it on the caller's pipeline."""
@@ -374,7 +387,7 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
             old.previous = [r for o in old.owners if (r := raw.get(IDX_PREFIX + o))]
             (reply,) = yield [scripts.DELETE.command(*old.delete_args())]
             _existed, released = claims.released_after_delete(reply)
-            yield from claims.settle_steps(old, [], released, old_key)
+            yield from claims.settle_steps(old.key, [], released, old_key)
 
     def build_delete(self) -> WriteBatch:
         """Describe the delete (every index owner, behaviour hooks) as a WriteBatch (no I/O)."""
@@ -384,10 +397,8 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         batch = WriteBatch(key=key, class_set=keys.class_set_key(ns), ns=ns,
                            external_claims=meta.sharded)
         batch.owners = list(meta.index_owners)
-        for behaviour in meta.behaviours:
-            hook = behaviour.__dict__.get("behaviour_on_delete")
-            if hook:
-                hook(self, batch)
+        for hook in meta.hooks.on_delete:
+            hook(self, batch)
         batch.owners += [o for o in batch.entries if o not in batch.owners]
         raw = self.__dict__.get("_raw")
         if raw:
@@ -411,7 +422,7 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
             return pipeline
         existed, released = claims.released_after_delete(result)
         if released:  # a sharded model's claims live in other slots: release them now
-            yield from claims.settle_steps(batch, [], released, batch.key)
+            yield from claims.settle_steps(batch.key, [], released, batch.key)
         return existed
 
     # --- class-level CRUD ----------------------------------------------
@@ -515,26 +526,5 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         return out
 
 
-def translate_error(model: type[Model], exc: redis.exceptions.ResponseError,
-                    batch: WriteBatch | None = None) -> Exception:
-    """Turn a script's error reply into the ORM exception it stands for."""
-    text = str(exc)
-    if "POPOTO_EXISTS" in text:
-        key = text.split("POPOTO_EXISTS", 1)[1].strip()
-        return UniqueViolation(f"{model.__name__}: an instance with key {key!r} already exists")
-    if "POPOTO_UNIQUE" in text:
-        index, _, owner = text.split("POPOTO_UNIQUE", 1)[1].strip().partition(" ")
-        what = batch.claim_labels[int(index) - 1] if batch else f"claim #{index}"
-        return UniqueViolation(
-            f"{model.__name__}: unique constraint violated: {what} is already held by {owner!r}"
-        )
-    if "POPOTO_LEASE" in text:
-        key = text.split("POPOTO_LEASE", 1)[1].strip()
-        return ModelException(
-            f"{model.__name__}: the save of {key!r} took longer than its unique-claim lease "
-            f"({claims.LEASE_MS - claims.LEASE_MARGIN_MS} ms) and was not written; retry it")
-    if "POPOTO_MISSING" in text:
-        key = text.split("POPOTO_MISSING", 1)[1].strip()
-        return ModelException(f"{model.__name__}: no instance at {key!r}")
-    return exc
 
+registry.set_model_base(Model)

@@ -1,15 +1,15 @@
 """Bulk writes, raw updates and atomic counters (mixed into Model).
 
 Bulk operations reuse the single write path: each instance is described by
-the same :class:`~popoto.models.write.WriteBatch` that ``save()`` and
+the same :class:`~popoto.engine.write.WriteBatch` that ``save()`` and
 ``delete()`` build, and the resulting script calls are sent ``batch_size`` at
 a time in non-transactional pipelines. Every instance's write is atomic on its
 own (one script call, hash and all index entries together); a bulk call as a
 whole is not a transaction.
 
 Sharded models (tag groups) keep each unique claim in its value's group, so
-their claims are settled around the script (:mod:`popoto.models.claims`). A
-batch then runs every instance's steps side by side (:func:`lockstep`): all
+their claims are settled around the script (:mod:`popoto.engine.claims`). A
+batch then runs every instance's steps side by side (:func:`popoto.engine.io.lockstep`): all
 claims of the batch in one round trip, all scripts in the next, all settling
 in a third. Every script call, and every WATCH/MULTI, touches the keys of one
 tag group only (one cluster slot).
@@ -35,26 +35,29 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
-from .. import keys
-from ..exceptions import BulkWriteError, ModelException
-from ..fields.field import Field
-from ..fields.sorted import SortedField
-from ..query.io import Command, Steps, run
-from ..query.io import _queue as queue_commands
-from ..redis_db import get_client
-from . import claims, scripts
-from .counter_lua import INCREMENT_LUA
-from .write import WriteBatch
+from popoto import keys, registry
+from popoto.engine import claims, io, scripts
+from popoto.engine.counter_lua import INCREMENT_LUA
+from popoto.engine.errors import translate_error
+from popoto.engine.io import Command, Steps, chunks, run
+from popoto.engine.io import _queue as queue_commands
+from popoto.engine.write import WriteBatch
+from popoto.exceptions import BulkWriteError, ModelException
+from popoto.fields.field import Field
+from popoto.fields.sorted import SortedField
+from popoto.protocol import text
+from popoto.query.queryset import QuerySet
+from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
-    from .base import Model
+    from popoto.models.base import Model
 
 logger = logging.getLogger("popoto.models")
 T = TypeVar("T")
@@ -104,16 +107,9 @@ def check_batch_size(model: type[Model], batch_size: int) -> None:
                              f"got {batch_size!r}")
 
 
-def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def _instances(model: type[Model], items: Any, operation: str) -> list[Model]:
     """The instances of a bulk call (a single instance is accepted too), type-checked."""
-    from .base import Model
-
-    found = [items] if isinstance(items, Model) else list(items)
+    found = [items] if registry.is_instance(items) else list(items)
     for obj in found:
         if type(obj) is not model:
             raise ModelException(
@@ -182,7 +178,7 @@ def plan_delete(model: type[Model], instances: Iterable[Model]) -> list[Call]:
 
 def delete_needs_data(model: type[Model]) -> bool:
     """True when a behaviour's delete hook reads the instance (so hashes must be loaded)."""
-    return any("behaviour_on_delete" in b.__dict__ for b in model._meta.behaviours)
+    return bool(model._meta.hooks.on_delete)
 
 
 def shells(model: type[Model], keys_: Sequence[Any],
@@ -190,7 +186,7 @@ def shells(model: type[Model], keys_: Sequence[Any],
     """Instances standing for ``keys_`` (with their hashes when ``raws`` is given)."""
     out = []
     for i, key in enumerate(keys_):
-        skey = key.decode() if isinstance(key, bytes) else key
+        skey = text(key)
         out.append(model.from_redis(skey, raws[i] if raws is not None else {}))
     return out
 
@@ -206,8 +202,6 @@ class BulkOutcome:
         self.failures: list[tuple[Model, ModelException]] = []
 
     def settle(self, calls: Sequence[Call], replies: Sequence[Any]) -> None:
-        from .base import translate_error
-
         for call, reply in zip(calls, replies):
             if isinstance(reply, ModelException):  # e.g. a claim refused before the write
                 self.failures.append((call.instance, reply))
@@ -244,83 +238,6 @@ class BulkOutcome:
 
 # --- execution: step generators whose replies carry errors inline --------------
 
-def send_inline(client: Any, commands: list[Command]) -> list[Any]:
-    """One non-transactional pipeline; replies in order, error replies inline.
-
-    If the server lost its script cache, the script calls that got NOSCRIPT ran
-    nowhere: they are sent once more after loading their scripts.
-    """
-    pipe = client.pipeline(transaction=False)
-    queue_commands(pipe, commands)
-    replies = pipe.execute(raise_on_error=False)
-    lost = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
-    if lost:
-        for script in lost_scripts(commands, lost):
-            script.forget()
-            client.script_load(script.body)
-        pipe = client.pipeline(transaction=False)
-        queue_commands(pipe, [commands[i] for i in lost])
-        for i, reply in zip(lost, pipe.execute(raise_on_error=False)):
-            replies[i] = reply
-    return replies
-
-
-def lost_scripts(commands: Sequence[Command], lost: Sequence[int]) -> list[scripts.LuaScript]:
-    """The scripts of the ``lost`` script calls among ``commands``."""
-    by_sha = {s.sha: s for s in scripts.REGISTRY}
-    return [by_sha[sha] for sha in {commands[i][1][0] for i in lost} if sha in by_sha]
-
-
-def run_inline(steps: Steps[T]) -> T:
-    """Drive ``steps`` with the synchronous client; each round trip is :func:`send_inline`.
-
-    A failed round trip (e.g. a lost connection) is thrown into the generator.
-    """
-    return run(steps, send_inline)
-
-
-def lockstep(gens: Sequence[Steps[Any]]) -> Steps[list[Any]]:
-    """Run step generators side by side: every round trip carries the next step of
-    each generator still running, so N writes of k phases take k round trips.
-
-    A generator receives its own replies (or has the first error among them
-    thrown in, as :func:`popoto.query.io.run` does). Returns, in order, what each
-    generator returned or the exception it raised.
-    """
-    results: list[Any] = [None] * len(gens)
-    waiting: dict[int, list[Command]] = {}
-
-    def advance(i: int, reply: Any, error: BaseException | None) -> None:
-        gen = gens[i]
-        try:
-            commands = gen.throw(error) if error is not None else gen.send(reply)
-            while not commands:
-                commands = gen.send([])
-            waiting[i] = commands
-        except StopIteration as done:
-            results[i] = done.value
-        except Exception as exc:  # the generator's own outcome, e.g. a UniqueViolation
-            results[i] = exc
-
-    for i in range(len(gens)):
-        advance(i, None, None)
-    while waiting:
-        batch = list(waiting.items())
-        waiting.clear()
-        try:
-            replies = yield [c for _i, commands in batch for c in commands]
-        except redis.exceptions.RedisError as exc:  # the whole round trip failed
-            for i, _commands in batch:
-                advance(i, None, exc)
-            continue
-        pos = 0
-        for i, commands in batch:
-            part = replies[pos:pos + len(commands)]
-            pos += len(commands)
-            advance(i, part, next((r for r in part if isinstance(r, Exception)), None))
-    return results
-
-
 def _untranslated(_model: Any, exc: Exception, _batch: Any) -> Exception:
     return exc  # BulkOutcome translates script errors itself
 
@@ -329,13 +246,13 @@ def _sharded_delete_steps(call: Call) -> Steps[bool]:
     (reply,) = yield [call.command()]
     existed, released = claims.released_after_delete(reply)
     if released:  # the claims live in their values' groups (other slots)
-        yield from claims.settle_steps(call.batch, [], released, call.batch.key)
+        yield from claims.settle_steps(call.batch.key, [], released, call.batch.key)
     return existed
 
 
 def call_steps(model: type[Model], call: Call) -> Steps[Any]:
     """One write of a sharded model: its unique claims are acquired before the
-    script and settled after it (see :mod:`popoto.models.claims`)."""
+    script and settled after it (see :mod:`popoto.engine.claims`)."""
     if call.script is scripts.DELETE:
         return _sharded_delete_steps(call)
     alias = call.instance._redis_key or call.batch.key
@@ -351,12 +268,12 @@ def chunk_steps(model: type[Model], calls: Sequence[Call]) -> Steps[list[Any]]:
     """
     if not model._meta.sharded:
         return (yield [c.command() for c in calls])
-    return (yield from lockstep([call_steps(model, c) for c in calls]))
+    return (yield from io.lockstep([call_steps(model, c) for c in calls]))
 
 
 def run_calls(calls: Sequence[Call], batch_size: int, outcome: BulkOutcome) -> None:
     for chunk in chunks(calls, batch_size):
-        outcome.settle(chunk, run_inline(chunk_steps(outcome.model, chunk)))
+        outcome.settle(chunk, io.run_inline(chunk_steps(outcome.model, chunk)))
 
 
 def delete_keys_steps(model: type[Model],
@@ -374,13 +291,11 @@ def delete_keys_steps(model: type[Model],
 
 
 def _delete_keys(model: type[Model], keys_: Sequence[Any], outcome: BulkOutcome) -> None:
-    outcome.settle(*run_inline(delete_keys_steps(model, keys_)))
+    outcome.settle(*io.run_inline(delete_keys_steps(model, keys_)))
 
 
 def resolve_delete_targets(model: type[Model], items: Any) -> tuple[list[Any], bool]:
     """(instances or keys, are_keys): a QuerySet is resolved to keys without loading hashes."""
-    from ..query.queryset import QuerySet
-
     if isinstance(items, QuerySet):
         if items.model is not model:
             raise ModelException(f"{model.__name__}.bulk_delete: the query is for "
@@ -586,8 +501,6 @@ class BulkMixin:
         The transaction touches the instance's tag group only (one cluster slot);
         a sharded model's unique claims are taken before it and settled after it.
         """
-        from .base import translate_error
-
         model = type(self)
         key = self._redis_key
         client = get_client()
@@ -595,26 +508,27 @@ class BulkMixin:
             while True:
                 pipe.watch(key)
                 value, batch = watched_increment(model, field, key, pipe.hgetall(key), delta)
-                taken, deadline = run(claims_before_steps(model, batch, key))
+                acquired = run(claims_before_steps(model, batch, key))
                 try:
                     scripts.SAVE.ensure_loaded(client)
                     pipe.multi()
-                    queue_commands(pipe, [scripts.SAVE.command(*batch.save_args(deadline))])
+                    save = scripts.SAVE.command(*batch.save_args(acquired.deadline))
+                    queue_commands(pipe, [save])
                     (reply,) = pipe.execute()
                 except redis.exceptions.WatchError:
-                    run(claims.rollback_steps(batch, taken))
+                    run(claims.rollback_steps(key, acquired.pending))
                     continue
                 except redis.exceptions.NoScriptError:
-                    run(claims.rollback_steps(batch, taken))
+                    run(claims.rollback_steps(key, acquired.pending))
                     scripts.SAVE.forget()  # server lost its scripts: reload and retry
                     continue
                 except redis.exceptions.ResponseError as exc:
-                    run(claims.rollback_steps(batch, taken))
+                    run(claims.rollback_steps(key, acquired.pending))
                     raise translate_error(model, exc, batch) from None
                 except BaseException:
-                    run(claims.rollback_steps(batch, taken))
+                    run(claims.rollback_steps(key, acquired.pending))
                     raise
-                run(claims_after_steps(batch, taken, reply, key))
+                run(claims_after_steps(batch, acquired, reply, key))
                 return value
 
 
@@ -632,19 +546,19 @@ def watched_increment(model: type[Model], field: Field, key: str, raw: dict[Any,
 
 
 def claims_before_steps(model: type[Model], batch: WriteBatch,
-                        key: str) -> Steps[tuple[list[tuple[int, str, str]], int | None]]:
-    """A sharded model's claims for a watched write: (taken, lease deadline)."""
+                        key: str) -> Steps[claims.Acquired]:
+    """A sharded model's claims for a watched write (pending claims, lease deadline)."""
     if batch.external_claims and batch.claims:
         return (yield from claims.acquire_steps(model, batch, key))
-    return [], None
+    return claims.Acquired()
 
 
-def claims_after_steps(batch: WriteBatch, taken: list[tuple[int, str, str]], reply: Any,
+def claims_after_steps(batch: WriteBatch, acquired: claims.Acquired, reply: Any,
                        key: str) -> Steps[None]:
     """Settle a sharded model's claims once its watched write went through."""
     if batch.external_claims:
-        released = reply if isinstance(reply, list) else []
-        yield from claims.settle_steps(batch, taken, released, key)
+        yield from claims.settle_steps(batch.key, acquired.pending,
+                                       claims.released_pairs(reply), key)
 
 
 def increment_call(instance: Model, field: Field, delta: Any) -> tuple[list[str], list[Any]]:
@@ -677,12 +591,11 @@ def prepare_increment(instance: Model, field_name: str, delta: Any,
 
 def raw_update_keys(model: type[Model], redis_keys: Iterable[Any]) -> list[str]:
     """Instance keys for raw_update (instances are accepted too); foreign keys are refused."""
-    from .base import Model
-
     meta = model._meta
     out = []
-    for item in [redis_keys] if isinstance(redis_keys, (str, bytes, Model)) else redis_keys:
-        if isinstance(item, Model):
+    single = isinstance(redis_keys, (str, bytes)) or registry.is_instance(redis_keys)
+    for item in [redis_keys] if single else redis_keys:
+        if registry.is_instance(item):
             item = item.pk
         key = item.decode() if isinstance(item, bytes) else item
         if not isinstance(key, str) or not meta.owns_key(key):
@@ -711,8 +624,7 @@ def _delta_text(delta: Any) -> str:
 
 
 def parse_increment_reply(field: Field, reply: Any) -> Any:
-    text = reply.decode() if isinstance(reply, bytes) else str(reply)
-    return _PARSE[field.type](text)
+    return _PARSE[field.type](text(reply))
 
 
 def remember_increment(instance: Model, field: Field, value: Any) -> None:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
-from collections.abc import Iterable
 
-from .. import keys, redis_db
-from ..exceptions import ModelException
-
-from ..fields.field import Field
+from popoto import keys, redis_db
+from popoto.behaviours.base import CompiledHooks
+from popoto.exceptions import ModelException
+from popoto.fields.field import Field
 
 if TYPE_CHECKING:
-    from .base import Model
+    from popoto.models.base import Model
 
 RESERVED_FIELD_NAMES = frozenset({"limit", "order_by", "values"})
 META_OPTIONS = frozenset({"abstract", "order_by", "ttl", "indexes", "shards"})
@@ -76,7 +76,9 @@ class ModelOptions:
         self.shards: int | None = None
         self._layout: tuple[int, tuple[str, ...], bool] = (-1, (model_name,), False)
         self.composite_indexes: list[CompositeIndex] = []
-        self.behaviours: list[Any] = []
+        self.hooks = CompiledHooks()
+        #: ``Model.query.<name>`` methods contributed by fields and behaviours
+        self.query_features: dict[str, Callable[..., Any]] = {}
         # compiled on finalize()
         self.fields: dict[str, Field] = {}
         self.key_field_names: list[str] = []
@@ -116,9 +118,11 @@ class ModelOptions:
         self.indexes = getattr(meta, "indexes", ())
         self.shards = getattr(meta, "shards", None)
 
-    def finalize(self) -> None:
+    def finalize(self, hooks: CompiledHooks) -> None:
         """Validate Meta against the fields and compile the lookup tables and hook lists."""
         name = self.model_name
+        self.hooks = hooks
+        self.query_features.update(hooks.query_features)
         self.fields = {**self.explicit_fields, **self.hidden_fields}
         self.key_field_names = sorted(n for n, f in self.fields.items() if f.is_key)
         if self.order_by is not None:
@@ -159,7 +163,7 @@ class ModelOptions:
                                          f"(fields: {', '.join(self.fields)})")
             self.composite_indexes.append(CompositeIndex(self, tuple(field_names), unique))
         for field in self.fields.values():
-            for dep in getattr(field, "partition_by", ()):
+            for dep in field.partition_by:
                 if dep not in self.fields:
                     raise ModelException(f"{field.label}: partition_by field {dep!r} does not "
                                          f"exist on {name}")
@@ -168,16 +172,16 @@ class ModelOptions:
         owners: dict[str, frozenset[str]] = {}
         for fname, field in self.fields.items():
             if field.owns_index():
-                owners[fname] = frozenset({fname, *getattr(field, "partition_by", ()),
-                                           *getattr(field, "depends_on", ())})
+                owners[fname] = frozenset({fname, *field.partition_by,
+                                           *field.depends_on})
         for index in self.composite_indexes:
             owners[index.name] = index.depends_on
         self.index_owners = owners
         self.index_fields = [f for f in self.fields.values() if f.owns_index()]
-        self.load_hooks = [f for f in self.fields.values()
-                           if type(f).after_load is not Field.after_load]
-        self.load_hooks += [b.__dict__["behaviour_after_load"] for b in self.behaviours
-                            if "behaviour_after_load" in b.__dict__]
+        self.load_hooks: list[Callable[[list[Any], dict[str, Any]], None]] = [
+            f.after_load for f in self.fields.values()
+            if type(f).after_load is not Field.after_load]
+        self.load_hooks += hooks.after_load
         self.query_options = {opt: f for f in self.fields.values()
                               for opt in f.query_options()}
 
@@ -189,8 +193,7 @@ class ModelOptions:
         """Let fields/behaviours post-process freshly loaded instances (batched)."""
         if objs:
             for hook in self.load_hooks:
-                hook(objs, options) if not isinstance(hook, Field) else hook.after_load(
-                    objs, options)
+                hook(objs, options)
 
     def get_field(self, name: str, purpose: str = "") -> Field:
         """The field called ``name``; ModelException with a close-match suggestion if none."""

@@ -9,19 +9,18 @@ branch into Python (over the class set), since Redis cannot evaluate it.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from collections.abc import Callable
 
-from .. import keys
-from ..exceptions import QueryException
-from ..fields.field import NS_CONTEXT
-from .expressions import Q
-from .lookups import Exact, Lookup
-from .sources import Combine, GeoRadius, SetSource, Source
+from popoto import keys
+from popoto.engine.sources import NS_CONTEXT, Combine, GeoRadius, SetSource, Source
+from popoto.exceptions import QueryException
+from popoto.query.expressions import Q
+from popoto.query.lookups import Exact, Lookup
 
 if TYPE_CHECKING:
-    from ..models.base import Model
+    from popoto.models.base import Model
 
 Predicate = Callable[[Any], bool]
 

@@ -1,7 +1,7 @@
 """Lookups: ``field__<name>=value`` conditions, registered per field class.
 
 Each lookup validates its value against the field, may offer an index
-:class:`~popoto.query.sources.Source` that Redis can evaluate, and always
+:class:`~popoto.engine.sources.Source` that Redis can evaluate, and always
 offers a Python predicate (``matches``) used when no index can answer it.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ModelException, QueryException
-from .sources import Source
+from popoto.engine.sources import Source
+from popoto.exceptions import ModelException, QueryException
 
 if TYPE_CHECKING:
-    from ..fields.field import Field
+    from popoto.fields.field import Field
 
 
 class Lookup:
@@ -94,13 +94,6 @@ class EndsWith(StartsWith):
 
     def matches(self, stored: Any) -> bool:
         return stored is not None and str(stored).endswith(self.value)
-
-
-class Contains(StartsWith):
-    lookup_name = "contains"
-
-    def matches(self, stored: Any) -> bool:
-        return stored is not None and self.value in str(stored)
 
 
 def _finite(lookup: Lookup, value: Any) -> Any:

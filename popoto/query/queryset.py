@@ -12,32 +12,32 @@ rows, never its whole index.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from .. import keys
-from ..encoding import decode_field
-from ..exceptions import QueryException
-from ..fields.field import NS_CONTEXT, PLAN_MEMO_CONTEXT
-from .compiler import Compiled, compile_q, keep_scores, set_score_source
-from .expressions import Q
-from .io import Command, Steps, run, run_async
-from .sources import Program, ScoreRange, SetSource, Source
+from popoto import keys
+from popoto.encoding import decode_field
+from popoto.engine import scripts
+from popoto.engine.io import Command, Steps, run, run_async
+from popoto.engine.merge import scored_merge_key
+from popoto.engine.sources import (
+    NS_CONTEXT,
+    PLAN_MEMO_CONTEXT,
+    Program,
+    ScoreRange,
+    SetSource,
+    Source,
+)
+from popoto.exceptions import QueryException
+from popoto.protocol import text
+from popoto.query.compiler import Compiled, compile_q, keep_scores, set_score_source
+from popoto.query.expressions import Q
 
 if TYPE_CHECKING:
-    from ..models.base import Model
+    from popoto.models.base import Model
 
 BATCH = 1000
 Plans = list[tuple[str, "Source | None"]]  # (tag group, its source; None = the class set)
-
-
-def _merge_key(row: tuple[Any, float]) -> tuple[float, bytes]:
-    """Sort key of a (member, score) row across groups: score, then the key without its
-    tag, which is the order one server gives (its keys share one prefix)."""
-    member = row[0]
-    if isinstance(member, str):
-        member = member.encode()
-    return row[1], member.split(b":", 1)[-1]
 
 
 class QuerySet:
@@ -172,12 +172,10 @@ class QuerySet:
     def _rev(self) -> bool:
         return bool(self._order and self._order.startswith("-"))
 
-    # --- evaluation as I/O-free steps (run by popoto.query.io, sync or async) ----
+    # --- evaluation as I/O-free steps (run by popoto.engine.io, sync or async) ----
     def _query_call(self, source: Source, mode: str, offset: int = 0,
                     count: int = 0, ns: str = "") -> Command:
         """The QUERY script call evaluating ``source`` inside Redis (in tag group ``ns``)."""
-        from ..models import scripts
-
         prog = Program(temp_prefix=keys.temp_key(uuid.uuid4().hex, ns), ns=ns)
         result = source.emit(prog)
         conv = prog.temp()
@@ -251,7 +249,7 @@ class QuerySet:
                 n, flat = next(replies)
                 total += n
                 rows += zip(flat[0::2], (float(s) for s in flat[1::2]))
-        rows.sort(key=_merge_key, reverse=rev)
+        rows.sort(key=scored_merge_key, reverse=rev)
         return total, rows[offset:] if count < 0 else rows[offset:offset + count]
 
     def _count_steps(self, plans: Plans) -> Steps[int]:
@@ -284,12 +282,12 @@ class QuerySet:
                 from_redis = model.from_redis  # the common case, kept tight
                 for (key, score), reply in zip(chunk, replies):
                     if reply:
-                        obj = from_redis(key.decode() if isinstance(key, bytes) else key, reply)
+                        obj = from_redis(text(key), reply)
                         obj.__dict__["_score"] = score
                         out.append(obj)
                 continue
             replies = yield [("hmget", (key, values)) for key, _score in chunk]
-            names = [k.decode() if isinstance(k, bytes) else k for k, _score in chunk]
+            names = [text(k) for k, _score in chunk]
             blank = [i for i, reply in enumerate(replies) if all(v is None for v in reply)]
             gone: set[int] = set()
             if blank:  # all-None could be a missing hash: ask which ones still exist
@@ -367,7 +365,7 @@ class QuerySet:
             return [o.pk for o in (yield from self._clone(_values=None)._fetch_steps())]
         want = -1 if self._limit is None else self._limit
         _total, rows = yield from self._page_steps(plans, self._offset, want)
-        return [k.decode() if isinstance(k, bytes) else k for k, _s in rows]
+        return [text(k) for k, _s in rows]
 
     def _get_steps(self) -> Steps[Any]:
         found = yield from self.limit(2)._fetch_steps()
@@ -549,16 +547,22 @@ class Query:
                      decay_rate: float | None = None, base_score_field: str | None = None,
                      as_of: Any = None, **partition: Any) -> list[Any]:
         """The ``n`` best instances by decayed score (see ``popoto.fields.decaying``)."""
-        from ..fields.decaying import top_by_decay
-
-        return top_by_decay(self.model, field_name, n, decay_rate, base_score_field, as_of,
-                            **partition)
+        feature = self._feature("top_by_decay", "no DecayingSortedField")
+        return feature(self.model, field_name, n, decay_rate, base_score_field, as_of,  # type: ignore[no-any-return]
+                       **partition)
 
     def priority(self, n: int = 10) -> list[Any]:
         """The ``n`` instances with the highest write-filter score (WriteFilterMixin)."""
-        from ..behaviours.write_filter import priority
+        feature = self._feature("priority", "no WriteFilterMixin (priority() needs a model "
+                                "with WriteFilterMixin)")
+        return feature(self.model, n)  # type: ignore[no-any-return]
 
-        return priority(self.model, n)
+    def _feature(self, name: str, lacking: str) -> Any:
+        """A query method a field or behaviour registered in ``_meta.query_features``."""
+        feature = self.model._meta.query_features.get(name)
+        if feature is None:
+            raise QueryException(f"{self.model.__name__}.query.{name}: the model has {lacking}")
+        return feature
 
     # async reads (redis.asyncio): the same steps, awaited
     async def async_get(self, *conditions: Q, db_key: str | None = None,

@@ -1,8 +1,8 @@
 """Persistent companion entries (L keys, H hash fields) of the single write path."""
 
 from popoto import KeyField, Model, keys
-from popoto.models import scripts
-from popoto.models.write import COMPANION_FIELD, LINKED_KEY, WriteBatch
+from popoto.engine import scripts
+from popoto.engine.write import COMPANION_FIELD, LINKED_KEY, WriteBatch
 from popoto.redis_db import get_client
 from tests.helpers import db_keys, key_of, same_group_value
 

@@ -20,7 +20,7 @@ from popoto import (
 )
 from popoto import keys
 from popoto.behaviours import access_tracker
-from popoto.models.write import CLAIM, WriteBatch
+from popoto.engine.write import CLAIM, WriteBatch
 
 
 class ShardNote(WriteFilterMixin, Model):

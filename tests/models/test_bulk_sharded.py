@@ -25,6 +25,7 @@ from popoto import (
     UniqueViolation,
     keys,
 )
+from popoto.engine import io
 from popoto.models import bulk
 from tests.helpers import count_round_trips
 
@@ -424,7 +425,7 @@ def test_lost_script_cache_mid_bulk_is_recovered(r):
 def test_connection_loss_mid_bulk_raises(r, embedded_server, monkeypatch):
     """A round trip that fails as a whole raises the Redis error (nothing is reported as done)."""
     calls = {"n": 0}
-    original = bulk.send_inline
+    original = io.send_inline
 
     def flaky(client, commands):
         calls["n"] += 1
@@ -432,7 +433,7 @@ def test_connection_loss_mid_bulk_raises(r, embedded_server, monkeypatch):
             raise redis.exceptions.ConnectionError("lost")
         return original(client, commands)
 
-    monkeypatch.setattr(bulk, "send_inline", flaky)
+    monkeypatch.setattr(io, "send_inline", flaky)
     with pytest.raises(redis.exceptions.ConnectionError, match="lost"):
         Store.bulk_create(stores(5))
     monkeypatch.undo()

@@ -27,8 +27,8 @@ from popoto import (
     keys,
 )
 from popoto.exceptions import KeyMutationError
-from popoto.models import claims
-from popoto.models.write import IDX_PREFIX, unpack_record
+from popoto.engine import claims
+from popoto.engine.write import IDX_PREFIX, unpack_record
 from tests.helpers import command_calls, db_keys, worker_url
 
 CTX = multiprocessing.get_context("spawn")
@@ -266,7 +266,7 @@ def test_a_save_past_its_lease_writes_nothing(r):
     keys_, args = batch.save_args(lease_deadline=int(time.time() * 1000) - 1)
     with pytest.raises(popoto.redis_db.redis.exceptions.ResponseError, match="POPOTO_LEASE"):
         popoto.redis_db.get_client().evalsha(
-            __import__("popoto.models.scripts", fromlist=["x"]).SAVE.sha, len(keys_), *keys_,
+            __import__("popoto.engine.scripts", fromlist=["x"]).SAVE.sha, len(keys_), *keys_,
             *args)
     assert not r.exists(obj.pk)
     assert claims.LEASE_MS - claims.LEASE_MARGIN_MS > 1000
@@ -358,7 +358,7 @@ def test_a_save_and_a_delete_declare_every_key_they_touch(r):
     """The save and delete scripts' KEYS name every key the call writes: the hash, class
     set, old and new index entries of a loaded instance (claims of a sharded model are
     settled outside the script, in their own slot)."""
-    from popoto.models import scripts
+    from popoto.engine import scripts
 
     for model in (Flat, Spread):
         model.create(region="eu", name="k", score=1, color="red", email="k@m", place=(1, 1))
@@ -370,7 +370,7 @@ def test_a_save_and_a_delete_declare_every_key_they_touch(r):
             popoto.redis_db.get_client(), *c))
         assert obj.pk in touched and len(touched) >= 5, touched
         declared = set(call[0])
-        claims_elsewhere = {h for h, _f in batch.claims} if batch.external_claims else set()
+        claims_elsewhere = {c.hash_key for c in batch.claims} if batch.external_claims else set()
         assert touched - claims_elsewhere <= declared, touched - declared
         obj = model.query.get(region="eu", name="k")
         dcall = obj.build_delete().delete_args()
@@ -403,7 +403,7 @@ def test_a_takeover_loses_to_a_holder_that_resaved_the_value_meanwhile(r):
     again (claim, write, settle back to the same claim value) before B's compare-and-set,
     which therefore succeeds. B re-reads A's record, sees the claim listed and backs off:
     one holder, and the claim is A's again."""
-    from popoto.query.io import execute
+    from popoto.engine.io import execute
 
     a = Spread.create(region="eu", name="a", score=1, email="v@m")
     h, token, _ = _claim_state(Spread, "email", "v@m")

@@ -14,7 +14,7 @@ import redis
 
 from ops.cli import Progress, main
 from popoto import IndexedField, KeyField, Model, SortedField
-from popoto.models.registry import label_of
+from popoto.registry import label_of
 from tasks import app, jobs
 from tasks.config import default_broker_url
 from tasks.testing import use_test_broker

@@ -8,7 +8,7 @@ from typing import Any
 
 from ops.cli import main
 from popoto import IndexedField, KeyField, Model, SortedField, keys
-from popoto.models.registry import label_of
+from popoto.registry import label_of
 
 
 class CliShard(Model):

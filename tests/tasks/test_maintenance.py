@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 import tasks.maintenance as maintenance
 from popoto import IndexedField, IntField, KeyField, Model, SortedField
-from popoto.models.registry import label_of
+from popoto.registry import label_of
 from tasks import jobs
 from tasks.testing import wait_until
 

@@ -12,9 +12,8 @@ from typing import Any
 
 import redis
 
-from ..query.sources import QUERY_LUA
-from .write import DELETE_LUA, SAVE_LUA
-
+from popoto.engine.sources import QUERY_LUA
+from popoto.engine.write import DELETE_LUA, SAVE_LUA
 
 #: every script defined anywhere; reloaded together when a server lost its cache
 REGISTRY: list[LuaScript] = []
@@ -45,7 +44,7 @@ class LuaScript:
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
     def command(self, keys: list[str], args: list[Any]) -> tuple[str, tuple[Any, ...]]:
-        """This script's call as a command for :mod:`popoto.query.io` step generators."""
+        """This script's call as a command for :mod:`popoto.engine.io` step generators."""
         return ("evalsha", (self.sha, len(keys), *keys, *args))
 
     def queue_eval(self, pipe: Any, keys: list[str], args: list[Any]) -> None:
@@ -70,4 +69,3 @@ class LuaScript:
 SAVE = LuaScript("save", SAVE_LUA)
 DELETE = LuaScript("delete", DELETE_LUA)
 QUERY = LuaScript("query", QUERY_LUA)
-ALL_SCRIPTS = REGISTRY

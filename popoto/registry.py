@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..exceptions import ModelException
+from popoto.exceptions import ModelException
 
 if TYPE_CHECKING:
-    from .base import Model
+    from popoto.models.base import Model
 
 _models: dict[str, type[Model]] = {}
 
@@ -37,3 +37,17 @@ def get_model(label: str) -> type[Model]:
 
 def all_models() -> list[type[Model]]:
     return list(_models.values())
+
+
+_model_base: type | None = None
+
+
+def set_model_base(base: type) -> None:
+    """Called once by :mod:`popoto.models.base` with ``Model`` (lower layers cannot import it)."""
+    global _model_base
+    _model_base = base
+
+
+def is_instance(obj: object) -> bool:
+    """True for an instance of any Popoto model."""
+    return _model_base is not None and isinstance(obj, _model_base)

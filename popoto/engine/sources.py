@@ -14,6 +14,12 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+#: compile context entry naming the tag group a query source is built for
+NS_CONTEXT = "@ns"
+#: compile context entry: a dict shared by the compilations of one query for every tag
+#: group (sources whose result does not depend on the group compute it once)
+PLAN_MEMO_CONTEXT = "@memo"
+
 
 @dataclass
 class Program:

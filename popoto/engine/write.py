@@ -24,7 +24,7 @@ with HSETNX, i.e. only when the instance has none yet.
 Sharded models (cluster mode, or ``Meta.shards`` > 1) keep a unique claim in
 the tag group of its *value*, so it is global across groups but usually in
 another slot than the instance. Their claims go through a two-phase protocol
-around the script (:mod:`popoto.models.claims`): the script then only records
+around the script (:mod:`popoto.engine.claims`): the script then only records
 its ``C`` entries and returns the ones the write released (flag ``X``), and
 refuses to write once the claims' lease has run out.
 
@@ -35,19 +35,25 @@ second copy of the logic.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from ..encoding import pack
+from popoto.encoding import pack
+from popoto.protocol import IDX_PREFIX
+from popoto.protocol import KIND_CLAIM as CLAIM
+from popoto.protocol import KIND_COMPANION_FIELD as COMPANION_FIELD
+from popoto.protocol import KIND_GEO as GEO
+from popoto.protocol import KIND_KEY as KEY
+from popoto.protocol import KIND_LINKED_KEY as LINKED_KEY
+from popoto.protocol import KIND_SET as SET
+from popoto.protocol import KIND_ZSET as ZSET
+from popoto.protocol import text as _text
 
-IDX_PREFIX = "@idx:"
-
-# Entry kinds: how an index entry is added and removed.
-SET, ZSET, CLAIM, KEY, GEO = "S", "Z", "C", "K", "G"
-# Persistent companions (see the module docstring): a key beside the hash, a hash field.
-LINKED_KEY, COMPANION_FIELD = "L", "H"
+__all__ = ["CLAIM", "COMPANION_FIELD", "GEO", "IDX_PREFIX", "KEY", "LINKED_KEY", "SET", "ZSET",
+           "Claim", "WriteBatch", "pack_record", "unpack_record"]
 _SELF_MEMBER = frozenset({SET, ZSET, GEO})  # kinds whose member is the owner's own key
 
 
@@ -67,9 +73,6 @@ def unpack_record(packed: bytes, owner_key: str) -> set[tuple[str, str, str]]:
         out.add((kind, key, _text(row[2]) if len(row) > 2 else owner_key))
     return out
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 _LUA_COMMON = r"""
 -- kept: persistent companions (L, H) of a rewrite, by identity; nil when deleting
@@ -250,6 +253,17 @@ return existed
 """
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A unique value a write claims: field ``field`` of the claim hash ``hash_key``
+    maps the value to the instance key holding it."""
+
+    owner: str  # the index owner (field or composite index name) whose record lists it
+    hash_key: str
+    field: str
+    label: str  # the value as error messages name it, e.g. ``email='a@b.c'``
+
+
 @dataclass
 class WriteBatch:
     """What one save or delete of one instance must do, filled in by hooks."""
@@ -266,9 +280,7 @@ class WriteBatch:
     mapping: dict[str, bytes] = field(default_factory=dict)
     hdel: list[str] = field(default_factory=list)
     ttl: tuple[str, int] | None = None
-    claims: list[tuple[str, str]] = field(default_factory=list)
-    claim_labels: list[str] = field(default_factory=list)
-    claim_owners: list[str] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
     owners: list[str] = field(default_factory=list)
     migrated_owners: list[str] = field(default_factory=list)
     entries: dict[str, list[tuple[str, str, str, Any]]] = field(default_factory=dict)
@@ -296,10 +308,23 @@ class WriteBatch:
 
         ``label`` (e.g. ``"email='a@b.c'"``) names the value in the error message.
         """
-        self.claims.append((hash_key, hash_field))
-        self.claim_labels.append(label or f"{owner}")
-        self.claim_owners.append(owner)
+        self.claims.append(Claim(owner, hash_key, hash_field, label or owner))
         self.add(owner, CLAIM, hash_key, hash_field)
+
+    def claim_label(self, index: int) -> str:
+        """The label of claim ``index`` (0-based, the order the save script checks them)."""
+        return self.claims[index].label
+
+    def drop_claims(self, dropped: Iterable[Claim]) -> None:
+        """Take claims out of the write, with their index entries (another instance
+        holds them: a reindex rebuilds the instance's other entries without them)."""
+        gone = {(c.hash_key, c.field) for c in dropped}
+        if not gone:
+            return
+        self.claims = [c for c in self.claims if (c.hash_key, c.field) not in gone]
+        for owner, rows in self.entries.items():
+            self.entries[owner] = [r for r in rows
+                                   if not (r[0] == CLAIM and (r[1], r[2]) in gone)]
 
     def command(self, *args: Any) -> None:
         """Queue a raw Redis command that runs after the write succeeds, in the same script.
@@ -353,8 +378,8 @@ class WriteBatch:
         ttl_mode, ttl_value = self.ttl or ("", 0)
         claims = [] if self.external_claims else self.claims
         argv: list[Any] = [flags or "-", ttl_mode or "-", ttl_value, len(claims)]
-        for h, f in claims:
-            argv += [h, f]
+        for c in claims:
+            argv += [c.hash_key, c.field]
         argv.append(len(self.owners))
         argv += self.owners
         migrated = [o for o in self.migrated_owners if o not in self.entries]

@@ -1,0 +1,1 @@
+"""The engine: scripts, the write batch, step I/O, query sources and unique claims."""
