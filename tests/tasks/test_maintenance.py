@@ -11,7 +11,13 @@ import redis
 import structlog
 from structlog.testing import capture_logs
 
+import tasks.bulk_update
+import tasks.check
+import tasks.chunking
+import tasks.clean
 import tasks.maintenance as maintenance
+import tasks.periodic
+import tasks.rebuild
 from popoto import IndexedField, IntField, KeyField, Model, SortedField
 from popoto.registry import label_of
 from tasks import jobs
@@ -36,6 +42,8 @@ class MaintToken(Model):
 
 
 LABEL = label_of(MaintGadget)
+MAINTENANCE_MODULES = (tasks.chunking, tasks.rebuild, tasks.clean, tasks.check, tasks.bulk_update,
+                       tasks.periodic)
 
 
 def make_gadgets(n: int) -> list[MaintGadget]:
@@ -108,7 +116,8 @@ def test_coordinator_continues_in_short_steps(monkeypatch: pytest.MonkeyPatch) -
     """A coordinator past its step budget re-enqueues itself and resumes from its cursor."""
     make_gadgets(1200)
     quick = dataclasses.replace(maintenance.settings, job_step_seconds=0.000001)
-    monkeypatch.setattr(maintenance, "settings", quick)
+    for module in MAINTENANCE_MODULES:  # every module of the jobs reads its own ``settings``
+        monkeypatch.setattr(module, "settings", quick)
     with capture() as logs:
         result = maintenance.rebuild_indexes.apply_async((LABEL,), {"chunk_size": 100})
         state = wait_job(result.id)
