@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import binascii
 import os
-import statistics
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ import popoto
 from popoto.engine.write import SAVE_LUA
 from popoto.redis_db import get_client
 
+from .timing import Impl, measure, paired_ratio
 from .workload import (
     POPOTO_PATTERNS,
     BenchItem,
@@ -163,15 +163,6 @@ class ShardedRaw:
         return [decode_row(reply) for reply in pipe.execute() if reply]
 
 
-def paired_ratio(timings: dict[str, dict[str, Any]], a: str, b: str) -> float | None:
-    """Median over repetitions of (a per op) / (b per op), each pair from one repetition."""
-    ta, tb = timings.get(a), timings.get(b)
-    if ta is None or tb is None:
-        return None
-    return statistics.median((x / ta["ops"]) / (y / tb["ops"])
-                             for x, y in zip(ta["samples_s"], tb["samples_s"]))
-
-
 def _impl(layout: str, kind: str) -> str:
     return f"{layout}/{kind}"
 
@@ -232,8 +223,6 @@ class ClusterBench:
 
     def record(self, scenario: str, title: str, stored: int, impls: list[Any], reps: int,
                notes: list[str]) -> dict[str, Any]:
-        from .runner import measure
-
         self.log(f"  {scenario}: {title} ...")
         timings = measure(impls, reps)
         ratios = {name: ratio for name, a, b in RATIOS
@@ -265,8 +254,6 @@ class ClusterBench:
             self._on = None
 
     def bulk_create(self) -> None:
-        from .runner import Impl
-
         n = self.sizes.cluster_bulk
         rows = Dataset(n, prefix="c").rows
         warm = Dataset(20, prefix="warm").rows
@@ -303,8 +290,6 @@ class ClusterBench:
             "EVALSHA"])
 
     def sorted_filter(self) -> None:
-        from .runner import Impl
-
         s = self.sizes
         n = s.cluster_stored
         rows = Dataset(n).rows
