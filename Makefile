@@ -30,6 +30,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check popoto tasks workers ops tests
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(SERVER) $(BIN)/python -m ops.bench

@@ -18,7 +18,7 @@ import redis
 from popoto.engine import claims, scripts
 from popoto.engine.errors import translate_error
 from popoto.engine.io import run_async, run_inline_async
-from popoto.exceptions import ModelException, UniqueViolation
+from popoto.exceptions import ModelException
 from popoto.models import bulk
 from popoto.query.async_exec import fetch_async, keys_async, run_script_async
 from popoto.query.queryset import QuerySet
@@ -60,52 +60,6 @@ class AsyncModelMixin:
     async def async_delete(self, pipeline: Any = None) -> Any:
         """Async ``delete()``: True if the instance existed (the pipeline when one is given)."""
         return await run_async(self.delete_steps(pipeline))
-
-    @classmethod
-    async def async_create(cls, pipeline: Any = None, **kwargs: Any) -> Model:
-        """Async ``create()``: raises UniqueViolation if the key already exists."""
-        instance = cls(**kwargs)
-        await instance.async_save(pipeline=pipeline, _must_not_exist=True)
-        return instance
-
-    @classmethod
-    async def async_load(cls, db_key: str | None = None, **kwargs: Any) -> Model | None:
-        """Async ``load()`` by ``db_key`` or key field values (None if absent)."""
-        if db_key is not None:
-            return await cls.query.async_get(db_key=db_key)
-        return await cls.query.async_get(**kwargs)
-
-    @classmethod
-    async def async_get_or_create(cls, defaults: dict[str, Any] | None = None,
-                                  **lookup: Any) -> tuple[Model, bool]:
-        """Async ``get_or_create()``; safe against a concurrent creator of the same key."""
-        found = await cls.query.async_get(**lookup)
-        if found is not None:
-            return found, False
-        try:
-            return await cls.async_create(**{**lookup, **(defaults or {})}), True
-        except UniqueViolation:
-            found = await cls.query.async_get(**lookup)
-            if found is None:
-                raise
-            return found, False
-
-    @classmethod
-    async def async_update_or_create(cls, defaults: dict[str, Any] | None = None,
-                                     **lookup: Any) -> tuple[Model, bool]:
-        """Async ``update_or_create()``."""
-        found = await cls.query.async_get(**lookup)
-        if found is None:
-            try:
-                return await cls.async_create(**{**lookup, **(defaults or {})}), True
-            except UniqueViolation:
-                found = await cls.query.async_get(**lookup)
-                if found is None:
-                    raise
-        for name, value in (defaults or {}).items():
-            setattr(found, name, value)
-        await found.async_save()
-        return found, False
 
     @classmethod
     async def async_bulk_create(cls, instances: Iterable[Model],
@@ -153,19 +107,9 @@ class AsyncModelMixin:
 
     @classmethod
     async def async_delete_all(cls, batch_size: int = 1000) -> int:
-        """Async ``delete_all()``: SSCAN of every group's class set, a batch at a time."""
+        """Async ``delete_all()``: the same steps as ``delete_all()``, awaited."""
         bulk.check_batch_size(cls, batch_size)
-        outcome = bulk.BulkOutcome(cls, "delete_all")
-        chunk: list[Any] = []
-        client = get_async_client()
-        for set_key in cls._meta.class_set_keys():
-            async for key in client.sscan_iter(set_key, count=batch_size):
-                chunk.append(key)
-                if len(chunk) >= batch_size:
-                    await _delete_keys(cls, chunk, outcome)
-                    chunk = []
-        if chunk:
-            await _delete_keys(cls, chunk, outcome)
+        outcome = await run_inline_async(bulk.delete_all_steps(cls, batch_size))
         outcome.finish()
         return outcome.count
 

@@ -26,13 +26,13 @@ from popoto.exceptions import (
     FieldUsageError,
     KeyMutationError,
     ModelException,
-    UniqueViolation,
 )
 from popoto.fields.decaying import DecayMethodsMixin
 from popoto.fields.field import Field
 from popoto.fields.shortcuts import AutoKeyField
 from popoto.models.async_ops import AsyncModelMixin
 from popoto.models.bulk import BulkMixin
+from popoto.models.crud import CrudMixin
 from popoto.models.maintenance import MaintenanceMixin
 from popoto.models.options import ModelOptions
 from popoto.query.queryset import Query
@@ -83,7 +83,7 @@ class ModelBase(type):
         return cls
 
 
-class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
+class Model(CrudMixin, BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
             metaclass=ModelBase):
     """Base class of every Popoto model: an instance is a Redis hash at ``Name:k1:k2``."""
 
@@ -424,53 +424,6 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         if released:  # a sharded model's claims live in other slots: release them now
             yield from claims.settle_steps(batch.key, [], released, batch.key)
         return existed
-
-    # --- class-level CRUD ----------------------------------------------
-    @classmethod
-    def create(cls, pipeline: Any = None, **kwargs: Any) -> Model:
-        """Create and save; raises UniqueViolation if the key already exists."""
-        instance = cls(**kwargs)
-        instance.save(pipeline=pipeline, _must_not_exist=True)
-        return instance
-
-    @classmethod
-    def load(cls, db_key: str | None = None, **kwargs: Any) -> Model | None:
-        """Load one instance by ``db_key`` or by its key field values (None if absent)."""
-        if db_key is not None:
-            return cls.query.get(db_key=db_key)
-        return cls.query.get(**kwargs)
-
-    @classmethod
-    def get_or_create(cls, defaults: dict[str, Any] | None = None,
-                      **lookup: Any) -> tuple[Model, bool]:
-        """Return ``(instance, created)``; safe against a concurrent creator of the same key."""
-        found = cls.query.get(**lookup)
-        if found is not None:
-            return found, False
-        try:
-            return cls.create(**{**lookup, **(defaults or {})}), True
-        except UniqueViolation:
-            found = cls.query.get(**lookup)
-            if found is None:
-                raise
-            return found, False
-
-    @classmethod
-    def update_or_create(cls, defaults: dict[str, Any] | None = None,
-                         **lookup: Any) -> tuple[Model, bool]:
-        """Update the matching instance with ``defaults`` or create it."""
-        found = cls.query.get(**lookup)
-        if found is None:
-            try:
-                return cls.create(**{**lookup, **(defaults or {})}), True
-            except UniqueViolation:
-                found = cls.query.get(**lookup)
-                if found is None:
-                    raise
-        for name, value in (defaults or {}).items():
-            setattr(found, name, value)
-        found.save()
-        return found, False
 
     # --- introspection -------------------------------------------------
     @classmethod

@@ -290,6 +290,24 @@ def delete_keys_steps(model: type[Model],
     return calls, (yield from chunk_steps(model, calls))
 
 
+def delete_all_steps(model: type[Model], batch_size: int) -> Steps[BulkOutcome]:
+    """``delete_all`` as steps: one SSCAN step of a class set, then the delete of what it
+    found, until every group's class set is walked (sync and async drive the same)."""
+    outcome = BulkOutcome(model, "delete_all")
+    for set_key in model._meta.class_set_keys():
+        cursor = 0
+        while True:
+            (reply,) = yield [("sscan", (set_key, cursor, None, batch_size))]
+            if isinstance(reply, Exception):
+                raise reply
+            cursor, found = int(reply[0]), list(reply[1])
+            if found:
+                outcome.settle(*(yield from delete_keys_steps(model, found)))
+            if cursor == 0:
+                break
+    return outcome
+
+
 def _delete_keys(model: type[Model], keys_: Sequence[Any], outcome: BulkOutcome) -> None:
     outcome.settle(*io.run_inline(delete_keys_steps(model, keys_)))
 
@@ -426,17 +444,7 @@ class BulkMixin:
         may survive.
         """
         check_batch_size(cls, batch_size)
-        client = get_client()
-        outcome = BulkOutcome(cls, "delete_all")
-        chunk: list[Any] = []
-        for set_key in cls._meta.class_set_keys():
-            for key in client.sscan_iter(set_key, count=batch_size):
-                chunk.append(key)
-                if len(chunk) >= batch_size:
-                    _delete_keys(cls, chunk, outcome)
-                    chunk = []
-        if chunk:
-            _delete_keys(cls, chunk, outcome)
+        outcome = io.run_inline(delete_all_steps(cls, batch_size))  # type: ignore[arg-type]
         outcome.finish()
         return outcome.count
 
