@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-import redis
 
-from popoto.engine import claims, scripts
-from popoto.engine.errors import translate_error
 from popoto.engine.io import run_async, run_inline_async
 from popoto.exceptions import ModelException
 from popoto.models import bulk
-from popoto.query.async_exec import fetch_async, keys_async, run_script_async
+from popoto.query.async_exec import fetch_async, keys_async
 from popoto.query.queryset import QuerySet
-from popoto.redis_db import get_async_client
 
 if TYPE_CHECKING:
     from popoto.models.base import Model
@@ -112,51 +107,3 @@ class AsyncModelMixin:
         outcome = await run_inline_async(bulk.delete_all_steps(cls, batch_size))
         outcome.finish()
         return outcome.count
-
-    async def async_atomic_increment(self, field_name: str,
-                                     delta: int | float | Decimal = 1) -> Any:
-        """Async ``atomic_increment()`` (same script, same exactness, same errors)."""
-        field, step, key, scripted = bulk.prepare_increment(self, field_name, delta, None)
-        if scripted:
-            try:
-                reply = await run_script_async(bulk.INCREMENT,
-                                               *bulk.increment_call(self, field, step))
-            except redis.exceptions.ResponseError as exc:
-                raise bulk.increment_error(field, key, delta, exc) from None
-            value = bulk.parse_increment_reply(field, reply)
-        else:
-            value = await self._async_increment_watched(field, step)
-        bulk.remember_increment(self, field, value)
-        return value
-
-    async def _async_increment_watched(self, field: Any, delta: Any) -> Any:
-        """Async twin of ``_increment_watched`` (WATCH/MULTI in one tag group)."""
-        model = type(self)
-        key = self._redis_key
-        client = get_async_client()
-        async with client.pipeline(transaction=True) as pipe:
-            while True:
-                await pipe.watch(key)
-                value, batch = bulk.watched_increment(model, field, key,
-                                                      await pipe.hgetall(key), delta)
-                acquired = await run_async(bulk.claims_before_steps(model, batch, key))
-                try:
-                    pipe.multi()
-                    save = scripts.SAVE.command(*batch.save_args(acquired.deadline))
-                    bulk.queue_commands(pipe, [save])
-                    (reply,) = await pipe.execute()
-                except redis.exceptions.WatchError:
-                    await run_async(claims.rollback_steps(key, acquired.pending))
-                    continue
-                except redis.exceptions.NoScriptError:
-                    await run_async(claims.rollback_steps(key, acquired.pending))
-                    await client.script_load(scripts.SAVE.body)
-                    continue
-                except redis.exceptions.ResponseError as exc:
-                    await run_async(claims.rollback_steps(key, acquired.pending))
-                    raise translate_error(model, exc, batch) from None
-                except BaseException:
-                    await run_async(claims.rollback_steps(key, acquired.pending))
-                    raise
-                await run_async(bulk.claims_after_steps(batch, acquired, reply, key))
-                return value

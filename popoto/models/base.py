@@ -32,10 +32,11 @@ from popoto.fields.field import Field
 from popoto.fields.shortcuts import AutoKeyField
 from popoto.models.async_ops import AsyncModelMixin
 from popoto.models.bulk import BulkMixin
+from popoto.models.counters import CounterMixin
 from popoto.models.crud import CrudMixin
 from popoto.models.maintenance import MaintenanceMixin
 from popoto.models.options import ModelOptions
-from popoto.query.queryset import Query
+from popoto.query.manager import Query
 
 logger = logging.getLogger("popoto.models")
 
@@ -83,8 +84,8 @@ class ModelBase(type):
         return cls
 
 
-class Model(CrudMixin, BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
-            metaclass=ModelBase):
+class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixin,
+            DecayMethodsMixin, metaclass=ModelBase):
     """Base class of every Popoto model: an instance is a Redis hash at ``Name:k1:k2``."""
 
     _meta: ClassVar[ModelOptions]

@@ -26,7 +26,7 @@ from popoto import (
     keys,
 )
 from popoto.engine import io
-from popoto.models import bulk
+from popoto.models import counters
 from tests.helpers import count_round_trips
 
 CTX = multiprocessing.get_context("spawn")
@@ -285,7 +285,7 @@ def test_scripted_increment_keys_stay_in_the_instance_group(r):
     """The increment script's keys are all in the instance's slot; scores follow in its group."""
     tally = Tally.create(name="t")
     for name in ("count", "cents"):
-        call_keys, _args = bulk.increment_call(tally, Tally._meta.fields[name], 1)
+        call_keys, _args = counters.increment_call(tally, Tally._meta.fields[name], 1)
         assert len(call_keys) == 2 and "" not in call_keys
         assert {keys.key_slot(k) for k in call_keys} == {keys.key_slot(tally.db_key)}
     assert tally.atomic_increment("count", 5) == 5
