@@ -11,6 +11,8 @@ import os
 import time
 from decimal import Decimal
 
+import redis
+
 import popoto
 from popoto import (
     DecayingSortedField,
@@ -73,13 +75,30 @@ def show(label: str, value: object) -> None:
 
 
 def main() -> int:
+    client = connect()
+    create_and_save()
+    book = load_and_query()
+    geo()
+    update_and_delete(book)
+    index_health(client)
+    behaviours()
+
+    section("Done")
+    show("keys in Redis", sorted(k.decode() for k in client.scan_iter(count=1000))[:6] + ["..."])
+    return 0
+
+
+def connect() -> redis.Redis:
     popoto.configure(url=os.environ.get("REDIS_URL"))
     client = get_client()
     client.flushdb()
     info = client.info("server")
     section("Connected")
     show("redis version", info["redis_version"])
+    return client
 
+
+def create_and_save() -> None:
     section("Create and save")
     Author.create(handle="ursula", name="Ursula K. Le Guin", email="ukl@example.org")
     Author.create(handle="terry", name="Terry Pratchett", email="tp@example.org")
@@ -97,6 +116,9 @@ def main() -> int:
     show("books saved", Book.query.count())
     show("a book's Redis key", Book.query.get(isbn="978-0552166591").db_key)
 
+
+def load_and_query() -> Book:
+    """The Load, Filter and Relationships sections; returns the loaded book."""
     section("Load")
     book = Book.query.get(isbn="978-0441478125")
     show("get(isbn=...)", f"{book.title!r} rating={book.rating} price={book.price!r}")
@@ -119,7 +141,10 @@ def main() -> int:
     show("to_dict(relationships=True)",
          Book.query.get(isbn="978-0441478125").to_dict(include=["title", "author"],
                                                          relationships=True))
+    return book
 
+
+def geo() -> None:
     section("Geo")
     for name, lat, lon in (("louvre", 48.8606, 2.3376), ("orsay", 48.8600, 2.3266),
                            ("bastille", 48.8532, 2.3692), ("versailles", 48.8049, 2.1204)):
@@ -129,6 +154,9 @@ def main() -> int:
     show("within 4 km of the Eiffel tower", [f"{s.name} {s.location_distance:.2f} km"
                                              for s in near])
 
+
+def update_and_delete(book: Book) -> None:
+    """The Update, Uniqueness and Delete sections."""
     section("Update")
     book.rating = 4.9
     book.save(update_fields=["rating"])
@@ -146,6 +174,8 @@ def main() -> int:
     show("books left", Book.query.count())
     show("fantasy index now holds", Book.query.count(genre="fantasy"))
 
+
+def index_health(client: redis.Redis) -> None:
     section("Index health: check, break, repair")
     show("check_indexes()['total'] (healthy)", Book.check_indexes()["total"])
     client.srem("$IndexF:Book:genre:scifi", "Book:978-0061054884")   # lose an entry
@@ -158,12 +188,6 @@ def main() -> int:
     show("rebuild_indexes() rewrote", Book.rebuild_indexes())
     show("check_indexes()['total'] (repaired)", Book.check_indexes()["total"])
     show("scifi books again", Book.query.count(genre="scifi"))
-
-    behaviours()
-
-    section("Done")
-    show("keys in Redis", sorted(k.decode() for k in client.scan_iter(count=1000))[:6] + ["..."])
-    return 0
 
 
 def behaviours() -> None:
