@@ -16,6 +16,7 @@ real clients.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import os
 import threading
@@ -197,8 +198,6 @@ def get_async_client() -> redis.asyncio.Redis:
     cannot wait, so it admits at most :data:`ASYNC_CLUSTER_CONCURRENCY` commands
     or pipelines at a time instead).
     """
-    import asyncio
-
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:

@@ -51,10 +51,12 @@ import redis
 import redis.cluster
 import structlog
 
+from popoto.protocol import text as _text
 from popoto.redis_db import get_client
 
 from .events import Event, MalformedEntry
-from .registry import HandlerRegistry, registry as default_registry
+from .registry import HandlerRegistry
+from .registry import registry as default_registry
 from .streams import dead_letter, stream_keys, trim_acknowledged
 
 log = structlog.stdlib.get_logger("popoto.workers")
@@ -81,10 +83,6 @@ class ConsumerStats:
 
     def as_dict(self) -> dict[str, int]:
         return {**asdict(self), "processed": self.processed}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 Entries = list[tuple[str, dict[Any, Any]]]

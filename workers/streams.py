@@ -21,8 +21,12 @@ from typing import Any
 import redis
 import structlog
 
-from popoto.keys import SEP, escape
+from popoto.behaviours import EventStreamMixin
 from popoto.engine.scripts import LuaScript
+from popoto.keys import SEP, escape
+from popoto.protocol import text as _text
+from popoto.redis_db import is_cluster
+from popoto.registry import all_models
 
 from .events import DEAD_LETTER_FIELDS, ORIGIN_FIELD
 
@@ -58,10 +62,6 @@ def stream_keys(name: str, partition: Any = None) -> list[str]:
     """
     if name.startswith(STREAM_PREFIX) and partition is None:
         return [name]
-    from popoto.behaviours import EventStreamMixin
-    from popoto.registry import all_models
-    from popoto.redis_db import is_cluster
-
     plain = stream_key(name, partition)
     found = {key for model in all_models()
              if issubclass(model, EventStreamMixin) and model._stream_name == name
@@ -80,16 +80,10 @@ def dead_letter_key(stream: str) -> str:
     key without one (``stream:<name>``) gets ``dead:{stream:<name>}``, whose tag
     hashes to that stream's own slot.
     """
-    from popoto.redis_db import is_cluster
-
     key = stream_key(stream)
     if "{" in key or not is_cluster():
         return DEAD_PREFIX + key
     return DEAD_PREFIX + "{" + key + "}"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # KEYS[1] stream; ARGV[1] '~' or '='. Trims entries that every group has acknowledged:

@@ -53,6 +53,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from popoto import keys
@@ -167,8 +168,6 @@ class EventStreamMixin:
 
     # --- behaviour hooks ---------------------------------------------------
     def _xadd_mutation(self, batch: WriteBatch, op: str, changed: list[str]) -> None:
-        import time
-
         cls = type(self)
         cls._check_stream_fields()
         partition = getattr(self, cls._stream_partition_field) \

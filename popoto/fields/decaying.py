@@ -39,6 +39,8 @@ import datetime as _dt
 import time
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from popoto import encoding, keys
 from popoto.encoding import is_finite_number as _number
 from popoto.engine import scripts
@@ -430,8 +432,6 @@ class DecayMethodsMixin:
 
     def _run_state_script(self, script: scripts.LuaScript, keys_: list[str], args: list[Any],
                           pipeline: Any) -> Any:
-        import redis
-
         client = get_client()
         if pipeline is not None:
             script.queue(pipeline, client, keys_, args)
