@@ -79,8 +79,10 @@ local cur = redis.call('HGET', h, f)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local holder, deadline = cur, nil
-if cur and string.sub(cur, 1, 1) == '~' then
-  local d, who = string.match(cur, '^~(%d+)~(.*)$')
+local body = cur
+if body and string.sub(body, 1, 1) == '!' then body = string.sub(body, 2) end
+if body and string.sub(body, 1, 1) == '~' then
+  local d, who = string.match(body, '^~(%d+)~(.*)$')
   deadline, holder = tonumber(d), who
 end
 if (not cur) or holder == me or holder == alias or cur == expected then
@@ -93,15 +95,43 @@ return {'HELD', cur, 0}
 """
 
 # KEYS: claim hash; ARGV: field, expected value, new value ('' deletes)
+# -> 1 done | 2 the expected pending value was marked released ('!' prefix): left as is
+#   | 0 anything else
 SETTLE_LUA = r"""
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur ~= ARGV[2] then
+  if cur and cur == '!' .. ARGV[2] then return 2 end
+  return 0
+end
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
 else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1
 """
 
+# KEYS: claim hash; ARGV: field, holder. Releases a claim the holder's write dropped:
+# held plainly -> deleted (1); pending for the same holder, i.e. another save of that
+# instance in flight -> marked released with a '!' prefix (2), so that save's confirm
+# asks the record before making it permanent; anything else untouched (0).
+RELEASE_LUA = r"""
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+if cur == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+local _, who = string.match(cur, '^~(%d+)~(.*)$')
+if who == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], '!' .. cur)
+  return 2
+end
+return 0
+"""
+
 CLAIM = LuaScript("claim", CLAIM_LUA)
 SETTLE = LuaScript("settle", SETTLE_LUA)
+RELEASE = LuaScript("release", RELEASE_LUA)
+#: prefix of a pending claim value that another save of its holder released meanwhile
+RELEASED_MARK = "!"
 
 
 class Policy(enum.Enum):
@@ -137,8 +167,9 @@ class Acquired:
 
 
 def parse_claim(value: str) -> tuple[str, int | None]:
-    """``(holder key, lease deadline ms or None)`` of a claim value (plain or pending)."""
-    match = _PENDING_RE.match(value)
+    """``(holder key, lease deadline ms or None)`` of a claim value: plain, pending
+    (``~deadline~key``) or pending and marked released (``!~deadline~key``)."""
+    match = _PENDING_RE.match(value.removeprefix(RELEASED_MARK))
     if match:
         return match.group(2), int(match.group(1))
     return value, None
@@ -278,18 +309,29 @@ def rollback_steps(me: str, pending: list[Pending]) -> Steps[None]:
     A previous value that is a pending claim of our own key belongs to a concurrent
     writer of the same instance, which may have written meanwhile and failed to settle
     (its compare-and-set saw our value): the plain key goes back instead, never a
-    pending claim nobody settles (at worst a stale claim the next claimant proves stale).
+    pending claim nobody settles, and ``me``'s record then decides whether it stays;
+    so it does for a pending claim of ours marked released (:func:`resolve_marked_steps`).
     """
     if not pending:
         return
+    restore = [me if _own_pending(p.previous, me) else p.previous for p in pending]
     try:
-        yield [SETTLE.command([p.claim.hash_key], [
-            p.claim.field, p.value,
-            me if p.previous.startswith("~") and holder_of(p.previous) == me else p.previous])
-            for p in pending]
+        replies = yield [SETTLE.command([p.claim.hash_key], [p.claim.field, p.value, value])
+                         for p, value in zip(pending, restore)]
+        restored = [(p.claim, me) for p, value, done in zip(pending, restore, replies)
+                    if done == 1 and value == me and p.previous != me]
+        yield from _release_unlisted_steps(me, restored)
+        yield from resolve_marked_steps(me, [p for p, done in zip(pending, replies)
+                                             if done == 2])
     except redis.exceptions.RedisError as exc:
         logger.warning("could not roll back %d pending unique claims of %s (%s): they "
                        "expire with their lease", len(pending), me, exc)
+
+
+def _own_pending(value: str, me: str) -> bool:
+    """True for a pending claim value (marked released or not) held for ``me``."""
+    holder, deadline = parse_claim(value)
+    return deadline is not None and holder == me
 
 
 def released_pairs(reply: Any) -> list[tuple[str, str]]:
@@ -300,12 +342,49 @@ def released_pairs(reply: Any) -> list[tuple[str, str]]:
 
 def settle_steps(me: str, pending: list[Pending], released: list[tuple[str, str]],
                  released_holder: str) -> Steps[None]:
-    """Phase 4: confirm pending claims (pending -> ``me``); release the claims the write
-    dropped (compare-and-set on ``released_holder``)."""
+    """Phase 4, one round trip: confirm pending claims (pending -> ``me``); release the
+    claims the write dropped (RELEASE of ``released_holder``'s claim).
+
+    A pending claim found marked released was dropped by another save of the same
+    instance that wrote after ours: the record decides (:func:`resolve_marked_steps`).
+    """
     cmds = [SETTLE.command([p.claim.hash_key], [p.claim.field, p.value, me]) for p in pending]
-    cmds += [SETTLE.command([h], [f, released_holder, ""]) for h, f in released]
-    if cmds:
-        yield cmds
+    cmds += [RELEASE.command([h], [f, released_holder]) for h, f in released]
+    if not cmds:
+        return
+    replies = yield cmds
+    yield from resolve_marked_steps(me, [p for p, done in zip(pending, replies) if done == 2])
+
+
+def resolve_marked_steps(me: str, marked: list[Pending]) -> Steps[None]:
+    """Settle pending claims of ``me`` that a later save of ``me`` marked released.
+
+    That save found our claim still pending when its write dropped the value;
+    ``me``'s record, read now, says whether the value is still ``me``'s (a third
+    save may have written it again): listed -> confirmed; not listed -> removed,
+    with the ABA re-check of :func:`release_stale_steps`. Never reached when no
+    two saves of one instance overlap.
+    """
+    if not marked:
+        return
+    records = yield _record_reads([(p.claim, me) for p in marked])
+    keep = [p for p, record in zip(marked, records) if lists_claim(record, me, p.claim)]
+    if keep:
+        yield [SETTLE.command([p.claim.hash_key],
+                              [p.claim.field, RELEASED_MARK + p.value, me]) for p in keep]
+    drop = [(p.claim, RELEASED_MARK + p.value) for p in marked if p not in keep]
+    if drop:
+        yield from release_stale_steps(drop, lambda _key: True)
+
+
+def _release_unlisted_steps(me: str, rows: list[tuple[Claim, str]]) -> Steps[None]:
+    """Release the claims ``(claim, me)`` just set to ``me`` that its record does not list."""
+    if not rows:
+        return
+    records = yield _record_reads(rows)
+    stale = [row for row, record in zip(rows, records) if not lists_claim(record, me, row[0])]
+    if stale:
+        yield from release_stale_steps(stale, lambda _key: True)
 
 
 def claimed_save_steps(model: type, batch: WriteBatch, alias: str,
@@ -336,22 +415,21 @@ def released_after_delete(reply: Any) -> tuple[bool, list[tuple[str, str]]]:
     return bool(reply), []
 
 
-def release_stale_steps(model: type, hash_key: str, owner: str, rows: list[tuple[str, str]],
-                        is_instance_key: Any) -> Steps[int]:
-    """Cleaning: remove claims ``(field, value)`` of ``hash_key`` whose holder's record does
-    not list them (compare-and-set on the value seen), then give back any whose holder
-    saved the same value again meanwhile (ABA re-check). The caller leaves claims pending
-    inside their lease out of ``rows``. Returns how many were removed."""
-    candidates = [(Claim(owner, hash_key, f, f), v) for f, v in rows]
-    live = [(c, v) for c, v in candidates if is_instance_key(holder_of(v))]
+def release_stale_steps(rows: list[tuple[Claim, str]], is_instance_key: Any,
+                        model: type | None = None) -> Steps[int]:
+    """Remove claims (each ``(claim, value seen)``) whose holder's record does not list
+    them: compare-and-set on the value seen, then give back any whose holder saved the
+    same value again meanwhile (ABA re-check). Claims pending inside their lease are
+    the caller's to leave out. Returns how many were removed."""
+    live = [(c, v) for c, v in rows if is_instance_key(holder_of(v))]
     records = (yield _record_reads(live)) if live else []
     listed = {(c, v) for (c, v), record in zip(live, records)
               if lists_claim(record, holder_of(v), c)}
-    stale = [(c, v) for c, v in candidates if (c, v) not in listed]
+    stale = [(c, v) for c, v in rows if (c, v) not in listed]
     if not stale:
         return 0
-    replies = yield [SETTLE.command([hash_key], [c.field, v, ""]) for c, v in stale]
-    removed = [(c, v) for (c, v), done in zip(stale, replies) if int(done)]
+    replies = yield [SETTLE.command([c.hash_key], [c.field, v, ""]) for c, v in stale]
+    removed = [(c, v) for (c, v), done in zip(stale, replies) if done == 1]
     again = [(c, v) for c, v in removed if is_instance_key(holder_of(v))]
     if not again:
         return len(removed)
@@ -360,13 +438,13 @@ def release_stale_steps(model: type, hash_key: str, owner: str, rows: list[tuple
             if lists_claim(record, holder_of(v), c)]
     if not back:
         return len(removed)
-    restored = yield [("hsetnx", (hash_key, c.field, holder)) for c, holder in back]
-    lost = [holder for (_c, holder), ok in zip(back, restored) if not ok]
+    restored = yield [("hsetnx", (c.hash_key, c.field, holder)) for c, holder in back]
+    lost = [f"{holder} ({c.label})" for (c, holder), ok in zip(back, restored) if not ok]
     if lost:
-        logger.error("%s: unique claims of %s in %s were taken by another writer while being "
-                     "restored; check_indexes reports the duplicate", model.__name__, lost,
-                     hash_key)
-    return len(removed) - sum(int(ok) for ok in restored)
+        logger.error("%s: unique claims of %s were taken by another writer while being "
+                     "restored; check_indexes reports the duplicate",
+                     model.__name__ if model else "popoto", ", ".join(lost))
+    return len(removed) - sum(1 for ok in restored if ok == 1)
 
 
 def check_pipeline(model: type, batch: WriteBatch, pipeline: Any) -> None:

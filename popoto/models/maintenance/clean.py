@@ -15,6 +15,7 @@ import redis
 
 from popoto.engine import claims, io, scripts
 from popoto.engine.claims import LEASE_MARGIN_MS, parse_claim
+from popoto.engine.write import Claim
 from popoto.exceptions import ModelException
 from popoto.models.maintenance.keyspace import _ns, _scan_step, group_client, server_time_ms
 from popoto.protocol import text as _s
@@ -139,8 +140,8 @@ class CleanMixin:
         now = server_time_ms(group_client(cls._index_group(index_key)))
         settled = [(f, v) for f, v in rows
                    if (deadline := parse_claim(v)[1]) is None or deadline + LEASE_MARGIN_MS <= now]
-        removed = io.run_inline(claims.release_stale_steps(cls, index_key, owner, settled,
-                                                           cls._is_instance_key))
+        rows = [(Claim(owner, index_key, f, f), v) for f, v in settled]
+        removed = io.run_inline(claims.release_stale_steps(rows, cls._is_instance_key, cls))
         return int(cursor), removed
 
     @classmethod
