@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 CLUSTER_TESTS := tests/models tests/query tests/fields tests/behaviours tests/test_keys.py \
 	tests/test_encoding.py
 
-.PHONY: venv demo test lint bench run clean
+.PHONY: venv demo test test-fast lint bench run clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	POPOTO_TEST_CLUSTER=1 $(BIN)/python -m pytest $(CLUSTER_TESTS) $(PYTEST_ARGS)
+
+# the standalone run without the tests marked slow (property test, large rebuilds,
+# multi-process races, fault injection); `make test` still runs everything
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check popoto tasks workers ops tests

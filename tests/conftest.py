@@ -5,7 +5,10 @@
 * ``REDIS_URL`` set: that server is used, on db 15 (or ``POPOTO_TEST_DB``). Since we
   did not start that server, flushing its db 0 is refused.
 
-Every test starts with an empty test database (``clean_db`` is autouse).
+Every test starts with an empty test database (``clean_db`` is autouse), except
+the I/O-free engine tests under ``tests/engine``: their conftest overrides
+``clean_db`` with a no-op, so they run (and pass) with no server at all. They are
+marked ``no_redis`` (``pytest -m no_redis`` selects them).
 
 Cluster mode: with ``POPOTO_TEST_CLUSTER=1`` the session runs on a local
 3-master Redis Cluster (``popoto.testing.cluster.EmbeddedCluster``) with
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -33,13 +37,25 @@ from popoto.testing.server import EmbeddedRedis
 CLUSTER_RUN = os.environ.get("POPOTO_TEST_CLUSTER", "").lower() in ("1", "true", "yes")
 
 
+NO_REDIS_DIR = Path(__file__).parent / "engine"  # I/O-free engine tests: never a server
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "standalone_only: needs a standalone server (unsharded key layout, several "
         "databases, Celery on the same server); deselected in the cluster run")
+    config.addinivalue_line(
+        "markers", "no_redis: runs without any Redis server (set on every test under "
+        "tests/engine, whose conftest drops the database cleaning)")
+    config.addinivalue_line(
+        "markers", "slow: takes seconds (property tests, large rebuilds, multi-process "
+        "races); `make test-fast` deselects them")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if NO_REDIS_DIR in item.path.parents:
+            item.add_marker(pytest.mark.no_redis)
     if not CLUSTER_RUN:
         return
     keep = [i for i in items if i.get_closest_marker("standalone_only") is None]
@@ -154,7 +170,7 @@ def _flush_client(redis_server: RedisServerInfo) -> Iterator[redis.Redis]:
 
 @pytest.fixture(autouse=True)
 def clean_db(redis_server: RedisServerInfo, _flush_client: redis.Redis) -> None:
-    """Empty the test database before each test."""
+    """Empty the test database before each test (tests/engine overrides it: no server)."""
     _refuse_unsafe_flush(redis_server)
     if redis_server.cluster is not None:
         redis_server.cluster.flushall()

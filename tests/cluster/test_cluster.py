@@ -90,6 +90,7 @@ def _share_per_master(cluster: EmbeddedCluster, model: type[Model]) -> dict[int,
     return {port: per_node[port] / total for port in (n.port for n in cluster.masters())}
 
 
+@pytest.mark.slow
 def test_30k_objects_in_16_groups_spread_over_three_masters(cluster_mode, capsys):
     """shards=16, 30,000 objects: every master holds 20-47% of them (keys too); queries,
     unique checks and increments give the answers a single server gives."""
@@ -166,6 +167,7 @@ def _wait_replicated(cluster: EmbeddedCluster, timeout: float = 10.0) -> None:
     raise AssertionError(f"replicas of {lagging} did not catch up")
 
 
+@pytest.mark.slow
 def test_failover_keeps_committed_writes_and_writes_resume(redis_server, capsys):
     """3 masters + 3 replicas: stop the master of a group, a replica is promoted; every
     object written (and replicated) before is still there, indexes agree, and saves to that

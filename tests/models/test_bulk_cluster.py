@@ -158,6 +158,7 @@ def _increment_worker(url, barrier, n, out):
     out.put("done")
 
 
+@pytest.mark.slow
 def test_4_processes_increment_one_member_on_a_cluster(cluster_mode):
     """4 processes x 100 increments (plus contended unique increments) -> exact totals."""
     Member.create(handle="t", badge=0)

@@ -328,6 +328,7 @@ def _increment_worker(url, cluster, barrier, n, out):
     out.put("done")
 
 
+@pytest.mark.slow
 def test_8_processes_x_200_increments_on_a_sharded_model(redis_url, r):
     """8 processes x 200 increments -> exactly 1600; the contended increments of a unique
     field (WATCH/MULTI plus claims) are exact and leave every old value free."""

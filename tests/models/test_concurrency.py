@@ -8,6 +8,8 @@ import multiprocessing
 import time
 from decimal import Decimal
 
+import pytest
+
 import popoto
 from popoto import (
     BulkWriteError,
@@ -118,6 +120,7 @@ def _run_processes(target, n, args_for):
     return results
 
 
+@pytest.mark.slow
 def test_16_processes_x_500_increments_lose_nothing(redis_url, r):
     """16 processes x 500 increments of 1 -> exactly 8000 (score too); Decimal sum exact."""
     Tally.create(name="t")
@@ -134,6 +137,7 @@ def test_16_processes_x_500_increments_lose_nothing(redis_url, r):
     assert elapsed < 20
 
 
+@pytest.mark.slow
 def test_8_processes_race_for_unique_values(redis_url, r):
     """Of 8 processes creating the same unique value/key/composite, exactly one wins."""
     url = worker_url(redis_url)

@@ -407,6 +407,7 @@ def test_reindex_never_undoes_concurrent_saves():
     assert Counter.check_indexes()["total"] == 0
 
 
+@pytest.mark.slow
 def test_queries_stay_correct_during_rebuild_of_20k_objects(r):
     """A rebuild repairs in place: queries on 20k objects keep answering right while it runs."""
     n = 20_000

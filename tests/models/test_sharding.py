@@ -317,6 +317,7 @@ def _race_worker(url, barrier, me, out):
         out.put(f"error {type(exc).__name__}: {exc}")
 
 
+@pytest.mark.slow
 def test_8_processes_race_for_one_unique_value_across_groups(redis_url):
     """8 processes creating instances in different groups with one unique value: one wins."""
     barrier = CTX.Barrier(8)

@@ -103,6 +103,7 @@ def test_raw_reads_return_what_popoto_reads(r):
     assert raw.count() == BenchItem.query.count() == 1000
 
 
+@pytest.mark.slow
 def test_quick_run_writes_results_json(tmp_path, redis_url, monkeypatch, capsys):
     """A --quick --scale --no-cluster run times raw and popoto per scenario, writes JSON,
     prints a table."""

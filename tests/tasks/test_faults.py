@@ -54,6 +54,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.slow
 def test_kill_9_worker_mid_rebuild_then_new_worker_completes(
         r: redis.Redis, celery_app: Any, subprocess_env: dict[str, str]) -> None:
     """kill -9 of a worker mid-rebuild: a new worker gets the lost chunks, the job finishes."""
@@ -125,6 +126,7 @@ def data_server() -> Iterator[StoppableRedis]:
         shutil.rmtree(server.workdir, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_data_redis_stopped_mid_task_retries_with_backoff_and_succeeds(
         data_server: StoppableRedis, celery_app: Any, subprocess_env: dict[str, str]) -> None:
     """Data Redis down for ~3 s mid-rebuild: tasks retry with back-off, the job completes."""
@@ -157,6 +159,7 @@ def test_data_redis_stopped_mid_task_retries_with_backoff_and_succeeds(
     assert done_after_retry  # the same task succeeded on a later attempt
 
 
+@pytest.mark.slow
 def test_beat_schedules_the_ttl_cleanup_that_removes_expired_entries(
         r: redis.Redis, celery_app: Any, subprocess_env: dict[str, str]) -> None:
     """celery beat + a worker: entries of expired instances disappear without anyone asking."""

@@ -145,6 +145,7 @@ def test_wait_for_failover_rejects_running_master(cluster: EmbeddedCluster) -> N
         cluster.wait_for_failover(cluster.masters()[0], timeout=1)
 
 
+@pytest.mark.slow
 def test_failover_loses_no_replicated_keys() -> None:
     """Killing a master with a synced replica: the replica takes its slots, all keys survive."""
     with _start_or_skip(EmbeddedCluster(masters=3, replicas_per_master=1)) as cluster:
