@@ -14,6 +14,7 @@ from popoto.engine.claims import (
     LEASE_MS,
     MAX_TAKEOVERS,
     REINDEX,
+    RELEASE,
     SAVE,
     SETTLE,
     Acquired,
@@ -25,12 +26,13 @@ from popoto.engine.claims import (
     parse_claim,
     release_stale_steps,
     released_after_delete,
+    resolve_marked_steps,
     rollback_steps,
     settle_steps,
 )
 from popoto.engine.errors import translate_error
 from popoto.engine.write import CLAIM as CLAIM_KIND
-from popoto.engine.write import SET, WriteBatch, pack_record
+from popoto.engine.write import SET, Claim, WriteBatch, pack_record
 from popoto.exceptions import ModelException, UniqueViolation
 from tests.engine.driver import drive
 
@@ -73,6 +75,11 @@ def held(holder: str) -> list:
 
 def busy(holder: str, deadline: int = T) -> list:
     return [b"BUSY", holder.encode(), str(deadline).encode()]
+
+
+def email_rows(rows: list[tuple[str, str]]) -> list[tuple[Claim, str]]:
+    """Cleaning rows of the email claim hash: (claim, value seen)."""
+    return [(Claim("email", EMAIL_HASH, f, f), v) for f, v in rows]
 
 
 def record_listing(claim, holder: str = X, *more) -> bytes:
@@ -313,11 +320,25 @@ def test_rollback_restores_previous_values():
 
 def test_rollback_never_restores_our_own_pending_claim():
     """A previous value that is OUR pending claim (a concurrent save of the same instance)
-    goes back as the plain key, never as a pending value nobody would settle."""
+    goes back as the plain key, never as a pending value nobody would settle; the
+    instance's record, read next, keeps it when it lists the value."""
     b = batch("email")
     (email,) = b.claims
-    run = drive(rollback_steps(ME, [Pending(email, f"~{T}~{ME}", f"~{T - 9}~{ME}")]), [[1]])
-    assert run.steps == [[settle_cmd(email, f"~{T}~{ME}", ME)]]
+    run = drive(rollback_steps(ME, [Pending(email, f"~{T}~{ME}", f"~{T - 9}~{ME}")]),
+                [[1], [record_listing(email, ME)]])
+    assert run.steps == [[settle_cmd(email, f"~{T}~{ME}", ME)],
+                         [("hget", (ME, "@idx:email"))]]
+
+
+def test_rollback_releases_a_restored_key_its_record_does_not_list():
+    """The plain key restored in place of our own pending claim goes again when the
+    instance's record does not list the value (compare-and-set on the key, ABA re-read)."""
+    b = batch("email")
+    (email,) = b.claims
+    run = drive(rollback_steps(ME, [Pending(email, f"~{T}~{ME}", f"!~{T - 9}~{ME}")]),
+                [[1], [None], [None], [1], [None]])
+    assert run.steps[1] == [("hget", (ME, "@idx:email"))]
+    assert run.steps[3] == [settle_cmd(email, ME, "")]
 
 
 def test_rollback_of_nothing_sends_nothing():
@@ -332,8 +353,30 @@ def test_settle_confirms_pending_and_releases_dropped_claims():
     run = drive(settle_steps(ME, [Pending(email, f"~{T}~{ME}", "")],
                              [(HANDLE_HASH, "bob")], ALIAS), [[1, 1]])
     assert run.steps == [[settle_cmd(email, f"~{T}~{ME}", ME),
-                          SETTLE.command([HANDLE_HASH], ["bob", ALIAS, ""])]]
+                          RELEASE.command([HANDLE_HASH], ["bob", ALIAS])]]
     assert drive(settle_steps(ME, [], [], ME), []).steps == []
+
+
+def test_a_confirm_of_a_claim_marked_released_asks_the_record():
+    """SETTLE answers 2 when another save of the instance marked our pending claim released:
+    the record decides; listed -> confirmed from the marked value."""
+    b = batch("email")
+    (email,) = b.claims
+    pending = Pending(email, f"~{T}~{ME}", "")
+    run = drive(settle_steps(ME, [pending], [], ME), [[2], [record_listing(email, ME)], [1]])
+    assert run.steps[1] == [("hget", (ME, "@idx:email"))]
+    assert run.steps[2] == [settle_cmd(email, f"!~{T}~{ME}", ME)]
+
+
+def test_a_claim_marked_released_and_unlisted_is_removed():
+    """resolve_marked_steps: the record does not list the value -> the marked claim is
+    removed by compare-and-set on the marked value, then re-checked (ABA)."""
+    b = batch("email")
+    (email,) = b.claims
+    pending = Pending(email, f"~{T}~{ME}", "")
+    run = drive(resolve_marked_steps(ME, [pending]), [[None], [None], [1], [None]])
+    assert run.steps[2] == [settle_cmd(email, f"!~{T}~{ME}", "")]
+    assert run.steps[3] == [("hget", (ME, "@idx:email"))]
 
 
 def test_claimed_save_runs_claim_save_settle_in_three_round_trips():
@@ -347,7 +390,7 @@ def test_claimed_save_runs_claim_save_settle_in_three_round_trips():
     assert save_cmd[0] == "evalsha" and save_cmd[1][0] == scripts.SAVE.sha
     assert f"X{T - LEASE_MARGIN_MS}" in save_cmd[1]
     assert run.steps[2] == [settle_cmd(email, f"~{T}~{ME}", ME),
-                            SETTLE.command([HANDLE_HASH], ["bob", ME, ""])]
+                            RELEASE.command([HANDLE_HASH], ["bob", ME])]
 
 
 def test_claimed_save_lease_error_rolls_back_and_translates():
@@ -374,8 +417,7 @@ def test_release_stale_removes_unlisted_claims_and_keeps_live_ones():
     on the value seen; a non-instance holder is stale without a record read."""
     live_claim = batch("email").claims[0]
     rows = [("a@b.c", X), ("b@b.c", "M:gone"), ("c@b.c", "junk")]
-    run = drive(release_stale_steps(M, EMAIL_HASH, "email", rows,
-                                    lambda k: k.startswith("M:")),
+    run = drive(release_stale_steps(email_rows(rows), lambda k: k.startswith("M:")),
                 [[record_listing(live_claim), None], [1, 1], [None]])
     assert run.steps[0] == [("hget", (X, "@idx:email")), ("hget", ("M:gone", "@idx:email"))]
     assert run.steps[1] == [SETTLE.command([EMAIL_HASH], ["b@b.c", "M:gone", ""]),
@@ -387,8 +429,7 @@ def test_release_stale_removes_unlisted_claims_and_keeps_live_ones():
 def test_release_stale_restores_a_claim_its_holder_saved_again():
     """ABA in cleaning: the removed claim's holder lists it now -> HSETNX it back."""
     claim = batch("email").claims[0]
-    run = drive(release_stale_steps(M, EMAIL_HASH, "email", [("a@b.c", X)],
-                                    lambda k: True),
+    run = drive(release_stale_steps(email_rows([("a@b.c", X)]), lambda k: True),
                 [[None], [1], [record_listing(claim)], [True]])
     assert run.steps[3] == [("hsetnx", (EMAIL_HASH, "a@b.c", X))]
     assert run.value() == 0
@@ -397,8 +438,7 @@ def test_release_stale_restores_a_claim_its_holder_saved_again():
 def test_release_stale_with_nothing_stale_writes_nothing():
     """Every holder lists its claim: one read step, no writes, 0 removed."""
     claim = batch("email").claims[0]
-    run = drive(release_stale_steps(M, EMAIL_HASH, "email", [("a@b.c", X)],
-                                    lambda k: True), [[record_listing(claim)]])
+    run = drive(release_stale_steps(email_rows([("a@b.c", X)]), lambda k: True), [[record_listing(claim)]])
     assert len(run.steps) == 1 and run.value() == 0
 
 
@@ -408,6 +448,7 @@ def test_parse_claim_and_holder_of():
     """Plain values are their holder; pending ones ~deadline~key carry a deadline."""
     assert parse_claim("M:1") == ("M:1", None)
     assert parse_claim(f"~{T}~M:1") == ("M:1", T)
+    assert parse_claim(f"!~{T}~M:1") == ("M:1", T)  # pending, marked released
     assert holder_of(f"~{T}~M:a~b") == "M:a~b"
 
 
