@@ -71,37 +71,10 @@ LEASE_MARGIN_MS = 5_000
 MAX_TAKEOVERS = 3
 _PENDING_RE = re.compile(r"^~(\d+)~(.*)$", re.S)
 
-# KEYS: claim hash; ARGV: field, me, alias (my previous key), expected (stale value), lease ms
-# -> {'OK', previous value or '', deadline} | {'BUSY', holder, deadline} | {'HELD', value, 0}
-CLAIM_LUA = r"""
-local h, f, me, alias, expected = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local cur = redis.call('HGET', h, f)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local holder, deadline = cur, nil
-if cur and string.sub(cur, 1, 1) == '~' then
-  local d, who = string.match(cur, '^~(%d+)~(.*)$')
-  deadline, holder = tonumber(d), who
-end
-if (not cur) or holder == me or holder == alias or cur == expected then
-  local new_deadline = now + tonumber(ARGV[5])
-  redis.call('HSET', h, f, '~' .. new_deadline .. '~' .. me)
-  return {'OK', cur or '', new_deadline}
-end
-if deadline and deadline > now then return {'BUSY', holder, deadline} end
-return {'HELD', cur, 0}
-"""
-
-# KEYS: claim hash; ARGV: field, expected value, new value ('' deletes)
-SETTLE_LUA = r"""
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
-else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
-return 1
-"""
-
-CLAIM = LuaScript("claim", CLAIM_LUA)
-SETTLE = LuaScript("settle", SETTLE_LUA)
+# popoto/lua/claim.lua: take a claim as pending, leased; popoto/lua/settle.lua: replace a
+# claim's value if it is still the expected one
+CLAIM = LuaScript("claim")
+SETTLE = LuaScript("settle")
 
 
 class Policy(enum.Enum):

@@ -35,6 +35,7 @@ from popoto.models.async_ops import AsyncModelMixin
 from popoto.models.bulk import BulkMixin
 from popoto.models.maintenance import MaintenanceMixin
 from popoto.models.options import ModelOptions
+from popoto.protocol import TTL_AT, TTL_SECONDS
 from popoto.query.queryset import Query
 
 logger = logging.getLogger("popoto.models")
@@ -264,9 +265,9 @@ class Model(BulkMixin, AsyncModelMixin, MaintenanceMixin, DecayMethodsMixin,
         elif migrating:
             batch.migrated_owners = list(meta.index_owners)
         if self._ttl:
-            batch.ttl = ("T", int(self._ttl))
+            batch.ttl = (TTL_SECONDS, int(self._ttl))
         elif self._expire_at:
-            batch.ttl = ("A", int(self._expire_at.timestamp()))
+            batch.ttl = (TTL_AT, int(self._expire_at.timestamp()))
         return batch
 
     def _saved(self, batch: WriteBatch) -> None:
