@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 CLUSTER_TESTS := tests/models tests/query tests/fields tests/behaviours tests/test_keys.py \
 	tests/test_encoding.py
 
-.PHONY: venv demo test test-fast lint bench run clean
+.PHONY: venv demo test test-fast lint lint-lua bench run clean
 
 venv: $(STAMP)
 
@@ -33,9 +33,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) lint-lua
 	$(BIN)/ruff check popoto tasks workers ops tests
 	$(BIN)/lint-imports --no-cache
+
+# the server-side scripts (popoto/lua), configured by .luacheckrc
+lint-lua:
+	@command -v luacheck >/dev/null || { echo "luacheck not found: apt-get install lua-check"; exit 1; }
+	luacheck -q --no-color popoto/lua
 
 bench: $(STAMP)
 	$(SERVER) $(BIN)/python -m ops.bench

@@ -7,6 +7,7 @@ registry (:func:`lua_prelude`), so a kind or a tag is never spelled twice.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 #: hash field prefix of an instance's ownership record of one index owner
@@ -42,16 +43,47 @@ ERR_RANGE = "POPOTO_RANGE"
 CLAIM_OK = "OK"
 CLAIM_BUSY = "BUSY"
 CLAIM_HELD = "HELD"
+#: prefix of a pending claim value another save of its holder released meanwhile
+CLAIM_RELEASED_MARK = "!"
+
+# --- query program op codes (popoto.engine.sources compiles, query.lua runs) ---
+OP_RANGE = "ZR"  # members of a sorted set within a score range
+OP_PATTERN = "PAT"  # members of a set matching a glob pattern
+OP_KEYS = "KEYS"  # an explicit list of instance keys
+OP_GEO = "GEO"  # members of a geo set within a radius, scored by distance
+OP_AND = "AND"  # ZINTERSTORE
+OP_OR = "OR"  # ZUNIONSTORE (AGGREGATE MIN)
+OP_NOT = "NOT"  # ZDIFFSTORE
+
+# --- time decay (popoto.fields.decaying; top_by_decay.lua, scale_cycles.lua) ---
+DECAY_DAY_S = 86400  # seconds per day: elapsed time and pressure are counted in days
+DECAY_MIN_ELAPSED_DAYS = 0.01  # elapsed days below this count as this (no division blow-up)
+DECAY_MAX_AMPLITUDE = 100.0  # a cycle's amplitude is at most this (scaling clamps to it)
+DECAY_MIN_AMPLITUDE = 0.01  # scaling snaps an amplitude below this to 0
+# flags of the ranking call: which of its optional keys are used
+DECAY_FLAG_BOUNDED = "M"  # the base field's sorted set bounds the base (early stop)
+DECAY_FLAG_CYCLES = "C"  # the cycles hash
+DECAY_FLAG_PRESSURE = "P"  # the pressure hash
 
 _SHARED = {name: value for name, value in dict(globals()).items()
-           if name.startswith(("KIND_", "FLAG_", "TTL_", "ERR_", "CLAIM_"))
+           if name.startswith(("KIND_", "FLAG_", "TTL_", "ERR_", "CLAIM_", "OP_", "DECAY_"))
            or name == "IDX_PREFIX"}
 _TAGS = tuple(v for k, v in _SHARED.items() if k.startswith("ERR_"))
 
 
+def _lua_literal(value: str | int | float) -> str:
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+        return f"'{escaped}'"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return repr(value)
+    raise TypeError(f"no Lua literal for {value!r}")
+
+
 def lua_prelude() -> str:
     """Lua ``local`` declarations of every shared constant (prepended to each script)."""
-    return "".join(f"local {name} = '{value}'\n" for name, value in sorted(_SHARED.items()))
+    return "".join(f"local {name} = {_lua_literal(value)}\n"
+                   for name, value in sorted(_SHARED.items()))
 
 
 def text(value: Any) -> str:

@@ -108,16 +108,8 @@ def _settle(job: Job, result: ChunkResult) -> None:
                             task_id=f"{job.id}-{result.phase}")
 
 
-# KEYS: job. ARGV: phase, now. Job.finish_scan, but only while ``phase`` is the job's
-# phase: a late or redelivered coordinator must never end the scan of the NEXT phase
-# (its chunks_done >= chunks would then finish the job before its chunks were cut).
-_FINISH_SCAN = LuaScript("job_finish_scan", r"""
-if redis.call('HGET', KEYS[1], 'phase') ~= ARGV[1] then return 0 end
-local enqueued = redis.call('HGET', KEYS[1], 'enqueued') or '0'
-redis.call('HSET', KEYS[1], 'scan_done', 1, 'total', enqueued, ARGV[1] .. ':scanned', 1,
-           'updated', ARGV[2])
-return 1
-""")
+# popoto/lua/tasks_job_finish_scan.lua: Job.finish_scan, only while the phase is the job's
+_FINISH_SCAN = LuaScript("tasks_job_finish_scan")
 
 
 def _finish_scan(job: Job, phase: str) -> ChunkResult:

@@ -67,82 +67,17 @@ def lock_key(*parts: str) -> str:
     return SEP.join([_kind("Lock"), *(escape(p) for p in parts)])
 
 
-# KEYS: lock, job, jobs index; ARGV: job_id, lock_ttl_ms, now, job_ttl, max_recent, (k v)*
-_START = LuaScript("job_start", r"""
-local ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-if not ok then return redis.call('GET', KEYS[1]) end
-local h = {'HSET', KEYS[2]}
-for i = 6, #ARGV do h[#h + 1] = ARGV[i] end
-redis.call(unpack(h))
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
-return false
-""")
+# popoto/lua/tasks_job_start.lua: start a job under its lock (returns false, or the holder)
+_START = LuaScript("tasks_job_start")
 
-# KEYS: lock; ARGV: owner, ttl_ms. 1 = ours (renewed or re-taken), 0 = someone else's.
-_RENEW = LuaScript("lock_renew", r"""
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-""")
+# popoto/lua/tasks_lock_renew.lua: renew a lock of ours, or take it when free
+_RENEW = LuaScript("tasks_lock_renew")
 
-# KEYS: lock; ARGV: owner
-_RELEASE = LuaScript("lock_release", r"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-""")
+# popoto/lua/tasks_lock_release.lua: release a lock of ours
+_RELEASE = LuaScript("tasks_lock_release")
 
-# KEYS: job, done set, lock; ARGV: chunk_id ('' = only check completion), n_done, n_removed,
-# now, lock_ttl_ms, job_ttl, job_id, scan epoch of the chunk ('' = any).
-# Returns {chunk_was_new, outcome (0 running, 1 job done, 2 next phase begun), done, total,
-# current phase}. A chunk of an abandoned scan epoch is not counted at all.
-_COMPLETE = LuaScript("job_complete", r"""
-local new = 0
-if ARGV[8] ~= '' and (redis.call('HGET', KEYS[1], 'epoch') or '0') ~= ARGV[8] then
-  local p = redis.call('HMGET', KEYS[1], 'done', 'total', 'phase')
-  return {0, 0, tonumber(p[1] or '0'), tonumber(p[2] or '0'), p[3] or ''}
-end
-if ARGV[1] ~= '' then
-  new = redis.call('SADD', KEYS[2], ARGV[1])
-  if new == 1 then
-    redis.call('HINCRBY', KEYS[1], 'done', ARGV[2])
-    redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
-    redis.call('HINCRBY', KEYS[1], 'removed', ARGV[3])
-  end
-  redis.call('EXPIRE', KEYS[2], ARGV[6])
-end
-redis.call('HSET', KEYS[1], 'updated', ARGV[4])
-local st = redis.call('HMGET', KEYS[1], 'status', 'scan_done', 'chunks', 'chunks_done',
-                      'phase', 'phases')
-local outcome = 0
-local phase = st[5] or ''
-local ours = redis.call('GET', KEYS[3]) == ARGV[7]
-if st[1] == 'running' and st[2] == '1'
-    and tonumber(st[4] or '0') >= tonumber(st[3] or '0') then
-  local nextp, seen = nil, false
-  for p in string.gmatch(st[6] or '', '[^,]+') do
-    if seen and not nextp then nextp = p end
-    if p == phase then seen = true end
-  end
-  if nextp then
-    redis.call('HSET', KEYS[1], 'phase', nextp, 'scan_done', 0)
-    phase = nextp
-    outcome = 2
-    if ours then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
-  else
-    redis.call('HSET', KEYS[1], 'status', 'done', 'finished', ARGV[4])
-    if ours then redis.call('DEL', KEYS[3]) end
-    outcome = 1
-  end
-elseif ours then
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-local p = redis.call('HMGET', KEYS[1], 'done', 'total')
-return {new, outcome, tonumber(p[1] or '0'), tonumber(p[2] or '0'), phase}
-""")
+# popoto/lua/tasks_job_complete.lua: count a chunk done and settle the job's phase
+_COMPLETE = LuaScript("tasks_job_complete")
 
 
 _INT_FIELDS = frozenset({"total", "done", "chunks", "chunks_done", "removed", "scan_done",

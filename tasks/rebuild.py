@@ -117,50 +117,16 @@ def rebuild_chunk(self: Any, label: str, job_id: str, chunk: int, keys: list[str
 
 # --- rebuild of a sharded model: one scan per tag group -----------------------
 
-# KEYS: job. ARGV: phase, group field prefix ('reindex:g'), group index, n groups, epoch,
-# now. Marks the group's scan ended (in the current phase and epoch only); when every
-# group's has, ends the phase's scan like Job.finish_scan, once. Returns 0 (groups still
-# scanning, or a stale call), 1 (this call ended the scan) or 2 (it had ended before).
-_GROUP_SCANNED = LuaScript("job_group_scanned", r"""
-local job, phase, prefix = KEYS[1], ARGV[1], ARGV[2]
-if redis.call('HGET', job, 'phase') ~= phase then return 0 end
-if (redis.call('HGET', job, 'epoch') or '0') ~= ARGV[5] then return 0 end
-redis.call('HSET', job, prefix .. ARGV[3] .. ':scanned', 1, 'updated', ARGV[6])
-for i = 0, tonumber(ARGV[4]) - 1 do
-  if not redis.call('HGET', job, prefix .. i .. ':scanned') then return 0 end
-end
-if redis.call('HGET', job, phase .. ':scanned') then return 2 end
-local enqueued = redis.call('HGET', job, 'enqueued') or '0'
-redis.call('HSET', job, 'scan_done', 1, 'total', enqueued, phase .. ':scanned', 1)
-return 1
-""")
+# popoto/lua/tasks_job_group_scanned.lua: one tag group's scan ended; the last one ends
+# the phase's scan
+_GROUP_SCANNED = LuaScript("tasks_job_group_scanned")
 
-# KEYS: job. ARGV: epoch the caller saw, phase, now. Job.restart_scan, but only when the
-# epoch is still the one seen (several group scans notice one server restart at once)
-# and the phase's scan is still going on. Returns the new epoch, or -1 when not.
-_RESTART_FROM = LuaScript("job_restart_from", r"""
-if (redis.call('HGET', KEYS[1], 'epoch') or '0') ~= ARGV[1] then return -1 end
-if redis.call('HGET', KEYS[1], 'phase') ~= ARGV[2] then return -1 end
-if redis.call('HGET', KEYS[1], ARGV[2] .. ':scanned') then return -1 end
-local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('HSET', KEYS[1], 'chunks', 0, 'chunks_done', 0, 'done', 0, 'enqueued', 0,
-           ARGV[2] .. ':cursor', '0', ARGV[2] .. ':step', 0, 'updated', ARGV[3])
-return epoch
-""")
+# popoto/lua/tasks_job_restart_from.lua: Job.restart_scan, once per epoch seen
+_RESTART_FROM = LuaScript("tasks_job_restart_from")
 
-# KEYS: job. ARGV: group field prefix ('reindex:g3'), cursor, step, keys enqueued, epoch,
-# now. Job.advance for one group's scan, refused (0) once the job moved to another
-# epoch: a scan of an abandoned epoch must not count its chunks in the new one.
-_GROUP_ADVANCE = LuaScript("job_group_advance", r"""
-if (redis.call('HGET', KEYS[1], 'epoch') or '0') ~= ARGV[5] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1] .. ':cursor', ARGV[2], ARGV[1] .. ':step', ARGV[3],
-           'updated', ARGV[6])
-if tonumber(ARGV[4]) > 0 then
-  redis.call('HINCRBY', KEYS[1], 'chunks', 1)
-  redis.call('HINCRBY', KEYS[1], 'enqueued', ARGV[4])
-end
-return 1
-""")
+# popoto/lua/tasks_job_group_advance.lua: Job.advance for one group's scan, in the current
+# epoch only
+_GROUP_ADVANCE = LuaScript("tasks_job_group_advance")
 
 _GROUP_FIELDS = ("cursor", "step", "scanned", "server")
 

@@ -28,27 +28,16 @@ from typing import Any
 import redis
 
 from popoto.engine.scripts import LuaScript
-from popoto.engine.write import RUN_COMMANDS_LUA
 
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
 
-# KEYS[1] marker zset. ARGV: event id, score (ms), retention ms, n_cmds, (nargs, cmd...)*.
-_APPLY_ONCE = LuaScript("apply_once", RUN_COMMANDS_LUA + r"""
-if redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 0 then return 0 end
-run_commands(ARGV, 5, tonumber(ARGV[4]))
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (tonumber(ARGV[2]) - tonumber(ARGV[3])))
-return 1
-""")
+# popoto/lua/workers_apply_once.lua: run the commands once per event id
+_APPLY_ONCE = LuaScript("workers_apply_once")
 
 
-# KEYS[1] version hash. ARGV: member, version, n_cmds, (nargs, cmd...)*.
-_APPLY_IF_NEWER = LuaScript("apply_if_newer", RUN_COMMANDS_LUA + r"""
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current and tonumber(current) >= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-run_commands(ARGV, 4, tonumber(ARGV[3]))
-return 1
-""")
+# popoto/lua/workers_apply_if_newer.lua: run the commands only for a newer version of a
+# member
+_APPLY_IF_NEWER = LuaScript("workers_apply_if_newer")
 
 
 def event_ms(event_id: str) -> int:

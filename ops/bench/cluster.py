@@ -29,7 +29,7 @@ import redis
 from redis.cluster import RedisCluster
 
 import popoto
-from popoto.engine.write import SAVE_LUA
+from popoto.engine.scripts import SAVE
 from popoto.redis_db import get_client
 
 from .timing import Impl, measure, paired_ratio
@@ -89,7 +89,7 @@ class ShardedRaw:
 
     def __init__(self, client: redis.Redis | RedisCluster) -> None:
         self.r = client
-        self.save_sha = client.script_load(SAVE_LUA)
+        self.save_sha = client.script_load(SAVE.body)
         self.groups = group_tags()
 
     def ns(self, row: Row) -> str:

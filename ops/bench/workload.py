@@ -22,7 +22,7 @@ import msgpack
 import redis
 
 from popoto import Field, IndexedField, KeyField, Model, SortedField
-from popoto.engine.write import DELETE_LUA, SAVE_LUA
+from popoto.engine.scripts import DELETE, SAVE
 
 MODEL = "BenchItem"
 FIELDS = ("sku", "score", "color", "name", "qty", "price", "created")
@@ -131,8 +131,8 @@ class Raw:
 
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
-        self.save_sha = client.script_load(SAVE_LUA)
-        self.delete_sha = client.script_load(DELETE_LUA)
+        self.save_sha = client.script_load(SAVE.body)
+        self.delete_sha = client.script_load(DELETE.body)
         self.increment_sha: str | None = None
 
     # --- writes -------------------------------------------------------

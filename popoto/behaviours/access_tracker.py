@@ -52,28 +52,8 @@ LAST_FIELD = "@access:last"
 #: Instances per script call when recording the accesses of a query result.
 CHUNK = 500
 
-# KEYS: (instance hash, access log)*. ARGV: 1 now, 2 max log length, 3 count field,
-# 4 last field. Returns the new count per instance (0 when its hash is gone).
-ACCESS_LUA = r"""
-local out = {}
-local cap = tonumber(ARGV[2])
-for i = 1, #KEYS, 2 do
-  local h, log = KEYS[i], KEYS[i + 1]
-  if redis.call('EXISTS', h) == 1 then
-    out[#out + 1] = redis.call('HINCRBY', h, ARGV[3], 1)
-    redis.call('HSET', h, ARGV[4], ARGV[1])
-    redis.call('RPUSH', log, ARGV[1])
-    redis.call('LTRIM', log, -cap, -1)
-    local ttl = redis.call('PTTL', h)
-    if ttl > 0 then redis.call('PEXPIRE', log, ttl) else redis.call('PERSIST', log) end
-  else
-    out[#out + 1] = 0
-  end
-end
-return out
-"""
-
-ACCESS = scripts.LuaScript("access_tracker", ACCESS_LUA)
+# popoto/lua/access_tracker.lua: one access of each (instance hash, access log)
+ACCESS = scripts.LuaScript("access_tracker")
 
 
 def record_accesses(objs: Iterable[Any], when: float | None = None) -> list[int]:

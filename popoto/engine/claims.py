@@ -71,67 +71,11 @@ LEASE_MARGIN_MS = 5_000
 MAX_TAKEOVERS = 3
 _PENDING_RE = re.compile(r"^~(\d+)~(.*)$", re.S)
 
-# KEYS: claim hash; ARGV: field, me, alias (my previous key), expected (stale value), lease ms
-# -> {'OK', previous value or '', deadline} | {'BUSY', holder, deadline} | {'HELD', value, 0}
-CLAIM_LUA = r"""
-local h, f, me, alias, expected = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local cur = redis.call('HGET', h, f)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local holder, deadline = cur, nil
-local body = cur
-if body and string.sub(body, 1, 1) == '!' then body = string.sub(body, 2) end
-if body and string.sub(body, 1, 1) == '~' then
-  local d, who = string.match(body, '^~(%d+)~(.*)$')
-  deadline, holder = tonumber(d), who
-end
-if (not cur) or holder == me or holder == alias or cur == expected then
-  local new_deadline = now + tonumber(ARGV[5])
-  redis.call('HSET', h, f, '~' .. new_deadline .. '~' .. me)
-  return {'OK', cur or '', new_deadline}
-end
-if deadline and deadline > now then return {'BUSY', holder, deadline} end
-return {'HELD', cur, 0}
-"""
-
-# KEYS: claim hash; ARGV: field, expected value, new value ('' deletes)
-# -> 1 done | 2 the expected pending value was marked released ('!' prefix): left as is
-#   | 0 anything else
-SETTLE_LUA = r"""
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur ~= ARGV[2] then
-  if cur and cur == '!' .. ARGV[2] then return 2 end
-  return 0
-end
-if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
-else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
-return 1
-"""
-
-# KEYS: claim hash; ARGV: field, holder. Releases a claim the holder's write dropped:
-# held plainly -> deleted (1); pending for the same holder, i.e. another save of that
-# instance in flight -> marked released with a '!' prefix (2), so that save's confirm
-# asks the record before making it permanent; anything else untouched (0).
-RELEASE_LUA = r"""
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return 0 end
-if cur == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  return 1
-end
-local _, who = string.match(cur, '^~(%d+)~(.*)$')
-if who == ARGV[2] then
-  redis.call('HSET', KEYS[1], ARGV[1], '!' .. cur)
-  return 2
-end
-return 0
-"""
-
-CLAIM = LuaScript("claim", CLAIM_LUA)
-SETTLE = LuaScript("settle", SETTLE_LUA)
-RELEASE = LuaScript("release", RELEASE_LUA)
-#: prefix of a pending claim value that another save of its holder released meanwhile
-RELEASED_MARK = "!"
+# the scripts (popoto/lua/claim.lua, settle.lua, release.lua) document KEYS/ARGV/replies
+CLAIM = LuaScript("claim")
+SETTLE = LuaScript("settle")
+RELEASE = LuaScript("release")
+RELEASED_MARK = protocol.CLAIM_RELEASED_MARK
 
 
 class Policy(enum.Enum):

@@ -3,27 +3,67 @@
 A script call is one command, so a ``save()`` stays one round trip; if the
 server lost its script cache (restart, SCRIPT FLUSH) the script is loaded
 again and the call retried.
+
+The Lua of script ``<name>`` is the file ``popoto/lua/<name>.lua`` (package
+data). The body sent to Redis is :func:`popoto.protocol.lua_prelude` (a
+``local`` per shared constant: ``KIND_SET``, ``ERR_UNIQUE``...), then the
+shared fragments the file names on its first line, in that order, e.g.
+``--! include: remove_entries run_commands`` (each ``popoto/lua/<fragment>.lua``,
+which includes nothing itself), then the file.
 """
 
 from __future__ import annotations
 
 import hashlib
+from importlib import resources
 from typing import Any
 
 import redis
 
-from popoto.engine.sources import QUERY_LUA
-from popoto.engine.write import DELETE_LUA, SAVE_LUA
+from popoto.protocol import lua_prelude
 
 #: every script defined anywhere; reloaded together when a server lost its cache
 REGISTRY: list[LuaScript] = []
 
+#: first line of a script file that names the fragments prepended to it
+INCLUDE_DIRECTIVE = "--! include:"
+
+
+def lua_source(name: str) -> str:
+    """The text of ``popoto/lua/<name>.lua``."""
+    text = resources.files("popoto").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return text if text.endswith("\n") else text + "\n"
+
+
+def includes_of(source: str) -> list[str]:
+    """The fragments a script's first line includes (``--! include: a b``), in order."""
+    first = source.split("\n", 1)[0]
+    if not first.startswith(INCLUDE_DIRECTIVE):
+        return []
+    return first[len(INCLUDE_DIRECTIVE):].replace(",", " ").split()
+
+
+def script_body(name: str) -> str:
+    """The body of script ``name`` as Redis runs it: prelude, includes, the file."""
+    source = lua_source(name)
+    parts = [lua_prelude()]
+    for fragment in includes_of(source):
+        text = lua_source(fragment)
+        if includes_of(text):
+            raise ValueError(f"popoto/lua/{fragment}.lua: a fragment cannot include others")
+        parts.append(text)
+    parts.append(source)
+    return "".join(parts)
+
 
 class LuaScript:
-    def __init__(self, name: str, body: str) -> None:
+    """A server-side script: ``LuaScript("save")`` runs ``script_body("save")`` (from
+    ``popoto/lua/save.lua``); a ``body`` given is used as it is."""
+
+    def __init__(self, name: str, body: str | None = None) -> None:
         self.name = name
-        self.body = body
-        self.sha = hashlib.sha1(body.encode()).hexdigest()
+        self.body = script_body(name) if body is None else body
+        self.sha = hashlib.sha1(self.body.encode()).hexdigest()
         self._loaded: set[int] = set()
         REGISTRY.append(self)
 
@@ -66,6 +106,6 @@ class LuaScript:
         self._loaded.clear()
 
 
-SAVE = LuaScript("save", SAVE_LUA)
-DELETE = LuaScript("delete", DELETE_LUA)
-QUERY = LuaScript("query", QUERY_LUA)
+SAVE = LuaScript("save")
+DELETE = LuaScript("delete")
+QUERY = LuaScript("query")

@@ -5,7 +5,9 @@ inside Redis: each source materialises into a temporary sorted set, AND/OR/NOT
 combine them with ZINTERSTORE / ZUNIONSTORE / ZDIFFSTORE, and the script
 returns the size of the result and one page of it. Temporary keys are deleted
 before the script returns (and carry a short expiry in case it is killed), so
-no index ever travels to Python.
+no index ever travels to Python. The script is popoto/lua/query.lua
+(:data:`popoto.engine.scripts.QUERY`); its op codes are the ``OP_*`` of
+:mod:`popoto.protocol`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from typing import Any
+
+from popoto.protocol import OP_AND, OP_GEO, OP_KEYS, OP_NOT, OP_OR, OP_PATTERN, OP_RANGE
 
 #: compile context entry naming the tag group a query source is built for
 NS_CONTEXT = "@ns"
@@ -93,7 +97,7 @@ class ScoreRange(Source):
 
     def emit(self, prog: Program) -> int:
         dst = prog.temp()
-        prog.op("ZR", dst, prog.key(self.key), self.low, self.high)
+        prog.op(OP_RANGE, dst, prog.key(self.key), self.low, self.high)
         return dst
 
 
@@ -106,7 +110,7 @@ class KeyPattern(Source):
 
     def emit(self, prog: Program) -> int:
         dst = prog.temp()
-        prog.op("PAT", dst, prog.key(self.key), self.pattern)
+        prog.op(OP_PATTERN, dst, prog.key(self.key), self.pattern)
         return dst
 
 
@@ -121,7 +125,7 @@ class KeyList(Source):
         if prog.ns.startswith("{"):  # a tag group holds only its own keys
             members = [m for m in members if m.split(":", 1)[0] == prog.ns]
         dst = prog.temp()
-        prog.op("KEYS", dst, len(members), *members)
+        prog.op(OP_KEYS, dst, len(members), *members)
         return dst
 
     def retarget(self, old_ns: str, new_ns: str) -> Source:
@@ -141,7 +145,7 @@ class GeoRadius(Source):
 
     def emit(self, prog: Program) -> int:
         dst = prog.temp()
-        prog.op("GEO", dst, prog.key(self.key), self.longitude, self.latitude, self.radius,
+        prog.op(OP_GEO, dst, prog.key(self.key), self.longitude, self.latitude, self.radius,
                 self.unit)
         return dst
 
@@ -170,81 +174,11 @@ class Combine(Source):
         srcs = [p.emit(prog) for p in self.parts]
         dst = prog.temp()
         if self.kind == "NOT":
-            prog.op("NOT", dst, srcs[0], srcs[1])
+            prog.op(OP_NOT, dst, srcs[0], srcs[1])
         elif self.kind == "AND":
             weights = [1 if i == self.score_from else 0 for i in range(len(srcs))]
-            prog.op("AND", dst, len(srcs), *srcs, *weights)
+            prog.op(OP_AND, dst, len(srcs), *srcs, *weights)
         else:
             weights = [1 if self.scored else 0] * len(srcs)
-            prog.op("OR", dst, len(srcs), *srcs, *weights)
+            prog.op(OP_OR, dst, len(srcs), *srcs, *weights)
         return dst
-
-
-QUERY_LUA = r"""
-local ttl = 30
-local pos = 1
-local n_ops = tonumber(ARGV[pos]); pos = pos + 1
-local temps = {}
-local function tmp(i) temps[#temps + 1] = KEYS[i]; return KEYS[i] end
-for _ = 1, n_ops do
-  local op = ARGV[pos]; pos = pos + 1
-  if op == 'ZR' then
-    local dst, src = tmp(tonumber(ARGV[pos])), KEYS[tonumber(ARGV[pos + 1])]
-    redis.call('ZRANGESTORE', dst, src, ARGV[pos + 2], ARGV[pos + 3], 'BYSCORE')
-    pos = pos + 4
-  elseif op == 'PAT' then
-    local dst, src, pat = tmp(tonumber(ARGV[pos])), KEYS[tonumber(ARGV[pos + 1])], ARGV[pos + 2]
-    pos = pos + 3
-    local cursor = '0'
-    repeat
-      local res = redis.call('SSCAN', src, cursor, 'MATCH', pat, 'COUNT', 1000)
-      cursor = res[1]
-      for _, m in ipairs(res[2]) do redis.call('ZADD', dst, 0, m) end
-    until cursor == '0'
-  elseif op == 'KEYS' then
-    local dst, n = tmp(tonumber(ARGV[pos])), tonumber(ARGV[pos + 1])
-    pos = pos + 2
-    for j = 0, n - 1 do redis.call('ZADD', dst, 0, ARGV[pos + j]) end
-    pos = pos + n
-  elseif op == 'GEO' then
-    local dst, src = tmp(tonumber(ARGV[pos])), KEYS[tonumber(ARGV[pos + 1])]
-    redis.call('GEOSEARCHSTORE', dst, src, 'FROMLONLAT', ARGV[pos + 2], ARGV[pos + 3],
-      'BYRADIUS', ARGV[pos + 4], ARGV[pos + 5], 'ASC', 'STOREDIST')
-    pos = pos + 6
-  elseif op == 'AND' or op == 'OR' then
-    local dst, n = tmp(tonumber(ARGV[pos])), tonumber(ARGV[pos + 1])
-    pos = pos + 2
-    local args = {op == 'AND' and 'ZINTERSTORE' or 'ZUNIONSTORE', dst, n}
-    for j = 0, n - 1 do args[#args + 1] = KEYS[tonumber(ARGV[pos + j])] end
-    args[#args + 1] = 'WEIGHTS'
-    for j = 0, n - 1 do args[#args + 1] = ARGV[pos + n + j] end
-    if op == 'OR' then args[#args + 1] = 'AGGREGATE'; args[#args + 1] = 'MIN' end
-    redis.call(unpack(args))
-    pos = pos + 2 * n
-  elseif op == 'NOT' then
-    local dst = tmp(tonumber(ARGV[pos]))
-    redis.call('ZDIFFSTORE', dst, 2, KEYS[tonumber(ARGV[pos + 1])], KEYS[tonumber(ARGV[pos + 2])])
-    pos = pos + 3
-  end
-  if #temps > 0 then redis.call('EXPIRE', temps[#temps], ttl) end
-end
-local result = KEYS[tonumber(ARGV[pos])]
-local mode, offset, count, rev, withscores =
-  ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]), ARGV[pos + 4], ARGV[pos + 5]
-if redis.call('TYPE', result)['ok'] == 'set' then
-  local conv = tmp(tonumber(ARGV[pos + 6]))
-  redis.call('ZUNIONSTORE', conv, 1, result, 'WEIGHTS', 0)
-  result = conv
-end
-local out
-if mode == 'count' then
-  out = {redis.call('ZCARD', result)}
-else
-  local stop = count < 0 and -1 or offset + count - 1
-  local args = {rev == '1' and 'ZREVRANGE' or 'ZRANGE', result, offset, stop}
-  if withscores == '1' then args[#args + 1] = 'WITHSCORES' end
-  out = {redis.call('ZCARD', result), redis.call(unpack(args))}
-end
-for _, t in ipairs(temps) do redis.call('DEL', t) end
-return out
-"""

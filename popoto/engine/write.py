@@ -42,7 +42,7 @@ from typing import Any
 import msgpack
 
 from popoto.encoding import pack
-from popoto.protocol import IDX_PREFIX
+from popoto.protocol import FLAG_EXISTING, FLAG_EXTERNAL, FLAG_NEW, IDX_PREFIX
 from popoto.protocol import KIND_CLAIM as CLAIM
 from popoto.protocol import KIND_COMPANION_FIELD as COMPANION_FIELD
 from popoto.protocol import KIND_GEO as GEO
@@ -74,183 +74,9 @@ def unpack_record(packed: bytes, owner_key: str) -> set[tuple[str, str, str]]:
     return out
 
 
-_LUA_COMMON = r"""
--- kept: persistent companions (L, H) of a rewrite, by identity; nil when deleting
--- released: when set, unique claims (C) live elsewhere: collect them instead
-local function remove_entries(packed, owner_key, kept, released)
-  if not packed then return end
-  local entries = cmsgpack.unpack(packed)
-  for _, e in ipairs(entries) do
-    local kind, k, m = e[1], e[2], e[3] or owner_key
-    if kept and kind == 'L' then kept['L' .. m] = e
-    elseif kept and kind == 'H' then kept['H' .. k] = e
-    elseif kind == 'L' then redis.call('DEL', k)
-    elseif kind == 'H' then redis.call('HDEL', k, m)
-    elseif kind == 'S' then redis.call('SREM', k, m)
-    elseif kind == 'Z' or kind == 'G' then redis.call('ZREM', k, m)
-    elseif kind == 'C' and released then released[k .. '\n' .. m] = {k, m}
-    elseif kind == 'C' then
-      if redis.call('HGET', k, m) == owner_key then redis.call('HDEL', k, m) end
-    elseif kind == 'K' then redis.call('DEL', k)
-    end
-  end
-end
-"""
-
-# Runs n commands encoded in argv from pos as (nargs, cmd, args...); returns the next pos.
-# Shared by every script that takes a list of raw commands (see WriteBatch.command).
-RUN_COMMANDS_LUA = r"""
-local function run_commands(argv, pos, n)
-  for _ = 1, n do
-    local nargs = tonumber(argv[pos]); pos = pos + 1
-    local cmd = {}
-    for j = 1, nargs do cmd[j] = argv[pos + j - 1] end
-    pos = pos + nargs
-    redis.call(unpack(cmd))
-  end
-  return pos
-end
-"""
-_LUA_COMMON += RUN_COMMANDS_LUA
-
-# KEYS: 1 instance key, 2 class set, 3 previous key (the key itself when none),
-#       4.. every other key the call touches (declared for Redis Cluster; not read here)
-# ARGV: flags, ttl_mode, ttl_value, n_claims, (hash field owner)*,
-#       n_owners_replaced, owner*, n_owners_migrated, owner*,
-#       n_hset_pairs, (field value)*, n_hdel, field*, n_entries, (kind key member score)*,
-#       n_cmds, (nargs cmd args...)*
-SAVE_LUA = _LUA_COMMON + r"""
-local key, class_set, old_key = KEYS[1], KEYS[2], KEYS[3]
-local flags = ARGV[1]
--- X<deadline ms>: claims are external (sharded model) and leased until the deadline
-local deadline = string.match(flags, 'X(%d+)')
-local released = nil
-if deadline then
-  local t = redis.call('TIME')
-  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(deadline) then
-    return redis.error_reply('POPOTO_LEASE ' .. key)
-  end
-  released = {}
-end
-if string.find(flags, 'N', 1, true) and redis.call('EXISTS', key) == 1 then
-  return redis.error_reply('POPOTO_EXISTS ' .. key)
-end
-if string.find(flags, 'E', 1, true) and redis.call('EXISTS', key) == 0 then
-  return redis.error_reply('POPOTO_MISSING ' .. key)
-end
-local pos = 5
-local n_claims = tonumber(ARGV[4])
-for i = 1, n_claims do
-  local h, f = ARGV[pos], ARGV[pos + 1]
-  pos = pos + 2
-  local owner = redis.call('HGET', h, f)
-  if owner and owner ~= key and owner ~= old_key and redis.call('EXISTS', owner) == 1 then
-    return redis.error_reply('POPOTO_UNIQUE ' .. i .. ' ' .. owner)
-  end
-end
-local n_replaced = tonumber(ARGV[pos]); pos = pos + 1
-local src = key
-if old_key ~= '' and old_key ~= key then src = old_key end
-local kept = {}
-for i = 1, n_replaced do
-  remove_entries(redis.call('HGET', src, '@idx:' .. ARGV[pos]), src, kept, released)
-  pos = pos + 1
-end
-local n_migrated = tonumber(ARGV[pos]); pos = pos + 1
-for i = 1, n_migrated do
-  remove_entries(redis.call('HGET', src, '@idx:' .. ARGV[pos]), src, kept, released)
-  pos = pos + 1
-end
-if src ~= key then
-  redis.call('DEL', src)
-  redis.call('SREM', class_set, src)
-end
-local n_pairs = tonumber(ARGV[pos]); pos = pos + 1
-if n_pairs > 0 then
-  local hargs = {'HSET', key}
-  for j = 0, 2 * n_pairs - 1 do hargs[#hargs + 1] = ARGV[pos + j] end
-  redis.call(unpack(hargs))
-  pos = pos + 2 * n_pairs
-end
-local n_hdel = tonumber(ARGV[pos]); pos = pos + 1
-if n_hdel > 0 then
-  local dargs = {'HDEL', key}
-  for j = 0, n_hdel - 1 do dargs[#dargs + 1] = ARGV[pos + j] end
-  redis.call(unpack(dargs))
-  pos = pos + n_hdel
-end
-local n_entries = tonumber(ARGV[pos]); pos = pos + 1
-for i = 1, n_entries do
-  local kind, k, m, s = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
-  pos = pos + 4
-  if kind == 'S' then redis.call('SADD', k, m)
-  elseif kind == 'Z' then redis.call('ZADD', k, s, m)
-  elseif kind == 'G' then
-    local sep = string.find(s, ',', 1, true)
-    redis.call('GEOADD', k, string.sub(s, sep + 1), string.sub(s, 1, sep - 1), m)
-  elseif kind == 'C' and released then released[k .. '\n' .. m] = nil
-  elseif kind == 'C' then redis.call('HSET', k, m, key)
-  elseif kind == 'L' then
-    local old = kept['L' .. m]
-    kept['L' .. m] = nil
-    if old and old[2] ~= k and redis.call('EXISTS', old[2]) == 1 then
-      redis.call('RENAME', old[2], k)
-    end
-  elseif kind == 'H' then
-    local old = kept['H' .. k]
-    kept['H' .. k] = nil
-    if old and old[3] ~= m then
-      local v = redis.call('HGET', k, old[3])
-      if v then
-        redis.call('HDEL', k, old[3])
-        redis.call('HSET', k, m, v)
-      end
-    end
-    redis.call('HSETNX', k, m, s)
-  end
-end
-for _, e in pairs(kept) do
-  if e[1] == 'L' then redis.call('DEL', e[2]) else redis.call('HDEL', e[2], e[3]) end
-end
-redis.call('SADD', class_set, key)
-local ttl_mode = ARGV[2]
-if ttl_mode == 'T' then redis.call('EXPIRE', key, ARGV[3])
-elseif ttl_mode == 'A' then redis.call('EXPIREAT', key, ARGV[3])
-end
-local n_cmds = tonumber(ARGV[pos]); pos = pos + 1
-run_commands(ARGV, pos, n_cmds)
-if released then
-  local out = {}
-  for _, c in pairs(released) do out[#out + 1] = c[1]; out[#out + 1] = c[2] end
-  return out
-end
-return 1
-"""
-
-# KEYS: 1 instance key, 2 class set, 3.. the other keys it touches (declared only)
-# ARGV: flags ('X': claims are external), n_owners, owner*, n_cmds, (nargs cmd args...)*
-# Returns 1/0 (existed); with 'X' {existed, (claim hash, claim field)*} of the claims to release.
-DELETE_LUA = _LUA_COMMON + r"""
-local key, class_set = KEYS[1], KEYS[2]
-local released = nil
-if ARGV[1] == 'X' then released = {} end
-local n_owners = tonumber(ARGV[2])
-local pos = 3
-for i = 1, n_owners do
-  remove_entries(redis.call('HGET', key, '@idx:' .. ARGV[pos]), key, nil, released)
-  pos = pos + 1
-end
-local existed = redis.call('DEL', key)
-redis.call('SREM', class_set, key)
-local n_cmds = tonumber(ARGV[pos]); pos = pos + 1
-if existed == 1 then run_commands(ARGV, pos, n_cmds) end
-if released then
-  local out = {existed}
-  for _, c in pairs(released) do out[#out + 1] = c[1]; out[#out + 1] = c[2] end
-  return out
-end
-return existed
-"""
+# The SAVE and DELETE scripts (popoto.engine.scripts.SAVE/DELETE) are popoto/lua/save.lua
+# and popoto/lua/delete.lua, with the fragments remove_entries.lua and run_commands.lua;
+# save_args() and delete_args() below build their KEYS and ARGV.
 
 
 @dataclass(frozen=True)
@@ -372,9 +198,10 @@ class WriteBatch:
         external (sharded model): the script then checks none of them and
         refuses to write after the deadline.
         """
-        flags = ("N" if self.must_not_exist else "") + ("E" if self.must_exist else "")
+        flags = ((FLAG_NEW if self.must_not_exist else "")
+                 + (FLAG_EXISTING if self.must_exist else ""))
         if self.external_claims:
-            flags += f"X{lease_deadline if lease_deadline is not None else 2**52}"
+            flags += f"{FLAG_EXTERNAL}{lease_deadline if lease_deadline is not None else 2**52}"
         ttl_mode, ttl_value = self.ttl or ("", 0)
         claims = [] if self.external_claims else self.claims
         argv: list[Any] = [flags or "-", ttl_mode or "-", ttl_value, len(claims)]
@@ -413,7 +240,7 @@ class WriteBatch:
         return keys, argv
 
     def delete_args(self) -> tuple[list[str], list[Any]]:
-        argv: list[Any] = ["X" if self.external_claims else "-", len(self.owners),
+        argv: list[Any] = [FLAG_EXTERNAL if self.external_claims else "-", len(self.owners),
                            *self.owners, len(self.commands)]
         for cmd in self.commands:
             argv.append(len(cmd))

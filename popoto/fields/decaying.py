@@ -51,6 +51,12 @@ from popoto.engine.sources import NS_CONTEXT
 from popoto.engine.write import COMPANION_FIELD
 from popoto.exceptions import FieldUsageError, ModelException, QueryException, UnknownFieldError
 from popoto.fields.sorted import SortedField, to_score
+from popoto.protocol import (
+    DECAY_FLAG_BOUNDED,
+    DECAY_FLAG_CYCLES,
+    DECAY_FLAG_PRESSURE,
+    DECAY_MAX_AMPLITUDE,
+)
 from popoto.query.queryset import QuerySet
 from popoto.redis_db import get_client
 
@@ -58,136 +64,14 @@ if TYPE_CHECKING:
     from popoto.engine.write import WriteBatch
     from popoto.models.base import Model
 
-DAY = 86400.0
-MIN_ELAPSED_DAYS = 0.01
-MAX_AMPLITUDE = 100.0
-MIN_AMPLITUDE = 0.01
 BASE_TYPES = (int, float)
 
-# KEYS: 1 time zset, 2 zset whose top score bounds the base, 3 cycles hash, 4 pressure
-# hash, all of one tag group. ARGV: 1 n, 2 decay rate, 3 as_of, 4 base field ('' = base 1),
-# 5 flags: which of KEYS 2-4 are used ('M', 'C', 'P'); an unused one repeats KEYS[1] (a
-# cluster client computes the slot of every key, so there is no placeholder key).
-# Scans the time zset newest first; stops early when no older member can beat the n-th
-# best (only possible without cycles/pressure and with a known base bound).
-TOP_LUA = r"""
-local flags = ARGV[5]
-local function used(flag, k) if string.find(flags, flag, 1, true) then return k end return '' end
-local zkey, maxkey = KEYS[1], used('M', KEYS[2])
-local ckey, pkey = used('C', KEYS[3]), used('P', KEYS[4])
-local n, rate, as_of = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local base_field = ARGV[4]
-local DAY = 86400
-local maxbase = nil
-if ckey == '' and pkey == '' and rate > 0 then
-  if base_field == '' then maxbase = 1
-  elseif maxkey ~= '' then
-    maxbase = 1
-    local best = redis.call('ZREVRANGE', maxkey, 0, 0, 'WITHSCORES')
-    if best[2] and tonumber(best[2]) > 1 then maxbase = tonumber(best[2]) end
-  end
-end
-local function base_of(m)
-  if base_field == '' then return 1 end
-  local raw = redis.call('HGET', m, base_field)
-  if not raw then return 1 end
-  local ok, v = pcall(cmsgpack.unpack, raw)
-  if ok and type(v) == 'number' then return v end
-  return 1
-end
-local function extra(m)
-  local s = 0
-  if ckey ~= '' then
-    local raw = redis.call('HGET', ckey, m)
-    if raw then
-      local ok, cycles = pcall(cmsgpack.unpack, raw)
-      if ok and type(cycles) == 'table' then
-        for _, c in ipairs(cycles) do
-          local period, amp, phase = tonumber(c[1]), tonumber(c[2]), tonumber(c[3]) or 0
-          if period and amp and period > 0 then
-            s = s + amp * math.cos(2 * math.pi * (as_of - phase) / period)
-          end
-        end
-      end
-    end
-  end
-  if pkey ~= '' then
-    local raw = redis.call('HGET', pkey, m)
-    if raw then
-      local ok, p = pcall(cmsgpack.unpack, raw)
-      if ok and type(p) == 'table' and tonumber(p['rate']) and tonumber(p['last_resolved']) then
-        local days = (as_of - tonumber(p['last_resolved'])) / DAY
-        if days > 0 then s = s + tonumber(p['rate']) * days end
-      end
-    end
-  end
-  return s
-end
-local function better(s1, m1, s2, m2) return s1 > s2 or (s1 == s2 and m1 < m2) end
-local top = {}
-local start, page, done = 0, 256, false
-while not done do
-  local rows = redis.call('ZREVRANGE', zkey, start, start + page - 1, 'WITHSCORES')
-  if #rows == 0 then break end
-  for i = 1, #rows, 2 do
-    local m, ts = rows[i], tonumber(rows[i + 1])
-    local e = (as_of - ts) / DAY
-    if e < 0.01 then e = 0.01 end
-    local f = e ^ (-rate)
-    if maxbase and #top >= n and maxbase * f < top[n][1] then done = true; break end
-    local s = base_of(m) * f + extra(m)
-    if (#top < n or better(s, m, top[#top][1], top[#top][2]))
-        and redis.call('EXISTS', m) == 1 then
-      local pos = #top + 1
-      while pos > 1 and better(s, m, top[pos - 1][1], top[pos - 1][2]) do pos = pos - 1 end
-      table.insert(top, pos, {s, m})
-      if #top > n then table.remove(top) end
-    end
-  end
-  start = start + page
-end
-local out = {}
-for _, t in ipairs(top) do
-  out[#out + 1] = t[2]
-  out[#out + 1] = string.format('%.17g', t[1])
-end
-return out
-"""
-
-# KEYS: 1 instance key, 2 cycles hash. ARGV: 1 factor. Atomic read-modify-write of the
-# member's amplitudes: multiply, clamp to [0, 100], snap below 0.01 to 0.
-SCALE_LUA = r"""
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('POPOTO_MISSING ' .. KEYS[1])
-end
-local raw = redis.call('HGET', KEYS[2], KEYS[1])
-if not raw then return false end
-local cycles = cmsgpack.unpack(raw)
-local factor = tonumber(ARGV[1])
-for _, c in ipairs(cycles) do
-  local a = tonumber(c[2]) * factor
-  if a > 100 then a = 100 end
-  if a < 0.01 then a = 0 end
-  c[2] = a
-end
-if #cycles == 0 then return raw end
-local packed = cmsgpack.pack(cycles)
-redis.call('HSET', KEYS[2], KEYS[1], packed)
-return packed
-"""
-
-# KEYS: 1 instance key, 2 companion hash. ARGV: 1 value. HSET the member's value if it exists.
-SET_STATE_LUA = r"""
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('POPOTO_MISSING ' .. KEYS[1])
-end
-redis.call('HSET', KEYS[2], KEYS[1], ARGV[1])
-return 1
-"""
-
-TOP = scripts.LuaScript("top_by_decay", TOP_LUA)
-SCALE = scripts.LuaScript("scale_cycles", SCALE_LUA)
-SET_STATE = scripts.LuaScript("set_cycle_state", SET_STATE_LUA)
+# popoto/lua/top_by_decay.lua: one tag group's n best by decayed score;
+# scale_cycles.lua: multiply a member's cycle amplitudes; set_cycle_state.lua: HSET a
+# member's companion value. Their numeric constants are DECAY_* of popoto.protocol.
+TOP = scripts.LuaScript("top_by_decay")
+SCALE = scripts.LuaScript("scale_cycles")
+SET_STATE = scripts.LuaScript("set_cycle_state")
 
 
 class DecayingSortedField(SortedField):
@@ -295,11 +179,11 @@ class CyclicDecayField(DecayingSortedField):
             if ok:
                 period, amplitude, *rest = cycle
                 phase = rest[0] if rest else 0.0
-                ok = period > 0 and 0 <= amplitude <= MAX_AMPLITUDE
+                ok = period > 0 and 0 <= amplitude <= DECAY_MAX_AMPLITUDE
             if not ok:
                 raise ModelException(
                     f"CyclicDecayField: each cycle must be (period_s > 0, 0 <= amplitude <= "
-                    f"{MAX_AMPLITUDE:g}[, phase_s]) of finite numbers, got {cycle!r}")
+                    f"{DECAY_MAX_AMPLITUDE:g}[, phase_s]) of finite numbers, got {cycle!r}")
             out.append([float(period), float(amplitude), float(phase)])
         return out
 
@@ -509,7 +393,8 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
         return []
     bounded = base is not None and base.is_sorted and not base.partition_by
     cyclic = isinstance(field, CyclicDecayField)
-    flags = ("M" if bounded else "") + ("CP" if cyclic else "")
+    flags = ((DECAY_FLAG_BOUNDED if bounded else "")
+             + (DECAY_FLAG_CYCLES + DECAY_FLAG_PRESSURE if cyclic else ""))
     args = [n, repr(float(rate)), repr(moment), base.name if base is not None else "",
             flags or "-"]
     calls = []

@@ -36,6 +36,7 @@ from popoto.models.counters import CounterMixin
 from popoto.models.crud import CrudMixin
 from popoto.models.maintenance import MaintenanceMixin
 from popoto.models.options import ModelOptions
+from popoto.protocol import TTL_AT, TTL_SECONDS
 from popoto.query.manager import Query
 
 logger = logging.getLogger("popoto.models")
@@ -265,9 +266,9 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
         elif migrating:
             batch.migrated_owners = list(meta.index_owners)
         if self._ttl:
-            batch.ttl = ("T", int(self._ttl))
+            batch.ttl = (TTL_SECONDS, int(self._ttl))
         elif self._expire_at:
-            batch.ttl = ("A", int(self._expire_at.timestamp()))
+            batch.ttl = (TTL_AT, int(self._expire_at.timestamp()))
         return batch
 
     def _saved(self, batch: WriteBatch) -> None:

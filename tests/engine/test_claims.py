@@ -438,7 +438,8 @@ def test_release_stale_restores_a_claim_its_holder_saved_again():
 def test_release_stale_with_nothing_stale_writes_nothing():
     """Every holder lists its claim: one read step, no writes, 0 removed."""
     claim = batch("email").claims[0]
-    run = drive(release_stale_steps(email_rows([("a@b.c", X)]), lambda k: True), [[record_listing(claim)]])
+    run = drive(release_stale_steps(email_rows([("a@b.c", X)]), lambda k: True),
+                [[record_listing(claim)]])
     assert len(run.steps) == 1 and run.value() == 0
 
 

@@ -18,53 +18,15 @@ from popoto.engine.claims import LEASE_MARGIN_MS, parse_claim
 from popoto.engine.write import Claim
 from popoto.exceptions import ModelException
 from popoto.models.maintenance.keyspace import _ns, _scan_step, group_client, server_time_ms
+from popoto.protocol import KIND_CLAIM, KIND_SET, KIND_ZSET
 from popoto.protocol import text as _s
 from popoto.redis_db import get_client
 
-_MODE_BY_TYPE = {"set": "S", "zset": "Z", "hash": "C"}
+_MODE_BY_TYPE = {"set": KIND_SET, "zset": KIND_ZSET, "hash": KIND_CLAIM}
 
-
-CLEAN_LUA = r"""
-local idx, mode, owner = KEYS[1], ARGV[1], ARGV[2]
-local kinds = ({S = 'S', Z = 'ZG', C = 'C'})[mode]
-local function is_hash(k)
-  return redis.call('TYPE', k)['ok'] == 'hash'
-end
-local function owns(inst, m)
-  local packed = redis.call('HGET', inst, '@idx:' .. owner)
-  if not packed then return false end
-  local ok, entries = pcall(cmsgpack.unpack, packed)
-  if not ok or type(entries) ~= 'table' then return false end
-  for _, e in ipairs(entries) do
-    if e[2] == idx and (e[3] or inst) == m and string.find(kinds, e[1], 1, true) then
-      return true
-    end
-  end
-  return false
-end
-local removed = 0
-for i = 3, #ARGV do
-  local m = ARGV[i]
-  if mode == 'class' then
-    if not is_hash(m) then removed = removed + redis.call('SREM', idx, m) end
-  elseif mode == 'C' then
-    local holder = redis.call('HGET', idx, m)
-    if holder and not (is_hash(holder) and owns(holder, m)) then
-      removed = removed + redis.call('HDEL', idx, m)
-    end
-  elseif not (is_hash(m) and owns(m, m)) then
-    if mode == 'S' then
-      removed = removed + redis.call('SREM', idx, m)
-    else
-      removed = removed + redis.call('ZREM', idx, m)
-    end
-  end
-end
-return removed
-"""
-
-
-CLEAN = scripts.LuaScript("clean_index", CLEAN_LUA)
+# popoto/lua/clean_index.lua: removes the stale members of one index; its mode is "class"
+# or the kind of the index's entries
+CLEAN = scripts.LuaScript("clean_index")
 
 
 
