@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import reprlib
 import threading
 from collections.abc import Callable
 from decimal import Decimal
@@ -124,3 +125,32 @@ def is_finite_number(value: Any) -> bool:
     """An int or float (not a bool) that is finite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) \
         and math.isfinite(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = _SHORT.maxfrozenset = 6
+_SHORT.maxdict = _SHORT.maxlevel = 4
+
+#: errors encoding a value can raise (unencodable object, too deep or self-referencing
+#: container, lone surrogate, int or float out of range)
+ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError, UnicodeError)
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a readable length (error messages name huge values too)."""
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # a user type whose __repr__ fails
+        return f"<{type(value).__name__}>"
+
+
+def is_text(value: str) -> bool:
+    """True when ``value`` can be stored as UTF-8 (no lone surrogates)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from popoto.models.base import Model
 
 _models: dict[str, type[Model]] = {}
+_namespaces: dict[str, str] = {}  # namespace -> label of the model that owns it
 
 
 def label_of(model: type[Model]) -> str:
@@ -18,7 +19,24 @@ def label_of(model: type[Model]) -> str:
 
 
 def register(model: type[Model]) -> None:
-    _models[label_of(model)] = model
+    """Register a concrete model. Its namespace (the first segment of its keys) must be
+    its own: a second model class with the same namespace would read, count and delete
+    the first one's instances, so it is refused (a re-definition of the same label, as
+    when a module is reloaded, replaces the old class)."""
+    label = label_of(model)
+    namespace = model._meta.namespace
+    owner = _namespaces.get(namespace)
+    if owner is not None and owner != label:
+        suggestion = label.replace(".", "_")
+        raise ModelException(
+            f"{label}: the namespace {namespace!r} (the first segment of its Redis keys) is "
+            f"already used by {owner}; give one of them its own with "
+            f"class Meta: namespace = {suggestion!r}")
+    old = _models.get(label)
+    if old is not None and old._meta.namespace != namespace:
+        _namespaces.pop(old._meta.namespace, None)
+    _models[label] = model
+    _namespaces[namespace] = label
 
 
 def get_model(label: str) -> type[Model]:

@@ -22,6 +22,7 @@ import msgpack
 import redis
 
 from popoto import Field, IndexedField, KeyField, Model, SortedField
+from popoto.engine import scripts
 from popoto.engine.scripts import DELETE, SAVE
 
 MODEL = "BenchItem"
@@ -206,9 +207,8 @@ class Raw:
     def increment(self, row: Row, field: str, kind: str, delta: str, zkey: str) -> bytes:
         """The increment script call of ``atomic_increment`` (``zkey``: the sorted set to move)."""
         if self.increment_sha is None:
-            from popoto.engine.counter_lua import INCREMENT_LUA
 
-            self.increment_sha = self.r.script_load(INCREMENT_LUA)
+            self.increment_sha = self.r.script_load(scripts.script_body("increment"))
         return self.r.evalsha(self.increment_sha, 2, row.key, zkey or row.key, field, kind,
                               delta, "1" if zkey else "0")
 

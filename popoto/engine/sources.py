@@ -171,6 +171,8 @@ class Combine(Source):
                        self.score_from)
 
     def emit(self, prog: Program) -> int:
+        if not self.parts:  # ``field__in=[]``: nothing matches (an empty temporary)
+            return KeyList([]).emit(prog)
         srcs = [p.emit(prog) for p in self.parts]
         dst = prog.temp()
         if self.kind == "NOT":

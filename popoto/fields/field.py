@@ -221,7 +221,8 @@ class Field:
         return self.default() if callable(self.default) else self.default
 
     def error(self, message: str, value: Any = _MISSING) -> ModelException:
-        shown = "" if value is _MISSING else f" (value {value!r})"
+        """A ModelException naming the model, the field and (shortened) the value."""
+        shown = "" if value is _MISSING else f" (value {encoding.short_repr(value)})"
         return ModelException(f"{self.label}: {message}{shown}")
 
     def coerce(self, value: Any) -> Any:
@@ -231,16 +232,24 @@ class Field:
                 raise self.error("expected int, got bool", value)
             if self.type is _dt.date and isinstance(value, _dt.datetime):
                 return value.date()
+            if isinstance(value, str) and not encoding.is_text(value):
+                raise self.error("text must be valid Unicode (it has a lone surrogate)", value)
+            if isinstance(value, Decimal) and value.is_snan():
+                raise self.error("a signaling NaN is not a value", value)
             return value
         converter = _COERCE.get(self.type)
         if converter is None:
             raise self.error(f"expected {self.type.__name__}, got {type(value).__name__}", value)
         try:
-            return converter(value)
-        except (ValueError, TypeError, InvalidOperation, AttributeError, UnicodeDecodeError):
+            converted = converter(value)
+        except OverflowError:
+            raise self.error(f"out of the range of {self.type.__name__}", value) from None
+        except (ValueError, TypeError, InvalidOperation, AttributeError, UnicodeDecodeError,
+                RecursionError):
             raise self.error(
                 f"expected {self.type.__name__}, got {type(value).__name__}", value
             ) from None
+        return self.coerce(converted) if isinstance(converted, (str, Decimal)) else converted
 
     def validate(self, value: Any, null_check: bool = True) -> None:
         """Raise ModelException when ``value`` (already coerced) is not acceptable."""
@@ -258,6 +267,18 @@ class Field:
 
     def to_db(self, value: Any) -> bytes:
         return encoding.pack(value)
+
+    def encode(self, value: Any) -> bytes:
+        """``to_db(value)``, with encoding failures (an object msgpack cannot hold, a too
+        deep or self-referencing container, a lone surrogate) as a ModelException."""
+        try:
+            return self.to_db(value)
+        except encoding.ENCODE_ERRORS as exc:
+            raise self.error(f"cannot be stored ({type(exc).__name__}: "
+                             f"{encoding.short_repr(str(exc))[1:-1]})", value) from None
+
+    def check_lookup_value(self, value: Any) -> None:
+        """Raise ModelException when a filter value can never be looked up (hook)."""
 
     def from_db(self, value: Any) -> Any:
         """Post-process a decoded value (msgpack gives lists, ints for floats, ...)."""
@@ -279,7 +300,7 @@ class Field:
         if self.unique and value is not None:
             token = self.unique_token(value)
             batch.claim(self.name, self.unique_key(self.model._meta.claim_ns(token)), token,
-                        f"{self.name}={value!r}")
+                        f"{self.name}={encoding.short_repr(value)}")
         if value is not None:
             self.on_save(instance, value, batch)
 

@@ -86,10 +86,21 @@ class KeyField(Field):
     """
 
     is_key = True
+    #: longest key value (UTF-8 bytes): the key is repeated in every index entry
+    MAX_BYTES = 4096
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("null", False)
         super().__init__(**kwargs)
+
+    def validate(self, value: Any, null_check: bool = True) -> None:
+        super().validate(value, null_check)
+        if isinstance(value, str):
+            if value == "":
+                raise self.error("a key value cannot be empty", value)
+            if len(value) * 4 > self.MAX_BYTES and len(value.encode()) > self.MAX_BYTES:
+                raise self.error(f"a key value is at most {self.MAX_BYTES} bytes "
+                                 f"(got {len(value.encode())})", value)
 
     def _pattern(self, ns: str, segment: str) -> str:
         meta = self.model._meta

@@ -57,8 +57,20 @@ class SortedField(Field):
 
     def validate(self, value: Any, null_check: bool = True) -> None:
         super().validate(value, null_check)
+        if value is not None:
+            self.check_lookup_value(value)
+
+    def check_lookup_value(self, value: Any) -> None:
+        """The value must have a finite double score (a sorted set's score)."""
         if isinstance(value, (float, Decimal)) and not math.isfinite(value):
-            raise self.error("NaN and infinities cannot be sorted", value)
+            raise self.error("NaN and infinities cannot be sorted (a score is a finite "
+                             "number)", value)
+        try:
+            score = to_score(value)
+        except (OverflowError, ValueError, TypeError, ArithmeticError):
+            score = math.inf
+        if not math.isfinite(score):
+            raise self.error("out of the range of a sorted-set score (a finite double)", value)
 
     def sorted_key(self, partition_values: tuple[Any, ...] = (), ns: str | None = None) -> str:
         return keys.field_index_key("SortedF", ns or self.model._meta.groups[0], self.name,

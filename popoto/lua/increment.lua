@@ -1,4 +1,4 @@
--- INCREMENT: Model.atomic_increment (see popoto/engine/counter_lua.py for the contract).
+-- INCREMENT: Model.atomic_increment (see popoto/models/counters.py for the contract).
 -- KEYS: 1 instance key, 2 sorted-set key to use when the instance has no entry yet
 -- ARGV: 1 field name, 2 kind ('i' int, 'f' float, 'd' Decimal), 3 delta (text),
 --       4 '1' when the field's sorted-set entries must follow the new score

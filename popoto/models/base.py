@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import redis
 
-from popoto import keys, registry
+from popoto import encoding, keys, registry
 from popoto.behaviours.base import compile_hooks
 from popoto.engine import claims, scripts
 from popoto.engine.errors import translate_error
@@ -35,7 +35,7 @@ from popoto.models.bulk import BulkMixin
 from popoto.models.counters import CounterMixin
 from popoto.models.crud import CrudMixin
 from popoto.models.maintenance import MaintenanceMixin
-from popoto.models.options import ModelOptions
+from popoto.models.options import RESERVED_FIELD_NAMES, ModelOptions
 from popoto.protocol import TTL_AT, TTL_SECONDS
 from popoto.query.manager import Query
 
@@ -64,6 +64,7 @@ class ModelBase(type):
                     f"(use a private name such as _{attr} for plain class data)"
                 )
         cls = super().__new__(mcs, name, bases, body, **kwargs)
+        _refuse_shadowing(cls, fields)
         meta = ModelOptions(name)
         meta.apply_meta(meta_class, name)
         cls._meta = meta
@@ -83,6 +84,22 @@ class ModelBase(type):
         if not meta.abstract:
             registry.register(cls)
         return cls
+
+
+def _refuse_shadowing(cls: type, fields: dict[str, Field]) -> None:
+    """A field name must not shadow what the model, its behaviours or the ORM use:
+    ``Doc.db_key`` as a field would let a value choose the Redis key the instance writes."""
+    for fname in fields:
+        if fname in RESERVED_FIELD_NAMES:
+            raise ModelException(
+                f"{cls.__name__}.{fname}: {fname!r} is reserved by Popoto "
+                f"(reserved: {', '.join(sorted(RESERVED_FIELD_NAMES))}); rename the field")
+        for base in cls.__mro__[1:]:
+            attr = base.__dict__.get(fname, None)
+            if attr is not None and not isinstance(attr, Field):
+                raise ModelException(
+                    f"{cls.__name__}.{fname}: a field cannot be called {fname!r}, which "
+                    f"would shadow {base.__name__}.{fname}; rename the field")
 
 
 class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixin,
@@ -119,7 +136,14 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
 
     @classmethod
     def from_redis(cls, redis_key: str, raw: dict[bytes | str, bytes]) -> Model:
-        """Build an instance from a stored hash; field values decode on first access."""
+        """Build an instance from a stored hash; field values decode on first access.
+
+        ``redis_key`` must be an instance key of this model (ModelException otherwise):
+        an instance only ever reads, writes or deletes its own model's keys.
+        """
+        if not cls._meta.owns_key(redis_key):
+            raise ModelException(f"{cls.__name__}.from_redis: {encoding.short_repr(redis_key)} "
+                                 f"is not a {cls.__name__} key")
         obj = cls.__new__(cls)
         try:
             decoded = {k.decode(): v for k, v in raw.items()}
@@ -220,7 +244,7 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
             value = field.coerce(value)
             field.validate(value)
             state[name] = value
-            values[name] = field.to_db(value)
+            values[name] = field.encode(value)
         key = self.db_key
         old_key = self._redis_key
         migrating = old_key is not None and old_key != key

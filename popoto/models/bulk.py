@@ -55,19 +55,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("popoto.models")
 T = TypeVar("T")
 
-# KEYS: instance keys; ARGV: (field value)* -- HSET only where the hash exists.
-RAW_UPDATE_LUA = r"""
-local n = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('HSET', key, unpack(ARGV))
-    n = n + 1
-  end
-end
-return n
-"""
-
-RAW_UPDATE = scripts.LuaScript("raw_update", RAW_UPDATE_LUA)
+RAW_UPDATE = scripts.LuaScript("raw_update")  # popoto/lua/raw_update.lua
 
 _INT64_MIN, _UINT64_END = -(2**63), 2**64
 
@@ -393,7 +381,7 @@ class BulkMixin:
         meta = cls._meta
         encoded: list[Any] = []
         for name, value in check_updates(cls, field_values, "raw_update").items():
-            encoded += [name, meta.fields[name].to_db(value)]
+            encoded += [name, meta.fields[name].encode(value)]
         targets = raw_update_keys(cls, redis_keys)
         if not encoded or not targets:
             return 0

@@ -1,9 +1,26 @@
 """Atomic counters: ``atomic_increment`` and its async twin (mixed into Model).
 
-One server-side script (:mod:`popoto.engine.counter_lua`) reads the stored
-value, adds exactly (ints and Decimals of any size, floats as IEEE doubles),
-writes it back and moves the field's sorted-set score. A field other indexes
-depend on goes through the save path instead, under WATCH/MULTI.
+A field other indexes depend on goes through the save path instead, under
+WATCH/MULTI. Otherwise one call of the increment script
+(``popoto/lua/increment.lua``) reads the stored msgpack value, adds the delta
+exactly, writes the new encoding back and moves the field's sorted-set entries to the
+new score, so concurrent increments never lose an update and the index never
+disagrees with the hash.
+
+Exactness: Redis' Lua numbers are doubles, so ints and Decimals are added as
+signed decimal strings (arbitrary precision). The new value is re-encoded
+byte for byte the way :mod:`popoto.encoding` would encode it: minimal msgpack
+ints, ext type 8 (decimal text) for ints beyond 64 bits, ext type 1 with
+``str(Decimal)`` as payload for Decimals, float64 for floats.
+
+KEYS: 1 instance key, 2 sorted-set key to use when the instance has no entry yet
+      (KEYS[1] again when the field is not sorted: both keys are in the instance's tag
+      group, so the call stays in one cluster slot)
+ARGV: 1 field name, 2 kind ('i' int, 'f' float, 'd' Decimal), 3 delta (text),
+      4 '1' when the field's sorted-set entries must follow the new score
+Returns the new value as text (int digits, ``%.17g`` float, ``str(Decimal)``).
+Errors (nothing written): ``POPOTO_MISSING <key>``, ``POPOTO_NOTNUM <hex of stored>``,
+``POPOTO_RANGE <value>``.
 """
 
 from __future__ import annotations
@@ -16,7 +33,6 @@ import redis
 
 from popoto import keys
 from popoto.engine import claims, scripts
-from popoto.engine.counter_lua import INCREMENT_LUA
 from popoto.engine.errors import translate_error
 from popoto.engine.io import Steps, run, run_async
 from popoto.query.async_exec import run_script_async
@@ -32,7 +48,7 @@ from popoto.redis_db import get_client
 if TYPE_CHECKING:
     from popoto.models.base import Model
 
-INCREMENT = scripts.LuaScript("increment", INCREMENT_LUA)
+INCREMENT = scripts.LuaScript("increment")  # popoto/lua/increment.lua
 NUMERIC_TYPES = (int, float, Decimal)
 _KIND = {int: "i", float: "f", Decimal: "d"}
 _PARSE = {int: int, float: float, Decimal: Decimal}
@@ -53,6 +69,8 @@ def _counter_field(model: type[Model], field_name: str) -> Field:
 def _coerce_delta(field: Field, delta: Any) -> int | float | Decimal:
     if isinstance(delta, bool) or not isinstance(delta, NUMERIC_TYPES):
         raise field.error("atomic_increment delta must be an int, float or Decimal", delta)
+    if isinstance(delta, Decimal) and delta.is_snan():
+        raise field.error("atomic_increment delta must be a number", delta)
     if isinstance(delta, (float, Decimal)) and not math.isfinite(delta):
         raise field.error("atomic_increment delta must be finite", delta)
     if field.type is int:
@@ -62,7 +80,11 @@ def _coerce_delta(field: Field, delta: Any) -> int | float | Decimal:
             raise field.error("delta must be a whole number for an int field", delta)
         return int(delta)
     if field.type is float:
-        return float(delta)
+        try:
+            return float(delta)
+        except OverflowError:
+            raise field.error("atomic_increment delta is out of the range of a float",
+                              delta) from None
     return Decimal(repr(delta)) if isinstance(delta, float) else Decimal(delta)
 
 

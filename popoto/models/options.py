@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import difflib
+import re
 import hashlib
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from popoto import keys, redis_db
 from popoto.behaviours.base import CompiledHooks
+from popoto.encoding import short_repr
 from popoto.exceptions import ModelException
 from popoto.fields.field import Field
 
 if TYPE_CHECKING:
     from popoto.models.base import Model
 
-RESERVED_FIELD_NAMES = frozenset({"limit", "order_by", "values"})
-META_OPTIONS = frozenset({"abstract", "order_by", "ttl", "indexes", "shards"})
+#: filter keywords and the instance state Popoto keeps in an instance's __dict__;
+#: names of Model's (and its behaviours') attributes are reserved as well (ModelBase)
+RESERVED_FIELD_NAMES = frozenset({
+    "limit", "order_by", "values", "query", "objects", "_meta",
+    "_raw", "_redis_key", "_ttl", "_expire_at", "_score", "_write_filter_score",
+    "_access_count", "_last_accessed", "_staged_access",
+})
+META_OPTIONS = frozenset({"abstract", "order_by", "ttl", "indexes", "shards", "namespace"})
+#: a model's namespace: the first segment of its keys (no separator or glob characters)
+NAMESPACE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 INDEX_HASH_LENGTH = 16
 #: tag groups of a model whose Meta does not set ``shards``, in cluster mode
 DEFAULT_CLUSTER_SHARDS = 16
@@ -42,11 +52,16 @@ class CompositeIndex:
         return keys.composite_index_key(ns, self.field_names)
 
     def value_hash(self, values: Iterable[Any]) -> str | None:
+        """The index's value hash of a combination (None when a member is NULL).
+
+        Values are escaped like key segments before they are joined, so ``("x:y", "z")``
+        and ``("x", "y:z")`` differ; values without ``% : * ? [ ] { } \\`` hash as before.
+        """
         parts = []
         for value in values:
             if value is None:
                 return None
-            parts.append(str(value))
+            parts.append(keys.escape(value))
         digest = hashlib.sha256(":".join(parts).encode()).hexdigest()
         return digest[:INDEX_HASH_LENGTH]
 
@@ -56,7 +71,7 @@ class CompositeIndex:
         if digest is None:
             return
         if self.unique:
-            shown = ", ".join(f"{f}={getattr(instance, f)!r}" for f in self.field_names)
+            shown = ", ".join(f"{f}={short_repr(getattr(instance, f))}" for f in self.field_names)
             batch.claim(self.name, self.key(self.meta.claim_ns(digest)), digest, f"({shown})")
         else:
             batch.add(self.name, "S", f"{self.key(batch.ns)}:{digest}", batch.key)
@@ -67,6 +82,9 @@ class ModelOptions:
 
     def __init__(self, model_name: str) -> None:
         self.model_name = model_name
+        #: the first segment of every key of the model (``Meta.namespace``, default the
+        #: class name); two registered models never share one
+        self.namespace = model_name
         self.explicit_fields: dict[str, Field] = {}
         self.hidden_fields: dict[str, Field] = {}
         self.abstract = False
@@ -117,6 +135,13 @@ class ModelOptions:
         self.ttl = getattr(meta, "ttl", None)
         self.indexes = getattr(meta, "indexes", ())
         self.shards = getattr(meta, "shards", None)
+        namespace = getattr(meta, "namespace", model_name)
+        if not isinstance(namespace, str) or not NAMESPACE_RE.match(namespace):
+            raise ModelException(
+                f"{model_name}.Meta.namespace must be a name of letters, digits, '_', '.' or "
+                f"'-' starting with a letter or '_' (it begins every key), got {namespace!r}")
+        self.namespace = namespace
+        self._layout = (-1, (namespace,), False)
 
     def finalize(self, hooks: CompiledHooks) -> None:
         """Validate Meta against the fields and compile the lookup tables and hook lists."""
@@ -212,8 +237,8 @@ class ModelOptions:
             cluster = redis_db.is_cluster()
             n = self.shards or (DEFAULT_CLUSTER_SHARDS if cluster else 1)
             sharded = cluster or n > 1
-            groups = (tuple(keys.group_tag(self.model_name, k, n) for k in range(n))
-                      if sharded else (self.model_name,))
+            groups = (tuple(keys.group_tag(self.namespace, k, n) for k in range(n))
+                      if sharded else (self.namespace,))
             layout = self._layout = (gen, groups, sharded)
         return layout
 
@@ -243,9 +268,12 @@ class ModelOptions:
         """The class set of every tag group."""
         return [keys.class_set_key(ns) for ns in self.groups]
 
-    def owns_key(self, redis_key: str) -> bool:
-        """True when ``redis_key`` is an instance key of this model (any group)."""
-        return keys.ns_of(redis_key) in self.groups and keys.SEP in redis_key
+    def owns_key(self, redis_key: Any) -> bool:
+        """True when ``redis_key`` is an instance key of this model (any group): its
+        namespace and one segment per key field."""
+        return (isinstance(redis_key, str)
+                and redis_key.count(keys.SEP) == len(self.key_field_names)
+                and keys.ns_of(redis_key) in self.groups)
 
     @property
     def db_class_key(self) -> str:

@@ -28,7 +28,10 @@ class Lookup:
 
     def coerce(self, value: Any) -> Any:
         try:
-            return self.field.coerce(value)
+            value = self.field.coerce(value)
+            if value is not None:
+                self.field.check_lookup_value(value)
+            return value
         except ModelException as exc:
             raise QueryException(f"Invalid value for {self.field.label}__{self.lookup_name}: "
                                  f"{exc}") from None

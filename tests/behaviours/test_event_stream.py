@@ -29,6 +29,9 @@ class Order(EventStreamMixin, Model):
     seen = DecayingSortedField()
     log = ListField(max_length=3)
 
+    class Meta:
+        namespace = "StreamOrder"
+
 
 class Tenanted(EventStreamMixin, Model):
     name = KeyField()

@@ -16,6 +16,9 @@ class Note(WriteFilterMixin, Model):
     def compute_filter_score(self) -> float:
         return self.value
 
+    class Meta:
+        namespace = "FilterNote"
+
 
 class Strict(WriteFilterMixin, Model):
     name = KeyField()
@@ -47,9 +50,9 @@ def ranked(r, model=Note):
 @pytest.mark.standalone_only  # pins the unsharded set name (cluster: one per tag group)
 def test_unsharded_priority_key_name(r):
     """An unsharded model ranks in $Priority:<Model>."""
-    assert Note.priority_key() == "$Priority:Note" == Note.priority_keys()[0]
+    assert Note.priority_key() == "$Priority:FilterNote" == Note.priority_keys()[0]
     Note(name="a", value=0.9).save()
-    assert r.zscore("$Priority:Note", "Note:a") == 0.9
+    assert r.zscore("$Priority:FilterNote", "FilterNote:a") == 0.9
 
 
 def test_low_score_save_writes_nothing_and_returns_false(r):

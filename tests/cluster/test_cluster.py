@@ -35,6 +35,9 @@ class Note(Model):  # no Meta.shards: the cluster default applies
     ident = KeyField()
     body = Field(null=True)
 
+    class Meta:
+        namespace = "ClusterNote"
+
 
 def _evalsha_calls(cluster: EmbeddedCluster) -> dict[int, int]:
     out = {}
@@ -49,7 +52,7 @@ def test_cluster_mode_layout_and_defaults(cluster_mode):
     assert popoto.redis_db.is_cluster()
     assert len(Note._meta.groups) == 16 and Note._meta.sharded
     note = Note.create(ident="n1", body="hi")
-    assert note.pk.startswith("{Note#")
+    assert note.pk.startswith("{ClusterNote#")
     assert Note.query.get(ident="n1").body == "hi"
     assert Note.query.count() == 1
 

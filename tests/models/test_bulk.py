@@ -25,6 +25,9 @@ class Shop(Model):
     email = StringField(unique=True, null=True)
     note = StringField(null=True)
 
+    class Meta:
+        namespace = "BulkShop"
+
 
 class Other(Model):
     name = KeyField()
@@ -46,6 +49,9 @@ class Doc(SkipDrafts, Model):
     name = KeyField()
     draft = IntField(default=0)
     note = StringField(null=True)
+
+    class Meta:
+        namespace = "BulkDoc"
 
 
 def shops(n, start=0, **extra):
@@ -79,11 +85,12 @@ def test_bulk_create_writes_every_index_in_batches(r):
     assert [s.name for s in created] == ["s0", "s1", "s2", "s3", "s4"]
     assert all(s.is_persisted for s in created)
     assert Shop.query.count() == 5
-    assert sorted(Shop.query.filter(city="paris").keys()) == ["Shop:s1", "Shop:s3"]
-    assert Shop.query.filter(rating__gte=3).keys() == ["Shop:s3", "Shop:s4"]
-    assert r.hlen("$UniqueF:Shop:email") == 5
-    assert index_keys(r) == ["$Class:Shop", "$IndexF:Shop:city:paris", "$IndexF:Shop:city:rome",
-                             "$SortedF:Shop:rating", "$UniqueF:Shop:email"]
+    assert sorted(Shop.query.filter(city="paris").keys()) == ["BulkShop:s1", "BulkShop:s3"]
+    assert Shop.query.filter(rating__gte=3).keys() == ["BulkShop:s3", "BulkShop:s4"]
+    assert r.hlen("$UniqueF:BulkShop:email") == 5
+    assert index_keys(r) == ["$Class:BulkShop", "$IndexF:BulkShop:city:paris",
+                             "$IndexF:BulkShop:city:rome", "$SortedF:BulkShop:rating",
+                             "$UniqueF:BulkShop:email"]
 
 
 def test_bulk_create_validates_everything_before_writing(r):
@@ -240,9 +247,9 @@ def test_raw_update_writes_without_hooks_or_creating(r):
 
 @pytest.mark.parametrize("targets, values, match", [
     (["Other:s0"], {"note": "x"}, r"'Other:s0' is not a Shop key"),
-    (["Shop:s0"], {"nope": 1}, "Shop has no field 'nope'"),
-    (["Shop:s0"], {"rating": "bad"}, r"Shop.rating.*'bad'"),
-    (["Shop:s0"], {"name": "x"}, "Shop.name: raw_update cannot change a key field"),
+    (["BulkShop:s0"], {"nope": 1}, "Shop has no field 'nope'"),
+    (["BulkShop:s0"], {"rating": "bad"}, r"Shop.rating.*'bad'"),
+    (["BulkShop:s0"], {"name": "x"}, "Shop.name: raw_update cannot change a key field"),
 ])
 def test_raw_update_bad_input_writes_nothing(r, targets, values, match):
     """Foreign keys, unknown/key fields and invalid values raise before writing."""

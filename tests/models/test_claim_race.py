@@ -24,6 +24,7 @@ class Member(Model):
     handle = StringField(unique=True, null=True)
 
     class Meta:
+        namespace = "RaceMember"
         shards = 16
 
 

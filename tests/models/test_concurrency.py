@@ -32,6 +32,9 @@ class Tally(Model):
     count = SortedField(type=int, default=0)
     cents = DecimalField(default=Decimal("0"))
 
+    class Meta:
+        namespace = "RaceTally"
+
 
 class Account(Model):
     handle = KeyField()
@@ -55,6 +58,9 @@ class Seat(Model):
 class Ticket(Model):
     ident = KeyField()
     holder = StringField(null=True)
+
+    class Meta:
+        namespace = "RaceTicket"
 
 
 def _increment_worker(url, barrier, n, out):

@@ -34,6 +34,9 @@ class Counter(Model):
     amount = DecimalField(null=True)
     label = StringField(null=True)
 
+    class Meta:
+        namespace = "IncrCounter"
+
 
 class Player(Model):
     name = KeyField()

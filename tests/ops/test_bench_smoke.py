@@ -45,7 +45,7 @@ class _Spy:
 
 def test_raw_script_calls_equal_popotos(r):
     """Raw's hand-built save, create, partial-update, delete and increment calls equal Popoto's."""
-    from popoto.models.bulk import increment_call
+    from popoto.models.counters import increment_call
 
     raw = Raw(r)
     spy = raw.r = _Spy()

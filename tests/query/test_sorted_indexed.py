@@ -33,6 +33,9 @@ class Player(Model):
     level = SortedField(type=int, null=True, partition_by="team")
     note = Field(null=True)
 
+    class Meta:
+        namespace = "SortedPlayer"
+
 
 class Event(Model):
     slug = KeyField()

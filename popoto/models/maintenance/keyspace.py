@@ -102,7 +102,7 @@ class KeyspaceMixin:
         groups = meta.groups
         if not meta.sharded:
             return 0 if ns == groups[0] else None
-        prefix = "{" + meta.model_name + "#"
+        prefix = "{" + meta.namespace + "#"
         if not (ns.startswith(prefix) and ns.endswith("}")):
             return None
         number = ns[len(prefix):-1].split(".", 1)[0]
@@ -168,7 +168,7 @@ class KeyspaceMixin:
             prefix = group
         else:
             client = get_client()
-            prefix = "{" + meta.model_name + "#" if meta.sharded else meta.groups[0]
+            prefix = "{" + meta.namespace + "#" if meta.sharded else meta.groups[0]
         pattern = "$*" + keys.SEP + keys.glob_escape(prefix) + "*"
         found = {_s(k) for k in client.scan_iter(match=pattern, count=count)}
         return sorted(k for k in found if cls._index_owner(k) is not None
@@ -231,7 +231,7 @@ class KeyspaceMixin:
         if group is None and meta.sharded and not isinstance(get_client(),
                                                              redis.cluster.RedisCluster):
             client = get_client()
-            pattern = keys.glob_escape("{" + meta.model_name + "#") + "*"
+            pattern = keys.glob_escape("{" + meta.namespace + "#") + "*"
             cursor, found = client.scan(cursor, match=pattern, count=count, _type="hash")
             return int(cursor), [k for k in map(_s, found) if cls._is_instance_key(k)]
         return cls._walk_groups(cursor, group, step)
