@@ -18,7 +18,7 @@ import difflib
 import uuid
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from msgpack import unpackb as _unpackb
 
@@ -122,6 +122,35 @@ _COERCE: dict[type, Callable[[Any], Any]] = {
 def _fail() -> Any:
     raise ValueError("incompatible type")
 
+
+
+@runtime_checkable
+class FieldHooks(Protocol):
+    """The contract between a field and the model layer (``Field`` implements it all).
+
+    ``contribute_to_class`` places the field; :meth:`ModelOptions.finalize
+    <popoto.models.options.ModelOptions.finalize>` then compiles, once per class, the
+    fields that own index entries (``owns_index``), the load hooks (fields overriding
+    ``after_load``) and the extra filter keywords (``query_options``), so the write and
+    read paths loop over short lists and never look a hook up by name.
+    """
+
+    name: str
+    partition_by: tuple[str, ...]
+    depends_on: tuple[str, ...]
+
+    def contribute_to_class(self, model: type[Model], name: str) -> None: ...
+    def coerce(self, value: Any) -> Any: ...
+    def validate(self, value: Any, null_check: bool = True) -> None: ...
+    def pre_save(self, instance: Model, value: Any, is_create: bool,
+                 skip_auto_now: bool) -> Any: ...
+    def encode(self, value: Any) -> bytes: ...
+    def owns_index(self) -> bool: ...
+    def contribute_save(self, instance: Model, value: Any, batch: WriteBatch) -> None: ...
+    def after_load(self, objs: list[Any], options: dict[str, Any]) -> None: ...
+    def query_options(self) -> tuple[str, ...]: ...
+    def lookup_source(self, lookup: Lookup, context: dict[str, Any]) -> Source | None: ...
+    def check_lookup_value(self, value: Any) -> None: ...
 
 
 class Field:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
-from popoto import keys, registry
+from popoto import keys, protocol, registry
 from popoto.engine import claims, io, scripts
 from popoto.engine.errors import translate_error
 from popoto.engine.io import Command, Steps, chunks, run
@@ -182,7 +182,8 @@ class BulkOutcome:
             if isinstance(reply, ModelException):  # e.g. a claim refused before the write
                 self.failures.append((call.instance, reply))
             elif isinstance(reply, Exception):
-                if self.operation == "bulk_update" and "POPOTO_MISSING" in str(reply):
+                if (self.operation == "bulk_update"
+                        and (protocol.error_tag(reply) or ("",))[0] == protocol.ERR_MISSING):
                     continue  # deleted since it was loaded: nothing to update
                 if not isinstance(reply, redis.exceptions.ResponseError):
                     raise reply

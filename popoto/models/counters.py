@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from popoto import keys
+from popoto import keys, protocol
 from popoto.engine import claims, scripts
 from popoto.engine.errors import translate_error
 from popoto.engine.io import Steps, run, run_async
@@ -193,18 +193,16 @@ def remember_increment(instance: Model, field: Field, value: Any) -> None:
 def increment_error(field: Field, key: str, delta: Any,
                     exc: redis.exceptions.ResponseError) -> ModelException:
     """The ModelException for an error reply of the increment script."""
-    text = str(exc)
-    if "POPOTO_MISSING" in text:
+    tag, detail = protocol.error_tag(exc) or ("", str(exc))
+    if tag == protocol.ERR_MISSING:
         return field.error(f"cannot increment by {delta!r}: no instance at {key!r}", None)
-    if "POPOTO_NOTNUM" in text:
-        stored = text.split("POPOTO_NOTNUM", 1)[1].strip()
+    if tag == protocol.ERR_NOTNUM:
         return field.error(f"cannot increment by {delta!r}: the value stored at {key!r} is "
-                           f"not numeric (raw bytes {stored or '?'})")
-    if "POPOTO_RANGE" in text:
-        value = text.split("POPOTO_RANGE", 1)[1].strip()
+                           f"not numeric (raw bytes {detail or '?'})")
+    if tag == protocol.ERR_RANGE:
         return field.error(f"incrementing {key!r} by {delta!r} gives a value that cannot be "
-                           f"stored or scored", value)
-    return field.error(f"increment of {key!r} by {delta!r} failed: {text}")
+                           f"stored or scored", detail)
+    return field.error(f"increment of {key!r} by {delta!r} failed: {detail}")
 
 
 

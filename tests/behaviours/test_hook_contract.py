@@ -65,3 +65,16 @@ def test_a_model_override_shadowing_two_roots_runs_once(r):
     assert Counted._meta.hooks.on_save == (Counted.behaviour_on_save,)
     Counted(name="a").save()
     assert calls == ["a"]
+
+
+def test_every_field_class_implements_the_field_hooks():
+    """Each public field type satisfies the FieldHooks protocol the model layer relies on."""
+    import popoto
+    from popoto.fields.field import Field, FieldHooks
+
+    kinds = [getattr(popoto, n) for n in popoto.__all__
+             if isinstance(getattr(popoto, n), type) and issubclass(getattr(popoto, n), Field)]
+    assert len(kinds) > 15
+    for kind in kinds:
+        field = kind(model="self") if kind.__name__ == "Relationship" else kind()
+        assert isinstance(field, FieldHooks), kind
