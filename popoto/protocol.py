@@ -52,6 +52,7 @@ OP_PATTERN = "PAT"  # members of a set matching a glob pattern
 OP_KEYS = "KEYS"  # an explicit list of instance keys
 OP_GEO = "GEO"  # members of a geo set within a radius, scored by distance
 OP_AND = "AND"  # ZINTERSTORE
+OP_AND_SMALL = "ANDS"  # AND driven by its smallest input, ranges never materialised
 OP_OR = "OR"  # ZUNIONSTORE (AGGREGATE MIN)
 OP_NOT = "NOT"  # ZDIFFSTORE
 

@@ -16,7 +16,16 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from popoto.protocol import OP_AND, OP_GEO, OP_KEYS, OP_NOT, OP_OR, OP_PATTERN, OP_RANGE
+from popoto.protocol import (
+    OP_AND,
+    OP_AND_SMALL,
+    OP_GEO,
+    OP_KEYS,
+    OP_NOT,
+    OP_OR,
+    OP_PATTERN,
+    OP_RANGE,
+)
 
 #: compile context entry naming the tag group a query source is built for
 NS_CONTEXT = "@ns"
@@ -100,6 +109,44 @@ class ScoreRange(Source):
         prog.op(OP_RANGE, dst, prog.key(self.key), self.low, self.high)
         return dst
 
+    def intersect(self, other: ScoreRange) -> ScoreRange:
+        """The range of scores in both (same sorted set): the higher low, the lower high;
+        on a tie the exclusive bound wins. May be empty (then Redis returns nothing)."""
+        low = max(self.low, other.low, key=lambda b: _bound(b, exclusive_above=True))
+        high = min(self.high, other.high, key=lambda b: _bound(b, exclusive_above=False))
+        return ScoreRange(self.key, low, high)
+
+
+def _bound(text: str, exclusive_above: bool) -> tuple[float, int]:
+    """A Redis range bound (``5``, ``(5``, ``-inf``, ``+inf``) as a sortable pair: an
+    exclusive low bound sorts above its value, an exclusive high bound below it."""
+    exclusive = text.startswith("(")
+    value = float(text[1:] if exclusive else text)
+    return value, (1 if exclusive_above else -1) if exclusive else 0
+
+
+def merge_ranges(parts: list[Source]) -> list[Source]:
+    """AND parts with every ScoreRange on one sorted set merged into one interval
+    (``x__gte=a, x__lte=b`` reads one range, never two half-indexes intersected);
+    nested unscored ANDs are flattened first. Order is kept (first occurrence)."""
+    flat: list[Source] = []
+    for part in parts:
+        if isinstance(part, Combine) and part.kind == "AND" and part.score_from is None:
+            flat += part.parts
+        else:
+            flat.append(part)
+    out: list[Source] = []
+    ranges: dict[str, int] = {}
+    for part in flat:
+        if isinstance(part, ScoreRange):
+            at = ranges.get(part.key)
+            if at is not None:
+                out[at] = out[at].intersect(part)  # type: ignore[attr-defined]
+                continue
+            ranges[part.key] = len(out)
+        out.append(part)
+    return out
+
 
 @dataclass
 class KeyPattern(Source):
@@ -173,6 +220,8 @@ class Combine(Source):
     def emit(self, prog: Program) -> int:
         if not self.parts:  # ``field__in=[]``: nothing matches (an empty temporary)
             return KeyList([]).emit(prog)
+        if self.kind == "AND" and any(isinstance(p, ScoreRange) for p in self.parts):
+            return self._emit_small_and(prog)
         srcs = [p.emit(prog) for p in self.parts]
         dst = prog.temp()
         if self.kind == "NOT":
@@ -183,4 +232,22 @@ class Combine(Source):
         else:
             weights = [1 if self.scored else 0] * len(srcs)
             prog.op(OP_OR, dst, len(srcs), *srcs, *weights)
+        return dst
+
+    def _emit_small_and(self, prog: Program) -> int:
+        """An AND with a score range: Redis walks its smallest input (ZCOUNT / SCARD /
+        ZCARD estimates) and tests each member against the others (SISMEMBER, ZSCORE
+        within the range), so no range is materialised and the work follows the
+        smallest input, not the index. Other composite parts are materialised first."""
+        specs: list[Any] = []
+        for part in self.parts:
+            if isinstance(part, ScoreRange):
+                specs += ["R", prog.key(part.key), part.low, part.high]
+            elif isinstance(part, SetSource):
+                specs += ["K", prog.key(part.key), "", ""]
+            else:
+                specs += ["K", part.emit(prog), "", ""]
+        dst = prog.temp()
+        score_from = 0 if self.score_from is None else self.score_from + 1
+        prog.op(OP_AND_SMALL, dst, len(self.parts), score_from, *specs)
         return dst

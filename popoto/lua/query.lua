@@ -11,6 +11,19 @@ local pos = 1
 local n_ops = tonumber(ARGV[pos]); pos = pos + 1
 local temps = {}
 local function tmp(i) temps[#temps + 1] = KEYS[i]; return KEYS[i] end
+-- a range bound as (number, exclusive): '5', '(5', '-inf', '+inf'
+local function bound(text)
+  local exclusive = string.sub(text, 1, 1) == '('
+  if exclusive then text = string.sub(text, 2) end
+  if text == '-inf' then return -math.huge, exclusive end
+  if text == '+inf' or text == 'inf' then return math.huge, exclusive end
+  return tonumber(text), exclusive
+end
+local function in_range(s, p)
+  if s < p.low or (p.lex and s == p.low) then return false end
+  if s > p.high or (p.hex and s == p.high) then return false end
+  return true
+end
 for _ = 1, n_ops do
   local op = ARGV[pos]; pos = pos + 1
   if op == OP_RANGE then
@@ -46,6 +59,71 @@ for _ = 1, n_ops do
     if op == OP_OR then args[#args + 1] = 'AGGREGATE'; args[#args + 1] = 'MIN' end
     redis.call(unpack(args))
     pos = pos + 2 * n
+  elseif op == OP_AND_SMALL then
+    -- dst, n, score_from (1-based part, 0: none), n x (kind 'R'|'K', key pos, low, high)
+    local dst, n, score_from = tmp(tonumber(ARGV[pos])), tonumber(ARGV[pos + 1]),
+      tonumber(ARGV[pos + 2])
+    pos = pos + 3
+    local parts, driver = {}, nil
+    for j = 1, n do
+      local part = {kind = ARGV[pos], key = KEYS[tonumber(ARGV[pos + 1])]}
+      if part.kind == 'R' then
+        part.low, part.lex = bound(ARGV[pos + 2])
+        part.high, part.hex = bound(ARGV[pos + 3])
+        part.lowarg, part.higharg = ARGV[pos + 2], ARGV[pos + 3]
+        part.zset = true
+        part.size = redis.call('ZCOUNT', part.key, part.lowarg, part.higharg)
+      else
+        local t = redis.call('TYPE', part.key)['ok']
+        part.zset = t == 'zset'
+        if part.zset then part.size = redis.call('ZCARD', part.key)
+        elseif t == 'set' then part.size = redis.call('SCARD', part.key)
+        else part.size = 0 end
+      end
+      pos = pos + 4
+      parts[j] = part
+      if not driver or part.size < parts[driver].size then driver = j end
+    end
+    local d = parts[driver]
+    if d.size > 0 then
+      local members
+      if d.kind == 'R' then
+        members = redis.call('ZRANGEBYSCORE', d.key, d.lowarg, d.higharg)
+      elseif d.zset then
+        members = redis.call('ZRANGE', d.key, 0, -1)
+      else
+        members = redis.call('SMEMBERS', d.key)
+      end
+      local batch = {}
+      for _, m in ipairs(members) do
+        local ok, score = true, 0
+        for j = 1, n do
+          local p = parts[j]
+          if j ~= driver or j == score_from then
+            if p.zset then
+              local s = redis.call('ZSCORE', p.key, m)
+              if not s then ok = false
+              else
+                s = tonumber(s)
+                if p.kind == 'R' and not in_range(s, p) then ok = false end
+                if j == score_from then score = s end
+              end
+            elseif redis.call('SISMEMBER', p.key, m) == 0 then ok = false
+            elseif j == score_from then score = 1 end
+          end
+          if not ok then break end
+        end
+        if ok then
+          batch[#batch + 1] = score
+          batch[#batch + 1] = m
+          if #batch >= 2000 then
+            redis.call('ZADD', dst, unpack(batch))
+            batch = {}
+          end
+        end
+      end
+      if #batch > 0 then redis.call('ZADD', dst, unpack(batch)) end
+    end
   elseif op == OP_NOT then
     local dst = tmp(tonumber(ARGV[pos]))
     redis.call('ZDIFFSTORE', dst, 2, KEYS[tonumber(ARGV[pos + 1])], KEYS[tonumber(ARGV[pos + 2])])

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from popoto import keys
-from popoto.engine.sources import NS_CONTEXT, Combine, GeoRadius, SetSource, Source
+from popoto.engine.sources import (
+    NS_CONTEXT,
+    Combine,
+    GeoRadius,
+    ScoreRange,
+    SetSource,
+    Source,
+    merge_ranges,
+)
 from popoto.exceptions import QueryException
 from popoto.query.expressions import Q
 from popoto.query.lookups import Exact, Lookup
@@ -90,7 +98,7 @@ def compile_q(model: type[Model], q: Q, context: dict[str, Any] | None = None,
     if not parts:
         node = Compiled(None, None, lambda obj: True, exact)
     elif q.connector == Q.AND:
-        srcs = [p.source for p in parts if p.source is not None]
+        srcs = merge_ranges([p.source for p in parts if p.source is not None])
         residual = [p.residual for p in parts if p.residual is not None]
         source = srcs[0] if len(srcs) == 1 else (Combine("AND", srcs) if srcs else None)
         # exact values of nested AND children (filter() nests) also hold here: order_by
@@ -116,11 +124,19 @@ def compile_q(model: type[Model], q: Q, context: dict[str, Any] | None = None,
     return node
 
 
-def set_score_source(source: Source | None, scored: Source) -> Source:
-    """AND ``source`` with ``scored`` keeping the latter's scores (for ordering)."""
+def set_score_source(source: Source | None, scored: SetSource) -> Source:
+    """AND ``source`` with the sorted set ``scored``, keeping its scores (for ordering).
+
+    A range of that same sorted set already in the AND carries the scores: it becomes
+    the scored part, and the whole sorted set is not added."""
     if source is None:
         return scored
+    if isinstance(source, ScoreRange) and source.key == scored.key:
+        return source
     if isinstance(source, Combine) and source.kind == "AND":
+        for i, part in enumerate(source.parts):
+            if isinstance(part, ScoreRange) and part.key == scored.key:
+                return Combine("AND", list(source.parts), score_from=i)
         return Combine("AND", [*source.parts, scored], score_from=len(source.parts))
     return Combine("AND", [source, scored], score_from=1)
 

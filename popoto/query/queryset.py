@@ -155,8 +155,7 @@ class QuerySet:
             field = self.model._meta.fields[order.lstrip("-")]
             if field.is_sorted:
                 zkey = field.key_from_context({**compiled.exact, NS_CONTEXT: ns})
-                if not (isinstance(source, ScoreRange) and source.key == zkey):
-                    source = set_score_source(source, SetSource(zkey))
+                source = set_score_source(source, SetSource(zkey))
             elif (not field.is_key or len(self.model._meta.key_field_names) != 1
                   or (source is not None and source.scored)):
                 # only an unscored result is in key order (ZRANGE of equal scores is by member)

@@ -81,21 +81,45 @@ def test_range_on_sorted_field_is_a_score_range():
     assert result == 1
 
 
-def test_and_of_index_and_range_intersects_them():
-    """AND: the range is materialised first, then one AND op over both (no scores kept)."""
+def test_and_of_index_and_range_is_driven_by_the_smallest_input():
+    """AND(index, range): one ANDS op; the range is never materialised (Redis walks the
+    smaller input and tests the other)."""
     prog, result = program(Q(color="red", size__lt=5))
-    assert prog.keys == [RED, "T:1", SIZE, "T:2"]
-    assert prog.ops == [["ZR", 2, 3, "-inf", "(5.0"], ["AND", 4, 2, 1, 2, 0, 0]]
-    assert result == 4
+    assert prog.keys == [RED, SIZE, "T:1"]
+    assert prog.ops == [["ANDS", 3, 2, 0, "K", 1, "", "", "R", 2, "-inf", "(5.0"]]
+    assert result == 3
+
+
+def test_two_sided_range_on_one_field_is_one_interval():
+    """gte + lte (and gt/lt, between, nested filters) on one sorted field merge into one
+    ScoreRange: read directly, no temporary, no intersection."""
+    for q in (Q(size__gte=2, size__lte=5), Q(size__gte=2) & Q(size__lte=5),
+              Q(size__between=(2, 5)) & Q(size__gte=1)):
+        assert compile_q(EngineQItem, q).source == ScoreRange(SIZE, "2.0", "5.0")
+    assert compile_q(EngineQItem, Q(size__gt=2, size__lt=5, size__gte=2)).source == \
+        ScoreRange(SIZE, "(2.0", "(5.0")
+    assert compile_q(EngineQItem, Q(size__gt=5, size__lt=2)).source == \
+        ScoreRange(SIZE, "(5.0", "(2.0")  # empty: Redis answers nothing
 
 
 def test_keep_scores_keeps_the_scored_part_of_an_and():
-    """keep_scores on AND(index, range) weights the range (its scores order the result)."""
+    """keep_scores on AND(index, range) scores by the range (its scores order the result)."""
     source = keep_scores(compile_q(EngineQItem, Q(color="red", size__lt=5)).source)
     assert source.score_from == 1 and source.scored
     prog = Program(temp_prefix="T", ns=NS)
     source.emit(prog)
-    assert prog.ops[-1] == ["AND", 4, 2, 1, 2, 0, 1]
+    assert prog.ops[-1][:4] == ["ANDS", 3, 2, 2]
+
+
+def test_ordering_by_a_ranged_field_reuses_the_range():
+    """order_by on the field a range already reads: the range carries the scores, the
+    whole sorted set is not added to the AND."""
+    ranged = compile_q(EngineQItem, Q(color="red", size__lt=5)).source
+    ordered = set_score_source(ranged, SetSource(SIZE))
+    assert ordered == Combine("AND", [SetSource(RED), ScoreRange(SIZE, "-inf", "(5.0")],
+                              score_from=1)
+    alone = ScoreRange(SIZE, "1.0", "2.0")
+    assert set_score_source(alone, SetSource(SIZE)) is alone
 
 
 def test_set_score_source_appends_the_scored_set():
