@@ -209,6 +209,8 @@ def test_web_app_500s_log_no_secret(locked_server: EmbeddedRedis, tmp_path: Path
     assert all(e["exception"][-1]["frames"] for e in failures)  # tracebacks were logged
     assert any("locals" in f for e in failures for x in e["exception"] for f in x["frames"])
     assert_no_secret(text)
+    # the raw WSGI environ (process environment, request headers) is not among them
+    assert "HTTP_AUTHORIZATION" not in text and "'API_TOKEN'" not in text
 
 
 def test_worker_task_failures_log_no_secret(locked_server: EmbeddedRedis,
