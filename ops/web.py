@@ -15,7 +15,7 @@ Routes (JSON in and out)::
     GET  /orders/<id>
     GET  /orders/projection            what the stream consumer built (orders:*)
     POST /jobs/rebuild/<model>         enqueue an index rebuild -> 202 {"job_id"}
-    GET  /jobs/<job_id>                job progress (done/total, status)
+    GET  /jobs/<job_id>                job progress (done/total, status); 404 if unknown
 
 Run: ``python -m ops.web [--host 127.0.0.1] [--port 8000]`` (``PORT`` env too).
 
@@ -286,20 +286,27 @@ def order_projection(environ: dict[str, Any]) -> Response:
 
 def enqueue_rebuild(environ: dict[str, Any], model: str) -> Response:
     import popoto
-    from tasks import app
+    from tasks import app, jobs
 
     label = label_of(popoto.get_model(model))
-    result = app.send_task("popoto.maintenance.rebuild_indexes", (label,))
-    log.info("rebuild enqueued", model=label, job_id=result.id)
-    return 202, {"job_id": result.id, "model": label, "progress": f"/jobs/{result.id}"}
+    job_id = str(uuid.uuid4())
+    jobs.create_queued(job_id, "rebuild", label)  # "queued" until its task starts it
+    try:
+        app.send_task("popoto.maintenance.rebuild_indexes", (label,), task_id=job_id)
+    except BaseException:
+        jobs.discard_queued(job_id)
+        raise
+    log.info("rebuild enqueued", model=label, job_id=job_id)
+    return 202, {"job_id": job_id, "model": label, "progress": f"/jobs/{job_id}"}
 
 
 def show_job(environ: dict[str, Any], job_id: str) -> Response:
+    """A job's progress: ``queued`` until its task starts it, 404 for an unknown id."""
     from tasks import jobs
 
     state = jobs.get(job_id)
     if state is None:
-        return 200, {"id": job_id, "status": "queued"}  # its coordinator has not run yet
+        raise HttpError(404, f"no job {job_id!r}")
     return 200, state
 
 

@@ -1,7 +1,8 @@
 """The example web app under hostile input: bad values, bad JSON, bad Content-Length.
 
 Every bad value is a 400 whose JSON error names the field; bodies are bounded
-(413), need a valid Content-Length (411/400), and nothing answers 500.
+(413), need a valid Content-Length (411/400), and nothing answers 500. An unknown
+job id is a 404 (not "queued").
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 
 import pytest
+import redis
 
 import ops.web as web
 from ops.example_models import Note, Order
 from ops.web import application, serve
+from tasks import app
+from tasks.config import default_broker_url
+from tasks.testing import use_test_broker
 
 
 def call(method: str, path: str, raw: bytes = b"", query: str = "",
@@ -196,3 +201,25 @@ def test_stalled_body_does_not_hold_a_thread(server: tuple[str, int]) -> None:
     assert status in (400, 408)
     status, body = raw_request(server, head("16"), b'{"title": "ok"} ')
     assert status == 201, body
+
+
+
+@pytest.fixture
+def broker(redis_url: str) -> Iterator[redis.Redis]:
+    url = default_broker_url(redis_url)
+    use_test_broker(app, url)
+    client = redis.Redis.from_url(url)
+    client.delete("maintenance")
+    yield client
+    client.delete("maintenance")
+    client.close()
+
+
+def test_unknown_job_is_404_and_enqueued_job_is_queued(broker: redis.Redis) -> None:
+    """GET /jobs/<id>: 404 for an id nobody enqueued (it used to answer "queued")."""
+    status, payload = call("GET", "/jobs/no-such-job")
+    assert status == 404 and "no-such-job" in payload["error"]
+    status, payload = call("POST", "/jobs/rebuild/ops.example_models.Note")
+    assert status == 202 and broker.llen("maintenance") == 1
+    status, job = call("GET", f"/jobs/{payload['job_id']}")
+    assert status == 200 and job["status"] == "queued" and job["model"] == payload["model"]
