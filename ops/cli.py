@@ -1,12 +1,14 @@
 """``popoto-ops`` / ``python -m ops``: the operator's command line.
 
-Commands (exit code 1 when a problem is found, 2 for usage errors):
+Commands (exit codes: see :data:`EXIT_CODES`, also in ``--help``):
 
 * ``check-indexes [MODEL ...]`` read-only index health report; 1 if any problem;
 * ``clean-indexes [MODEL ...]`` remove index entries nobody owns;
-* ``rebuild-indexes MODEL [--async [--wait]]`` repair every index in place, here with
-  a progress bar, or as a Celery job (prints the job id);
-* ``jobs [JOB_ID]`` progress of background jobs; 1 if the job failed;
+* ``rebuild-indexes MODEL [--async [--wait [--timeout S]]]`` repair every index in
+  place, here with a progress bar, or as a Celery job (prints the job id); ``--wait``
+  follows the job (or, when a rebuild of the model already runs, that one) for at most
+  ``--timeout`` seconds (default 600);
+* ``jobs [JOB_ID]`` progress of background jobs; 1 if the job failed or is unknown;
 * ``streams [--stream NAME]`` length, groups, pending, lag and dead letters of the
   event streams; 1 if there are dead letters, pending entries idle too long or a
   lag above ``--max-lag``;
@@ -14,8 +16,10 @@ Commands (exit code 1 when a problem is found, 2 for usage errors):
 
 Models are found by label (``app.Model`` or the class name) once their modules
 are imported: ``--models app.models`` or ``POPOTO_MODEL_MODULES``. Without
-MODEL arguments, every registered model is processed. A sharded model (tag
-groups) is processed over all its groups; counts are summed over them.
+MODEL arguments, every registered model is processed (none loaded is an error).
+A sharded model (tag groups) is processed over all its groups; counts are summed
+over them. Every error is one line on stderr (``popoto-ops: ...``), never a
+traceback.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
+import re
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
@@ -36,9 +43,42 @@ from popoto.exceptions import PopotoError
 from popoto.models.base import Model
 from popoto.models.maintenance import class_set_size
 from popoto.registry import all_models, label_of
-from popoto.redis_db import get_client
+from popoto.redis_db import get_client, mask_url
 
-OK, PROBLEM, USAGE = 0, 1, 2
+OK, PROBLEM, USAGE, INTERRUPTED = 0, 1, 2, 130
+#: ``rebuild-indexes --wait`` gives up after this many seconds unless ``--timeout`` says
+DEFAULT_WAIT_TIMEOUT = 600.0
+
+EXIT_CODES = f"""\
+exit codes:
+  0    success, no problem found
+  1    a problem was found: index problems, a failed or unknown job, dead letters,
+       stuck or lagging stream groups, or --wait gave up after --timeout
+  2    usage or configuration error (bad option or value, bad Redis URL, a module
+       that does not import, unknown model or stream, no models loaded, Redis
+       unreachable): one line on stderr, no traceback
+  {INTERRUPTED}  interrupted (Ctrl-C)
+"""
+
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
+class UsageError(Exception):
+    """A bad argument or setting: reported as one line, exit code 2."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line, passwords of URLs in it masked."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+
+    def mask(match: re.Match[str]) -> str:
+        try:
+            return mask_url(match[0])
+        except ValueError:
+            return "<url>"
+
+    return _URL.sub(mask, text)
 
 
 # --- output ---------------------------------------------------------------------
@@ -82,7 +122,11 @@ class Progress:
 def _models(names: Sequence[str]) -> list[type[Model]]:
     if names:
         return [popoto.get_model(n) for n in names]
-    return sorted(all_models(), key=label_of)
+    models = sorted(all_models(), key=label_of)
+    if not models:
+        raise UsageError("no models loaded: name the modules that define them with "
+                         "--models app.models (or set POPOTO_MODEL_MODULES)")
+    return models
 
 
 def _emit(out: TextIO, as_json: bool, payload: Any, lines: Iterable[str]) -> None:
@@ -96,11 +140,10 @@ def _emit(out: TextIO, as_json: bool, payload: Any, lines: Iterable[str]) -> Non
 # --- index commands ---------------------------------------------------------------
 
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    reports = {label_of(m): m.check_indexes(batch_size=args.batch_size)
-               for m in _models(args.models)}
+    models = _models(args.models)
+    reports = {label_of(m): m.check_indexes(batch_size=args.batch_size) for m in models}
     lines = []
-    groups = {label_of(m): len(m._meta.groups) for m in _models(args.models)
-              if m._meta.sharded}
+    groups = {label_of(m): len(m._meta.groups) for m in models if m._meta.sharded}
     for label, rep in reports.items():
         status = "ok" if rep["total"] == 0 else "PROBLEMS"
         lines.append(f"{label}: {status} total={rep['total']} orphans={rep.get('orphans', 0)} "
@@ -108,8 +151,6 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                      f"owner_records={rep.get('owner_records', 0)} "
                      f"instances={rep.get('instances', 0)}"
                      + (f" groups={groups[label]}" if label in groups else ""))
-    if not reports:
-        lines.append("no registered models (import them with --models)")
     _emit(out, args.json, reports, lines)
     return PROBLEM if any(r["total"] for r in reports.values()) else OK
 
@@ -153,6 +194,12 @@ def rebuild_with_progress(model: type[Model], batch_size: int, err: TextIO) -> i
 
 
 def _job_line(state: dict[str, Any]) -> str:
+    if state.get("status") in ("queued", "skipped"):
+        return (f"{state.get('id')} {state.get('kind')} {state.get('model')} "
+                f"{state.get('status')}"
+                + (f" running_job_id={state['running_job_id']}"
+                   if "running_job_id" in state else "")
+                + (f" error={state['error']}" if "error" in state else ""))
     return (f"{state.get('id')} {state.get('kind')} {state.get('model')} "
             f"{state.get('status')} phase={state.get('phase')} "
             f"done={state.get('done', 0)}/{state.get('total', 0)} "
@@ -161,23 +208,45 @@ def _job_line(state: dict[str, Any]) -> str:
             + (f" error={state['error']}" if "error" in state else ""))
 
 
-def wait_for_job(job_id: str, err: TextIO, timeout: float | None = None,
+#: a job in one of these states will not change any more
+FINAL_STATUSES = ("done", "failed", "skipped")
+
+
+def wait_for_job(job_id: str, err: TextIO, timeout: float | None = DEFAULT_WAIT_TIMEOUT,
                  poll: float = 0.5) -> dict[str, Any]:
-    """Follow a job's progress hash until it ends (or ``timeout``), drawing a progress bar."""
+    """Follow a job's progress hash until it ends (or ``timeout``), drawing a progress bar.
+
+    A job skipped because another run of it held the lease is left for that run
+    (``running_job_id``), which is followed instead. Returns the last state seen
+    (empty if none): still ``queued`` or ``running`` means the time ran out.
+    """
     from tasks import jobs
 
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = Progress(err, f"job {job_id[:8]}")
+    followed = {job_id}
     state: dict[str, Any] = {}
-    while deadline is None or time.monotonic() < deadline:
-        state = jobs.get(job_id) or {}
-        if state:
-            bar.update(state.get("done", 0), state.get("total", 0), state.get("phase", ""),
-                       force=state.get("status") != "running")
-            if state.get("status") != "running":
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            state = jobs.get(job_id) or {}
+            status = state.get("status")
+            holder = state.get("running_job_id")
+            if status == "skipped" and holder and holder not in followed:
+                bar.close()
+                err.write(f"a {state.get('kind')} of {state.get('model')} is already running "
+                          f"as job {holder}: following it\n")
+                job_id = holder
+                followed.add(holder)
+                bar = Progress(err, f"job {holder[:8]}")
+                continue
+            if status not in (None, "queued"):
+                bar.update(state.get("done", 0), state.get("total", 0),
+                           state.get("phase", ""), force=status != "running")
+            if status in FINAL_STATUSES:
                 break
-        time.sleep(poll)
-    bar.close()
+            time.sleep(poll)
+    finally:
+        bar.close()
     return state
 
 
@@ -190,22 +259,37 @@ def cmd_rebuild(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(f"{label_of(model)}: rebuilt the indexes of {count} instances in "
                   f"{seconds:.1f}s\n")
         return OK
-    from tasks import app
+    from tasks import app, jobs
 
-    result = app.send_task("popoto.maintenance.rebuild_indexes", (label_of(model),),
-                           {"chunk_size": args.batch_size})
-    out.write(f"{result.id}\n")
+    label = label_of(model)
+    job_id = str(uuid.uuid4())
+    jobs.create_queued(job_id, "rebuild", label)  # before the task can run: it finds it
+    try:
+        app.send_task("popoto.maintenance.rebuild_indexes", (label,),
+                      {"chunk_size": args.batch_size}, task_id=job_id)
+    except BaseException:
+        jobs.discard_queued(job_id)
+        raise
+    out.write(f"{job_id}\n")
+    out.flush()
     if not args.wait:
-        err.write(f"enqueued rebuild of {label_of(model)} as job {result.id} "
-                  f"(follow it: popoto-ops jobs {result.id})\n")
+        err.write(f"enqueued rebuild of {label} as job {job_id} "
+                  f"(follow it: popoto-ops jobs {job_id})\n")
         return OK
-    state = wait_for_job(result.id, err, timeout=args.timeout)
-    if not state or state.get("status") == "running":
-        err.write(f"job {result.id} still running after {args.timeout}s "
+    state = wait_for_job(job_id, err, timeout=args.timeout)
+    status = state.get("status")
+    if status in (None, "queued"):
+        err.write(f"job {job_id} not started after {args.timeout:g}s "
                   "(no worker consuming the maintenance queue?)\n")
         return PROBLEM
+    if status == "running":
+        err.write(f"job {state['id']} still running after {args.timeout:g}s "
+                  f"(follow it: popoto-ops jobs {state['id']})\n")
+        return PROBLEM
     out.write(_job_line(state) + "\n")
-    return OK if state.get("status") == "done" else PROBLEM
+    if status == "skipped":
+        err.write(f"job {job_id} was skipped: another rebuild of {label} held the lease\n")
+    return OK if status == "done" else PROBLEM
 
 
 def cmd_jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -226,10 +310,11 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # --- stream commands --------------------------------------------------------------
 
 def cmd_streams(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from workers.streams import iter_streams, stream_info, stream_key
+    from workers.streams import iter_streams, stream_info
 
     client = get_client()
-    names = [stream_key(s) for s in args.stream] if args.stream else list(iter_streams(client))
+    names = [_existing_stream(client, s) for s in args.stream] if args.stream \
+        else list(iter_streams(client))
     infos = [stream_info(client, name) for name in names]
     problems: list[str] = []
     lines: list[str] = []
@@ -257,10 +342,24 @@ def cmd_streams(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return PROBLEM if problems else OK
 
 
-def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from workers.streams import dead_letter_key, replay_dead_letters, stream_key
+def _existing_stream(client: Any, name: str) -> str:
+    """The key of stream ``name``; UsageError when neither it nor its dead letters exist."""
+    from workers.streams import dead_letter_key, stream_key
 
-    key = stream_key(args.stream)
+    key = stream_key(name)
+    kind = client.type(key)
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind == "none" and not client.exists(dead_letter_key(key)):
+        raise UsageError(f"stream {key!r} does not exist (popoto-ops streams lists them)")
+    if kind not in ("none", "stream"):
+        raise UsageError(f"{key!r} is not a stream (it is a {kind})")
+    return key
+
+
+def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from workers.streams import dead_letter_key, replay_dead_letters
+
+    key = _existing_stream(get_client(), args.stream)
     replayed = replay_dead_letters(get_client(), key, args.count)
     out.write(f"replayed {replayed} dead letters from {dead_letter_key(key)} to {key}\n")
     return OK
@@ -268,8 +367,40 @@ def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 # --- entry point ------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (exit 2), like every other error."""
+
+    def error(self, message: str) -> Any:
+        command = self.prog.removeprefix("popoto-ops").strip()
+        where = f"popoto-ops: {command}: " if command else "popoto-ops: "
+        self.exit(USAGE, f"{where}{' '.join(message.split())} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,12}", text.strip()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number >= 1: {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,15}", text.strip()):
+        raise argparse.ArgumentTypeError(f"not a whole number >= 0: {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"not a number of seconds > 0: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="popoto-ops", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="popoto-ops", description=__doc__.split("\n")[0],
+                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis-url", default=None,
                         help="data Redis (default: REDIS_URL)")
     parser.add_argument("--models", dest="model_modules",
@@ -281,63 +412,92 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-indexes", help="read-only index health report")
     p.add_argument("models", nargs="*", metavar="MODEL")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=_positive_int, default=1000)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("clean-indexes", help="remove index entries nobody owns")
     p.add_argument("models", nargs="*", metavar="MODEL")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=_positive_int, default=1000)
     p.set_defaults(func=cmd_clean)
 
     p = sub.add_parser("rebuild-indexes", help="repair every index of a model in place")
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=_positive_int, default=1000)
     p.add_argument("--async", dest="async_", action="store_true",
                    help="enqueue a Celery job instead and print its id")
-    p.add_argument("--wait", action="store_true", help="with --async: follow the job")
-    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after")
+    p.add_argument("--wait", action="store_true",
+                   help="with --async: follow the job (or the rebuild of MODEL already "
+                        "running) until it ends")
+    p.add_argument("--timeout", type=_seconds, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
+                   help="with --wait: give up after this long, exit code 1 "
+                        f"(default {DEFAULT_WAIT_TIMEOUT:g})")
     p.set_defaults(func=cmd_rebuild)
 
     p = sub.add_parser("jobs", help="progress of background jobs")
     p.add_argument("job_id", nargs="?", metavar="JOB_ID")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_positive_int, default=20)
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("streams", help="event streams, consumer groups and dead letters")
     p.add_argument("--stream", action="append", default=[], help="only this stream")
-    p.add_argument("--max-lag", type=int, default=None,
+    p.add_argument("--max-lag", type=_count, default=None,
                    help="a group further behind than this is a problem")
-    p.add_argument("--max-pending-idle-ms", type=int, default=300_000,
+    p.add_argument("--max-pending-idle-ms", type=_count, default=300_000,
                    help="a pending entry idle longer than this is a problem")
     p.set_defaults(func=cmd_streams)
 
     p = sub.add_parser("replay-dead-letters", help="put dead letters back on their stream")
     p.add_argument("--stream", required=True)
-    p.add_argument("--count", type=int, default=None, help="at most this many (oldest first)")
+    p.add_argument("--count", type=_positive_int, default=None,
+                   help="at most this many (oldest first)")
     p.set_defaults(func=cmd_replay)
     return parser
 
 
+def _import_models(spec: str) -> None:
+    """Import the comma-separated model modules of ``--models``."""
+    for module in (m.strip() for m in spec.split(",")):
+        if not module:
+            continue
+        if not _MODULE_NAME.match(module):
+            raise UsageError(f"--models: {module!r} is not a module name (dotted Python "
+                             "names separated by commas, e.g. app.models)")
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UsageError(f"--models: cannot import {module!r}: {_one_line(exc)}") from exc
+        except Exception as exc:  # noqa: BLE001 - any error of a module's own code
+            raise UsageError(f"--models: importing {module!r} failed: "
+                             f"{type(exc).__name__}: {_one_line(exc)}") from exc
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
          err: TextIO | None = None) -> int:
-    """Run one command; returns the exit code (0 ok, 1 problem found, 2 usage/config error)."""
+    """Run one command; returns the exit code (see :data:`EXIT_CODES`).
+
+    Errors are one line on ``err``, never a traceback; Ctrl-C is exit code 130.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    if args.redis_url:
-        popoto.configure(url=args.redis_url)
-    func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
-    try:
-        for module in (m.strip() for m in args.model_modules.split(",")):
-            if module:
-                importlib.import_module(module)
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:
+            return OK if exc.code is None else exc.code if isinstance(exc.code, int) else USAGE
+        func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
+        if args.redis_url:
+            popoto.configure(url=args.redis_url)
+        _import_models(args.model_modules)
         return func(args, out, err)
-    except (PopotoError, ImportError, redis.RedisError) as exc:
-        err.write(f"popoto-ops: {exc}\n")
+    except KeyboardInterrupt:
+        err.write(("\n" if err.isatty() else "") + "popoto-ops: interrupted\n")
+        return INTERRUPTED
+    except (UsageError, PopotoError, redis.RedisError) as exc:
+        err.write(f"popoto-ops: {_one_line(exc)}\n")
+        return USAGE
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+        err.write(f"popoto-ops: {type(exc).__name__}: {_one_line(exc)}\n")
         return USAGE
 
 

@@ -15,23 +15,34 @@ Routes (JSON in and out)::
     GET  /orders/<id>
     GET  /orders/projection            what the stream consumer built (orders:*)
     POST /jobs/rebuild/<model>         enqueue an index rebuild -> 202 {"job_id"}
-    GET  /jobs/<job_id>                job progress (done/total, status)
+    GET  /jobs/<job_id>                job progress (done/total, status); 404 if unknown
 
 Run: ``python -m ops.web [--host 127.0.0.1] [--port 8000]`` (``PORT`` env too).
+
+Hostile input is answered, never a 500: a body needs a ``Content-Length`` (411
+without one; 400 if negative or not a number; 413, unread, above
+``POPOTO_WEB_MAX_BODY`` bytes, default 1 MiB), must be a JSON object (400 for
+bad JSON, NaN/Infinity, or nesting deeper than :data:`MAX_JSON_DEPTH`), and a
+bad value is a 400 whose JSON names the field (``{"error", "field"}``). A
+client that stalls mid-request is dropped after :data:`REQUEST_TIMEOUT`
+seconds. Tracebacks of a 500 are logged without the WSGI environ (which holds
+the process environment and the request headers).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import signal
+import socket
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qs
@@ -52,31 +63,146 @@ Response = tuple[int, Any]
 JSON_TYPE = [("Content-Type", "application/json")]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request",
-                404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
-                503: "Service Unavailable"}
+                404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+                411: "Length Required", 413: "Content Too Large",
+                500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+def _max_body_from_env() -> int:
+    raw = os.environ.get("POPOTO_WEB_MAX_BODY", "").strip()
+    if not raw:
+        return 1 << 20
+    if not raw.isascii() or not raw.isdigit():
+        raise ValueError(f"POPOTO_WEB_MAX_BODY must be a number of bytes, got {raw!r}")
+    return int(raw)
+
+
+#: largest request body accepted, in bytes (``POPOTO_WEB_MAX_BODY``, default 1 MiB)
+MAX_BODY_BYTES = _max_body_from_env()
+#: JSON nested deeper than this (objects and arrays) is refused
+MAX_JSON_DEPTH = 32
+#: seconds a client may stall while sending its request
+REQUEST_TIMEOUT = 30
+#: the largest ``limit`` of GET /notes
+MAX_LIMIT = 1000
+#: the WSGI environ entries the handlers get (not the process environment, not headers)
+_REQUEST_KEYS = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "CONTENT_LENGTH",
+                 "CONTENT_TYPE", "wsgi.input")
+_DIGITS = re.compile(r"^[0-9]+$")
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """An answer other than success: ``status``, a message and the field it is about."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.field = field
+
+
+def _content_length(environ: dict[str, Any]) -> int:
+    raw = str(environ.get("CONTENT_LENGTH") or "").strip()
+    if not raw:
+        raise HttpError(411, "a body needs a Content-Length header (chunked bodies are "
+                             "not accepted)")
+    if not _DIGITS.match(raw):
+        raise HttpError(400, f"bad Content-Length {raw[:32]!r}: not a byte count")
+    if len(raw) > 15 or int(raw) > MAX_BODY_BYTES:
+        raise HttpError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    return int(raw)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and arrays nest in ``value`` (0 for a scalar)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                break
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _body(environ: dict[str, Any]) -> dict[str, Any]:
+    length = _content_length(environ)
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    raw = environ["wsgi.input"].read(length) if length else b""
+        raw = environ["wsgi.input"].read(length) if length else b""
+    except OSError as exc:  # the client stalled past the server's timeout
+        raise HttpError(408, f"request body not received: {exc}") from None
+    if len(raw) < length:
+        raise HttpError(400, f"body shorter than its Content-Length ({len(raw)} < {length})")
     if not raw:
         return {}
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise HttpError(400, f"body is nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
         raise HttpError(400, f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise HttpError(400, "body must be a JSON object")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise HttpError(400, f"body is nested deeper than {MAX_JSON_DEPTH} levels")
     return data
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list)) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _scalar(data: dict[str, Any], field: str, default: Any, kind: str) -> Any:
+    value = data.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise HttpError(400, f"{field} must be {kind}, got {_shown(value)}", field)
+    return value
+
+
+def _number(data: dict[str, Any], field: str, default: Any = None) -> float:
+    """A finite number (a JSON number or a numeric string)."""
+    value = _scalar(data, field, default, "a number")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise HttpError(400, f"{field} must be a finite number, got {_shown(value)}", field)
+    return number
+
+
+def _decimal(data: dict[str, Any], field: str, default: Any = None) -> Decimal:
+    """An exact, finite decimal (a JSON number or a numeric string; no NaN, no Infinity)."""
+    value = _scalar(data, field, default, "a decimal number")
+    try:
+        number = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        number = Decimal("NaN")
+    if not number.is_finite():
+        raise HttpError(400, f"{field} must be a finite decimal number, got {_shown(value)}",
+                        field)
+    return number
+
+
+def _text(data: dict[str, Any], field: str, default: str | None = None) -> str | None:
+    """Text (a number is taken as its text); null or absent: ``default``."""
+    if data.get(field) is None:
+        return default
+    return str(_scalar(data, field, default, "text"))
+
+
+def _limit(params: dict[str, str]) -> int:
+    raw = params.get("limit", "20").strip()
+    if not _DIGITS.match(raw) or len(raw) > 6 or not 1 <= int(raw) <= MAX_LIMIT:
+        raise HttpError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}, got "
+                             f"{_shown(raw)}", "limit")
+    return int(raw)
 
 
 def _note(note: Any) -> dict[str, Any]:
@@ -101,8 +227,8 @@ def health(environ: dict[str, Any]) -> Response:
 
 def create_note(environ: dict[str, Any]) -> Response:
     data = _body(environ)
-    note = Note.create(title=str(data.get("title", "")), tag=data.get("tag"),
-                       score=float(data.get("score", 0)))
+    note = Note.create(title=_text(data, "title", ""), tag=_text(data, "tag"),
+                       score=_number(data, "score", 0))
     log.info("note saved", key=note.pk, tag=note.tag)
     return 201, _note(note)
 
@@ -113,8 +239,8 @@ def list_notes(environ: dict[str, Any]) -> Response:
     if "tag" in params:
         query["tag"] = params["tag"]
     if "min_score" in params:
-        query["score__gte"] = float(params["min_score"])
-    limit = int(params.get("limit", 20))
+        query["score__gte"] = _number(params, "min_score")
+    limit = _limit(params)
     notes = Note.query.filter(**query).order_by("-score").limit(limit)
     found = [_note(n) for n in notes]
     log.info("notes queried", filters=query, found=len(found))
@@ -123,8 +249,8 @@ def list_notes(environ: dict[str, Any]) -> Response:
 
 def create_order(environ: dict[str, Any]) -> Response:
     data = _body(environ)
-    order = Order.create(order_id=str(data.get("order_id") or uuid.uuid4().hex[:8]),
-                         customer=data.get("customer"), total=Decimal(str(data.get("total", 0))))
+    order = Order.create(order_id=_text(data, "order_id") or uuid.uuid4().hex[:8],
+                         customer=_text(data, "customer"), total=_decimal(data, "total", 0))
     log.info("order saved", key=order.pk)
     return 201, _order(order)
 
@@ -137,8 +263,9 @@ def _get_order(order_id: str) -> Any:
 
 
 def set_order_status(environ: dict[str, Any], order_id: str) -> Response:
+    status = _text(_body(environ), "status", "")
     order = _get_order(order_id)
-    order.status = str(_body(environ).get("status", ""))
+    order.status = status
     order.save()
     log.info("order status changed", key=order.pk, status=order.status)
     return 200, _order(order)
@@ -159,20 +286,27 @@ def order_projection(environ: dict[str, Any]) -> Response:
 
 def enqueue_rebuild(environ: dict[str, Any], model: str) -> Response:
     import popoto
-    from tasks import app
+    from tasks import app, jobs
 
     label = label_of(popoto.get_model(model))
-    result = app.send_task("popoto.maintenance.rebuild_indexes", (label,))
-    log.info("rebuild enqueued", model=label, job_id=result.id)
-    return 202, {"job_id": result.id, "model": label, "progress": f"/jobs/{result.id}"}
+    job_id = str(uuid.uuid4())
+    jobs.create_queued(job_id, "rebuild", label)  # "queued" until its task starts it
+    try:
+        app.send_task("popoto.maintenance.rebuild_indexes", (label,), task_id=job_id)
+    except BaseException:
+        jobs.discard_queued(job_id)
+        raise
+    log.info("rebuild enqueued", model=label, job_id=job_id)
+    return 202, {"job_id": job_id, "model": label, "progress": f"/jobs/{job_id}"}
 
 
 def show_job(environ: dict[str, Any], job_id: str) -> Response:
+    """A job's progress: ``queued`` until its task starts it, 404 for an unknown id."""
     from tasks import jobs
 
     state = jobs.get(job_id)
     if state is None:
-        return 200, {"id": job_id, "status": "queued"}  # its coordinator has not run yet
+        raise HttpError(404, f"no job {job_id!r}")
     return 200, state
 
 
@@ -203,6 +337,22 @@ def _dispatch(environ: dict[str, Any]) -> Response:
     raise HttpError(404, f"no route for {path}")
 
 
+def _handle(request: dict[str, Any]) -> Response:
+    """Dispatch ``request`` (the few environ entries the handlers use, see
+    :data:`_REQUEST_KEYS`): a traceback logged from here shows its frames' locals,
+    so no frame of it holds the raw environ."""
+    try:
+        return _dispatch(request)
+    except HttpError as exc:
+        error = {"error": str(exc)}
+        return exc.status, {**error, "field": exc.field} if exc.field else error
+    except (ModelException, QueryException, ValueError) as exc:
+        return 400, {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - the app answers 500 and logs the traceback
+        log.exception("request failed")
+        return 500, {"error": type(exc).__name__}
+
+
 def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
     """The WSGI entry point."""
     given = environ.get("HTTP_X_REQUEST_ID", "")
@@ -212,15 +362,7 @@ def application(environ: dict[str, Any], start_response: StartResponse) -> Itera
                                            method=environ.get("REQUEST_METHOD"),
                                            path=environ.get("PATH_INFO"))
     started = time.perf_counter()
-    try:
-        status, payload = _dispatch(environ)
-    except HttpError as exc:
-        status, payload = exc.status, {"error": str(exc)}
-    except (ModelException, QueryException, ValueError) as exc:
-        status, payload = 400, {"error": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - the app answers 500 and logs the traceback
-        log.exception("request failed")
-        status, payload = 500, {"error": type(exc).__name__}
+    status, payload = _handle({k: environ[k] for k in _REQUEST_KEYS if k in environ})
     body = json.dumps(payload, default=str).encode()
     log.info("request", status=status, ms=round((time.perf_counter() - started) * 1000, 2))
     structlog.contextvars.clear_contextvars()
@@ -233,9 +375,31 @@ def application(environ: dict[str, Any], start_response: StartResponse) -> Itera
 class ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
+    def shutdown_request(self, request: Any) -> None:
+        """Close gracefully: a body the app refused unread (413, 411, 400) is drained, at
+        most 64 KiB and 0.5 s, so the close does not reset the connection (the client
+        would lose the answer)."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            request.settimeout(0.5)
+            drained = 0
+            while drained < 1 << 16:
+                chunk = request.recv(1 << 14)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass
+        self.close_request(request)
+
 
 class QuietHandler(WSGIRequestHandler):
-    """Access logs come from the app (structured), not from wsgiref's stderr lines."""
+    """Access logs come from the app (structured), not from wsgiref's stderr lines.
+
+    A client that stalls longer than ``timeout`` seconds is dropped.
+    """
+
+    timeout = REQUEST_TIMEOUT
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass
@@ -247,13 +411,21 @@ def serve(host: str, port: int) -> Any:
                        handler_class=QuietHandler)
 
 
+def _set_max_body(limit: int) -> None:
+    global MAX_BODY_BYTES
+    MAX_BODY_BYTES = limit
+
+
 def main(argv: list[str] | None = None) -> int:
     from tasks.logconfig import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m ops.web", description="example web app")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--max-body", type=int, default=MAX_BODY_BYTES, metavar="BYTES",
+                        help="largest request body (default: POPOTO_WEB_MAX_BODY or 1 MiB)")
     args = parser.parse_args(argv)
+    _set_max_body(args.max_body)
     configure_logging()
     server = serve(args.host, args.port)
 

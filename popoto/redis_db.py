@@ -54,11 +54,23 @@ def mask_url(url: str) -> str:
 
 
 def _validate(url: str) -> str:
-    scheme = urlsplit(url).scheme
+    parts = urlsplit(url)
+    scheme = parts.scheme
     if scheme not in _SCHEMES:
         raise ConnectionConfigError(
             f"Unsupported Redis URL {mask_url(url)!r}: scheme must be one of {_SCHEMES}"
         )
+    # the database: the path of redis:// and rediss:// URLs, a ``db`` query parameter of
+    # any (redis-py would silently use db 0 for a path that is not a number)
+    dbs = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "db"]
+    if scheme != "unix" and parts.path not in ("", "/"):
+        dbs.append(parts.path[1:])
+    for db in dbs:
+        if not (db.isascii() and db.isdigit()):
+            raise ConnectionConfigError(
+                f"Bad Redis URL {mask_url(url)!r}: the database must be a whole number, "
+                f"got {db!r}"
+            )
     return url
 
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import redis
 from celery import Task, shared_task
 
-from popoto.exceptions import ConnectionConfigError
+from popoto.exceptions import ConnectionConfigError, PopotoError
 
 from .config import Settings
 
@@ -42,6 +42,18 @@ class PopotoTask(Task):
     reject_on_worker_lost = True  # ... also when only the pool process died
     soft_time_limit = settings.soft_time_limit  # both below the broker visibility timeout
     time_limit = settings.time_limit
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        """A job enqueued with a ``queued`` record whose task failed before starting it:
+        the record says failed (so ``--wait`` and ``GET /jobs/<id>`` stop waiting)."""
+        from . import jobs
+        from .logconfig import scrub_text
+
+        try:
+            jobs.fail_queued(task_id, scrub_text(f"{type(exc).__name__}: {exc}"))
+        except (redis.RedisError, PopotoError, OSError):
+            pass  # the data Redis is what failed: nothing to record it in
 
 
 def _unwrap_unreachable(fn: F) -> F:

@@ -15,6 +15,13 @@ loses its lease after ``lock_ttl`` seconds without progress.
 
 ``$Jobs`` is a sorted set of recent job ids by start time (``popoto-ops jobs``).
 
+A job enqueued from outside (``popoto-ops rebuild-indexes --async``, the web
+app) gets its hash at once, with status ``queued`` (:func:`create_queued`), so
+"not started yet" and "no such job" differ. When its task starts the job, the
+status becomes ``running``; when another run holds the lease instead, it
+becomes ``skipped`` with ``running_job_id`` naming that run; when the task
+fails before starting it, ``failed`` (:func:`fail_queued`).
+
 In cluster mode every one of these keys carries the hash tag ``{popoto-jobs}``
 (``$Job:{popoto-jobs}:<id>``): the scripts below touch a job's hash, its done
 set, its lease and the index together, which a cluster allows in one slot only.
@@ -82,7 +89,7 @@ _COMPLETE = LuaScript("tasks_job_complete")
 
 _INT_FIELDS = frozenset({"total", "done", "chunks", "chunks_done", "removed", "scan_done",
                          "enqueued", "problems", "epoch"})
-_FLOAT_FIELDS = frozenset({"started", "finished", "updated"})
+_FLOAT_FIELDS = frozenset({"started", "finished", "updated", "queued_at"})
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
@@ -227,6 +234,41 @@ class Job:
     def fail(self, reason: str) -> None:
         self.set(status="failed", error=reason[:500], finished=time.time())
         _RELEASE(get_client(), [self.lock], [self.id])
+
+
+def create_queued(job_id: str, kind: str, model: str) -> None:
+    """The record of a job about to be enqueued as task ``job_id`` (status ``queued``).
+
+    Call it before sending the task, so the task always finds it.
+    """
+    now = time.time()
+    key = job_key(job_id)
+    pipe = get_client().pipeline(transaction=True)
+    pipe.hset(key, mapping={"id": job_id, "kind": kind, "model": model, "status": "queued",
+                            "queued_at": now, "updated": now})
+    pipe.expire(key, JOB_TTL)
+    pipe.zadd(jobs_index_key(), {job_id: now})
+    pipe.zremrangebyrank(jobs_index_key(), 0, -RECENT_JOBS - 1)
+    pipe.execute()
+
+
+def discard_queued(job_id: str) -> None:
+    """Forget the record of a job whose task could not be sent."""
+    pipe = get_client().pipeline(transaction=True)
+    pipe.delete(job_key(job_id))
+    pipe.zrem(jobs_index_key(), job_id)
+    pipe.execute()
+
+
+def fail_queued(job_id: str, reason: str) -> bool:
+    """Mark a still ``queued`` job failed (its task failed before starting it)."""
+    state = get(job_id)
+    if state is None or state.get("status") != "queued":
+        return False
+    get_client().hset(job_key(job_id), mapping={"status": "failed", "error": reason[:500],
+                                                "finished": time.time(),
+                                                "updated": time.time()})
+    return True
 
 
 def get(job_id: str) -> dict[str, Any] | None:

@@ -47,3 +47,30 @@ def test_mask_url():
     """mask_url hides only the password."""
     assert redis_db.mask_url("rediss://u:p@h:1/2") == "rediss://u:***@h:1/2"
     assert redis_db.mask_url("redis://h:1/0") == "redis://h:1/0"
+
+
+@pytest.mark.parametrize("url", [
+    "redis://user:s3cret@127.0.0.1:6379/abc",
+    "redis://user:s3cret@127.0.0.1:6379/-1",
+    "redis://user:s3cret@127.0.0.1:6379/0/1",
+    "rediss://user:s3cret@127.0.0.1:6379/1x",
+    "redis://user:s3cret@127.0.0.1:6379/0?db=abc",
+    "unix://user:s3cret@/tmp/redis.sock?db=abc",
+])
+def test_non_integer_db_is_rejected_naming_masked_url(url, restore_config):
+    """A db that is not a whole number is an error (redis-py would silently use db 0)."""
+    with pytest.raises(ConnectionConfigError) as info:
+        popoto.configure(url=url)
+    message = str(info.value)
+    assert "database" in message
+    assert "127.0.0.1" in message or "/tmp/redis.sock" in message
+    assert "s3cret" not in message and "user:***@" in message
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/15",
+    "rediss://u:p@127.0.0.1:6379/3?ssl_cert_reqs=none", "unix:///tmp/redis.sock?db=2",
+    "unix:///tmp/redis.sock", "redis://127.0.0.1:7000?cluster=true",
+])
+def test_integer_or_absent_db_is_accepted(url, restore_config):
+    popoto.configure(url=url)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -109,6 +110,9 @@ class EmbeddedRedis(Started):
 
     Use as a context manager, or call :meth:`start` / :meth:`stop` yourself. A
     started server is also stopped on interpreter exit (atexit).
+
+    ``password``: the server requires it (``--requirepass``); :attr:`url`,
+    :meth:`client` and the start/stop probes then authenticate with it.
     """
 
     def __init__(
@@ -118,9 +122,11 @@ class EmbeddedRedis(Started):
         extra_args: Sequence[str] | None = None,
         port: int | None = None,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        password: str | None = None,
     ) -> None:
         self.executable: str = executable or find_redis_server()
         self.extra_args: list[str] = list(extra_args or [])
+        self.password: str | None = password
         self.host: str = HOST
         self.startup_timeout = startup_timeout
         self._requested_port = port
@@ -141,8 +147,9 @@ class EmbeddedRedis(Started):
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
-        return f"redis://{self.host}:{self.port}/0"
+        """``redis://127.0.0.1:PORT/0`` (``redis://:PASSWORD@127.0.0.1:PORT/0`` with a password)."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -175,6 +182,8 @@ class EmbeddedRedis(Started):
 
     def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
         """A new redis-py client connected to this server."""
+        if self.password:
+            kwargs.setdefault("password", self.password)
         return redis.Redis(host=self.host, port=self.port, db=db, **kwargs)
 
     # ----------------------------------------------------------------- lifecycle
@@ -230,10 +239,15 @@ class EmbeddedRedis(Started):
         return self
 
     def __repr__(self) -> str:
-        state = f"{self.url} pid={self._process.pid}" if self.running else "stopped"
+        state = (f"{self._public_url()} pid={self._process.pid}"
+                 if self.running and self._process else "stopped")
         return f"<EmbeddedRedis {state}>"
 
     # ----------------------------------------------------------------- internals
+
+    def _public_url(self) -> str:
+        """:attr:`url` without the password (for logs and reprs)."""
+        return f"redis://{self.host}:{self._port}/0"
 
     def _command(self, port: int) -> list[str]:
         assert self._tmpdir is not None
@@ -245,13 +259,15 @@ class EmbeddedRedis(Started):
             "--save", "",
             "--appendonly", "no",
             "--daemonize", "no",
+            *(["--requirepass", self.password] if self.password else []),
             *self.extra_args,
         ]
 
     def _launch(self, port: int) -> None:
         assert self._tmpdir is not None and self.log_path is not None
         cmd = self._command(port)
-        logger.debug("starting %s", shlex.join(cmd))
+        shown = ["***" if self.password and arg == self.password else arg for arg in cmd]
+        logger.debug("starting %s", shlex.join(shown))
         try:
             with open(self.log_path, "ab") as log_file:  # the child keeps its own copy
                 process = subprocess.Popen(
@@ -276,7 +292,7 @@ class EmbeddedRedis(Started):
             raise
         logger.info(
             "started redis-server %s (%s) pid=%d at %s",
-            self._version, self.executable, process.pid, self.url,
+            self._version, self.executable, process.pid, self._public_url(),
         )
 
     def _probe_client(self, port: int) -> redis.Redis:
@@ -284,6 +300,7 @@ class EmbeddedRedis(Started):
         return redis.Redis(
             host=self.host,
             port=port,
+            password=self.password,
             socket_connect_timeout=1.0,
             socket_timeout=5.0,
             retry=Retry(NoBackoff(), 0),

@@ -149,3 +149,20 @@ def test_run_cli_reports_missing_command() -> None:
     result = _run_cli("popoto-no-such-program-xyz", env=_env_without_redis_url())
     assert result.returncode == 127
     assert "Traceback" not in result.stderr
+
+
+def test_password_option_requires_auth() -> None:
+    """`EmbeddedRedis(password=...)`: the server wants it; url, client() and stop() use it."""
+    with EmbeddedRedis(password="p@ss:w/rd") as server:
+        assert server.url == f"redis://:p%40ss%3Aw%2Frd@127.0.0.1:{server.port}/0"
+        assert "p@ss" not in repr(server)
+        anonymous = redis.Redis(host=server.host, port=server.port)
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        anonymous.close()
+        for client in (server.client(), redis.Redis.from_url(server.url)):
+            assert client.ping() is True
+            client.close()
+        port = server.port
+    assert not server.running
+    assert _port_is_free(port)
