@@ -109,3 +109,4 @@ class LuaScript:
 SAVE = LuaScript("save")
 DELETE = LuaScript("delete")
 QUERY = LuaScript("query")
+PAGE = LuaScript("page")

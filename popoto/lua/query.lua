@@ -1,11 +1,14 @@
+--! include: read_rows
 -- QUERY: runs a query program compiled by popoto.engine.sources (Program): each op
 -- materialises a source into a temporary sorted set or combines earlier ones.
 -- KEYS: the program's keys (indexes, temporaries), addressed by position.
 -- ARGV: n_ops, (op args...)*, then result position, mode ('count' | 'page'), offset,
 --       count (< 0: to the end), rev ('1' | '0'), withscores ('1' | '0'), position of a
---       temporary used when the result is a plain set (popoto.query.queryset._query_call).
--- Returns {size} when counting, else {size, page}. Temporaries are deleted before
--- returning and expire after a while in case the script is killed.
+--       temporary used when the result is a plain set (popoto.query.queryset._query_call),
+--       and optionally inline_max, nfields, field* (the page's rows, see read_rows.lua).
+-- Returns {size} when counting, else {size, page} (+ {inlined, rows} when asked).
+-- Temporaries are deleted before returning and expire after a while in case the script
+-- is killed.
 local ttl = 30
 local pos = 1
 local n_ops = tonumber(ARGV[pos]); pos = pos + 1
@@ -146,7 +149,11 @@ else
   local stop = count < 0 and -1 or offset + count - 1
   local args = {rev == '1' and 'ZREVRANGE' or 'ZRANGE', result, offset, stop}
   if withscores == '1' then args[#args + 1] = 'WITHSCORES' end
-  out = {redis.call('ZCARD', result), redis.call(unpack(args))}
+  local flat = redis.call(unpack(args))
+  out = {redis.call('ZCARD', result), flat}
+  if withscores == '1' and ARGV[pos + 7] then  -- the page's hashes too (read_rows.lua)
+    out[3], out[4] = read_rows(flat, pos + 7)
+  end
 end
 for _, t in ipairs(temps) do redis.call('DEL', t) end
 return out

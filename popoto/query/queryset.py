@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from popoto.models.base import Model
 
 BATCH = 1000
+#: a page of at most this many rows comes back with its hashes from the script that
+#: finds it: one round trip (larger reads stream their hashes BATCH at a time)
+INLINE_MAX = 1000
 Plans = list[tuple[str, "Source | None"]]  # (tag group, its source; None = the class set)
 
 
@@ -172,8 +175,13 @@ class QuerySet:
         return bool(self._order and self._order.startswith("-"))
 
     # --- evaluation as I/O-free steps (run by popoto.engine.io, sync or async) ----
+    def _inline_args(self, inline: bool) -> list[Any]:
+        """The trailing ARGV of PAGE/QUERY asking for the page's rows (read_rows.lua)."""
+        fields = list(self._values or ())
+        return [INLINE_MAX if inline else -1, len(fields), *fields]
+
     def _query_call(self, source: Source, mode: str, offset: int = 0,
-                    count: int = 0, ns: str = "") -> Command:
+                    count: int = 0, ns: str = "", inline: bool = False) -> Command:
         """The QUERY script call evaluating ``source`` inside Redis (in tag group ``ns``)."""
         prog = Program(temp_prefix=keys.temp_key(uuid.uuid4().hex, ns), ns=ns)
         result = source.emit(prog)
@@ -183,15 +191,23 @@ class QuerySet:
             argv += op
         scores = "1" if mode == "page" else "0"
         argv += [result, mode, offset, count, "1" if self._rev() else "0", scores, conv]
+        if mode == "page":
+            argv += self._inline_args(inline)
         return scripts.QUERY.command(prog.keys, argv)
 
-    def _page_steps(self, plans: Plans, offset: int,
-                    count: int) -> Steps[tuple[int, list[Any]]]:
-        """(total, [(member, score)]) of one page of the plans' result in Redis order."""
+    def _page_steps(self, plans: Plans, offset: int, count: int,
+                    inline: bool = False) -> Steps[tuple[int, list[Any], list[Any] | None]]:
+        """(total, [(member, score)], rows) of one page of the plans' result in Redis order.
+
+        With ``inline`` (one tag group) the script that finds the page also reads its
+        hashes when the page has at most INLINE_MAX rows: ``rows`` holds one HGETALL
+        (or HMGET of ``values()``) per member, 0 for a hash gone meanwhile; else None.
+        """
         if len(plans) > 1:
-            return (yield from self._scatter_page_steps(plans, offset, count))
+            total, members = yield from self._scatter_page_steps(plans, offset, count)
+            return total, members, None
         ns, source = plans[0]
-        rev = self._rev()
+        rev = "1" if self._rev() else "0"
         if source is None:
             source = SetSource(keys.class_set_key(ns))
         order = self._order and self.model._meta.fields[self._order.lstrip("-")]
@@ -199,21 +215,16 @@ class QuerySet:
                 order and order.is_sorted):  # (ordering by a sorted field: source is its zset)
             # a whole set needs no paging script: SMEMBERS, in the member order ZRANGE gives
             (members,) = yield [("smembers", (source.key,))]
-            members = sorted(members, reverse=rev)
-            return len(members), [(m, 0.0) for m in members]
-        if isinstance(source, ScoreRange):
-            # members only: a range's scores are the sorted field's own values, which the
-            # hashes hold anyway (WITHSCORES made Redis format and redis-py parse every score)
-            low, high = source.low, source.high
-            page = () if count < 0 else (offset, count)
-            rng = (("zrevrangebyscore", (source.key, high, low, *page)) if rev
-                   else ("zrangebyscore", (source.key, low, high, *page)))
-            total, members = yield [("zcount", (source.key, low, high)), rng]
-            if count < 0 and offset:
-                members = members[offset:]
-            return total, [(m, 0.0) for m in members]
-        ((total, flat),) = yield [self._query_call(source, "page", offset, count, ns)]
-        return total, list(zip(flat[0::2], (float(s) for s in flat[1::2])))
+            members = sorted(members, reverse=rev == "1")
+            return len(members), [(m, 0.0) for m in members], None
+        if isinstance(source, ScoreRange):  # one sorted set: no temporary, paged by Redis
+            call = scripts.PAGE.command([source.key], [
+                source.low, source.high, offset, count, rev, *self._inline_args(inline)])
+        else:
+            call = self._query_call(source, "page", offset, count, ns, inline)
+        ((total, flat, inlined, rows),) = yield [call]
+        members = list(zip(flat[0::2], (float(s) for s in flat[1::2])))
+        return total, members, rows if inlined else None
 
     def _scatter_page_steps(self, plans: Plans, offset: int,
                             count: int) -> Steps[tuple[int, list[Any]]]:
@@ -245,7 +256,7 @@ class QuerySet:
                 total += len(got) + (1 if want >= 0 and len(got) == want else 0)
                 rows += [(m, float(s)) for m, s in got]
             else:
-                n, flat = next(replies)
+                n, flat, *_rows = next(replies)
                 total += n
                 rows += zip(flat[0::2], (float(s) for s in flat[1::2]))
         rows.sort(key=scored_merge_key, reverse=rev)
@@ -265,37 +276,52 @@ class QuerySet:
         replies = yield cmds
         return sum(r[0] if isinstance(r, list) else r for r in replies)
 
-    def _hydrate_steps(self, rows: list[tuple[Any, float]]) -> Steps[list[Any]]:
-        """Instances (or value dicts) for ``rows``, one pipelined round trip per batch.
-
-        Keys whose hash no longer exists (expired, deleted behind the ORM's
-        back) are skipped.
-        """
+    def _hydrate_steps(self, rows: list[tuple[Any, float]],
+                       replies: list[Any] | None = None) -> Steps[list[Any]]:
+        """Instances (or value dicts) for ``rows``: from ``replies`` when the page's script
+        read them (one per row, 0 for a hash gone), else one pipelined round trip per
+        BATCH rows. Keys whose hash no longer exists (expired, deleted behind the ORM's
+        back) are skipped."""
         out: list[Any] = []
-        model = self.model
         values = self._values
         for start in range(0, len(rows), BATCH):
             chunk = rows[start:start + BATCH]
-            if values is None:
-                replies = yield [("hgetall", (key,)) for key, _score in chunk]
-                from_redis = model.from_redis  # the common case, kept tight
-                for (key, score), reply in zip(chunk, replies):
-                    if reply:
-                        obj = from_redis(text(key), reply)
-                        obj.__dict__["_score"] = score
-                        out.append(obj)
-                continue
-            replies = yield [("hmget", (key, values)) for key, _score in chunk]
-            names = [text(k) for k, _score in chunk]
-            blank = [i for i, reply in enumerate(replies) if all(v is None for v in reply)]
-            gone: set[int] = set()
-            if blank:  # all-None could be a missing hash: ask which ones still exist
-                exists = yield [("exists", (names[i],)) for i in blank]
-                gone = {i for i, n in zip(blank, exists) if not n}
-            out += [self._value_dict(names[i], reply) for i, reply in enumerate(replies)
-                    if i not in gone]
+            if replies is not None:
+                got = replies[start:start + BATCH]
+            elif values is None:
+                got = yield [("hgetall", (key,)) for key, _score in chunk]
+            else:
+                got = yield from self._values_steps(chunk)
+            out += self._build(chunk, got)
         if values is None:
-            model._meta.after_load(out, self._options)
+            self.model._meta.after_load(out, self._options)
+        return out
+
+    def _values_steps(self, chunk: list[tuple[Any, float]]) -> Steps[list[Any]]:
+        """HMGET of ``values()`` per row; 0 where the hash is gone (EXISTS asked only
+        for rows whose fields are all missing)."""
+        got = yield [("hmget", (key, self._values)) for key, _score in chunk]
+        blank = [i for i, reply in enumerate(got) if all(v is None for v in reply)]
+        if blank:  # all-None could be a missing hash: ask which ones still exist
+            exists = yield [("exists", (chunk[i][0],)) for i in blank]
+            for i, there in zip(blank, exists):
+                if not there:
+                    got[i] = 0
+        return got
+
+    def _build(self, chunk: list[tuple[Any, float]], got: list[Any]) -> list[Any]:
+        if self._values is not None:
+            return [self._value_dict(text(key), reply)
+                    for (key, _score), reply in zip(chunk, got) if reply != 0]
+        out = []
+        from_redis = self.model.from_redis  # the common case, kept tight
+        for (key, score), reply in zip(chunk, got):
+            if reply:
+                if isinstance(reply, list):  # from a script: a flat field/value list
+                    reply = dict(zip(reply[0::2], reply[1::2]))
+                obj = from_redis(text(key), reply)
+                obj.__dict__["_score"] = score
+                out.append(obj)
         return out
 
     def hydrate(self, rows: list[tuple[Any, float]]) -> list[Any]:
@@ -329,24 +355,26 @@ class QuerySet:
             return []
         if residual is not None or not redis_order:
             # Python has work to do: evaluate over every candidate Redis returns.
-            _total, rows = yield from self._page_steps(plans, 0, -1)
-            loaded = yield from self._clone(_values=None)._hydrate_steps(rows)
+            plain = self._clone(_values=None)
+            _total, rows, got = yield from plain._page_steps(plans, 0, -1, inline=True)
+            loaded = yield from plain._hydrate_steps(rows, got)
             objs = self._python_sort([o for o in loaded if residual is None or residual(o)])
             objs = objs[offset:None if limit is None else offset + limit]
             if values is not None:
                 objs = [{n: getattr(o, n) for n in values} for o in objs]
             return objs
         want = -1 if limit is None else limit
-        total, rows = yield from self._page_steps(plans, offset, want)
-        objs = yield from self._hydrate_steps(rows)
+        total, rows, got = yield from self._page_steps(plans, offset, want, inline=True)
+        objs = yield from self._hydrate_steps(rows, got)
         # stale index entries were skipped: top the page up from further down
         next_offset = offset + len(rows)
         while want > 0 and len(objs) < want and next_offset < total:
-            _t, more = yield from self._page_steps(plans, next_offset, want - len(objs))
+            _t, more, got = yield from self._page_steps(plans, next_offset, want - len(objs),
+                                                        inline=True)
             if not more:
                 break
             next_offset += len(more)
-            objs += yield from self._hydrate_steps(more)
+            objs += yield from self._hydrate_steps(more, got)
         return objs
 
     def _count_all_steps(self) -> Steps[int]:
@@ -363,7 +391,7 @@ class QuerySet:
         if residual is not None or not redis_order:
             return [o.pk for o in (yield from self._clone(_values=None)._fetch_steps())]
         want = -1 if self._limit is None else self._limit
-        _total, rows = yield from self._page_steps(plans, self._offset, want)
+        _total, rows, _got = yield from self._page_steps(plans, self._offset, want)
         return [text(k) for k, _s in rows]
 
     def _get_steps(self) -> Steps[Any]:
