@@ -18,7 +18,7 @@ read_globals = {
   "IDX_PREFIX",
   "KIND_CLAIM", "KIND_COMPANION_FIELD", "KIND_GEO", "KIND_KEY", "KIND_LINKED_KEY",
   "KIND_SET", "KIND_ZSET",
-  "OP_AND", "OP_AND_SMALL", "OP_GEO", "OP_KEYS", "OP_NOT", "OP_OR", "OP_PATTERN", "OP_RANGE",
+  "OP_AND", "OP_AND_SMALL", "OP_PART_KEY", "OP_PART_RANGE", "OP_GEO", "OP_KEYS", "OP_NOT", "OP_OR", "OP_PATTERN", "OP_RANGE",
   "TTL_AT", "TTL_SECONDS",
   -- end prelude
 }
@@ -48,3 +48,9 @@ end
 for name in pairs(included) do
   files[dir .. name .. ".lua"] = {ignore = {"211/" .. name}}
 end
+
+-- save_one is a fragment that calls the fragments included before it
+files["popoto/lua/save_one.lua"] = {
+  read_globals = {"remove_entries", "run_commands"},
+  ignore = {"211/save_one"},
+}

@@ -53,6 +53,8 @@ OP_KEYS = "KEYS"  # an explicit list of instance keys
 OP_GEO = "GEO"  # members of a geo set within a radius, scored by distance
 OP_AND = "AND"  # ZINTERSTORE
 OP_AND_SMALL = "ANDS"  # AND driven by its smallest input, ranges never materialised
+OP_PART_RANGE = "R"  # an OP_AND_SMALL part: a score range of a sorted set
+OP_PART_KEY = "K"  # an OP_AND_SMALL part: a set or sorted set
 OP_OR = "OR"  # ZUNIONSTORE (AGGREGATE MIN)
 OP_NOT = "NOT"  # ZDIFFSTORE
 

@@ -43,7 +43,7 @@ def test_every_script_loads_on_the_server(r, registry):
 def test_every_lua_file_is_a_script_or_an_included_fragment(registry):
     names = {s.name for s in registry}
     included = {f for text in LUA_FILES.values() for f in scripts.includes_of(text)}
-    assert included == {"remove_entries", "run_commands"}
+    assert included == {"remove_entries", "run_commands", "save_one", "read_rows"}
     assert set(LUA_FILES) == names | included
     assert not included & names
 
@@ -51,7 +51,7 @@ def test_every_lua_file_is_a_script_or_an_included_fragment(registry):
 def test_a_body_is_the_prelude_then_its_includes_then_the_file():
     body = scripts.script_body("save")
     assert body == (protocol.lua_prelude() + LUA_FILES["remove_entries"]
-                    + LUA_FILES["run_commands"] + LUA_FILES["save"])
+                    + LUA_FILES["run_commands"] + LUA_FILES["save_one"] + LUA_FILES["save"])
     assert scripts.SAVE.body == body
     assert scripts.script_body("claim") == protocol.lua_prelude() + LUA_FILES["claim"]
 

@@ -23,6 +23,8 @@ from popoto.protocol import (
     OP_KEYS,
     OP_NOT,
     OP_OR,
+    OP_PART_KEY,
+    OP_PART_RANGE,
     OP_PATTERN,
     OP_RANGE,
 )
@@ -242,11 +244,11 @@ class Combine(Source):
         specs: list[Any] = []
         for part in self.parts:
             if isinstance(part, ScoreRange):
-                specs += ["R", prog.key(part.key), part.low, part.high]
+                specs += [OP_PART_RANGE, prog.key(part.key), part.low, part.high]
             elif isinstance(part, SetSource):
-                specs += ["K", prog.key(part.key), "", ""]
+                specs += [OP_PART_KEY, prog.key(part.key), "", ""]
             else:
-                specs += ["K", part.emit(prog), "", ""]
+                specs += [OP_PART_KEY, part.emit(prog), "", ""]
         dst = prog.temp()
         score_from = 0 if self.score_from is None else self.score_from + 1
         prog.op(OP_AND_SMALL, dst, len(self.parts), score_from, *specs)

@@ -63,14 +63,15 @@ for _ = 1, n_ops do
     redis.call(unpack(args))
     pos = pos + 2 * n
   elseif op == OP_AND_SMALL then
-    -- dst, n, score_from (1-based part, 0: none), n x (kind 'R'|'K', key pos, low, high)
+    -- dst, n, score_from (1-based part, 0: none), n x (OP_PART_RANGE | OP_PART_KEY,
+    -- key pos, low, high)
     local dst, n, score_from = tmp(tonumber(ARGV[pos])), tonumber(ARGV[pos + 1]),
       tonumber(ARGV[pos + 2])
     pos = pos + 3
     local parts, driver = {}, nil
     for j = 1, n do
       local part = {kind = ARGV[pos], key = KEYS[tonumber(ARGV[pos + 1])]}
-      if part.kind == 'R' then
+      if part.kind == OP_PART_RANGE then
         part.low, part.lex = bound(ARGV[pos + 2])
         part.high, part.hex = bound(ARGV[pos + 3])
         part.lowarg, part.higharg = ARGV[pos + 2], ARGV[pos + 3]
@@ -90,7 +91,7 @@ for _ = 1, n_ops do
     local d = parts[driver]
     if d.size > 0 then
       local members
-      if d.kind == 'R' then
+      if d.kind == OP_PART_RANGE then
         members = redis.call('ZRANGEBYSCORE', d.key, d.lowarg, d.higharg)
       elseif d.zset then
         members = redis.call('ZRANGE', d.key, 0, -1)
@@ -108,7 +109,7 @@ for _ = 1, n_ops do
               if not s then ok = false
               else
                 s = tonumber(s)
-                if p.kind == 'R' and not in_range(s, p) then ok = false end
+                if p.kind == OP_PART_RANGE and not in_range(s, p) then ok = false end
                 if j == score_from then score = s end
               end
             elseif redis.call('SISMEMBER', p.key, m) == 0 then ok = false

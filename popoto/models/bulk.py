@@ -56,6 +56,7 @@ logger = logging.getLogger("popoto.models")
 T = TypeVar("T")
 
 RAW_UPDATE = scripts.LuaScript("raw_update")  # popoto/lua/raw_update.lua
+BULK_SAVE = scripts.LuaScript("bulk_save")  # popoto/lua/bulk_save.lua
 
 _INT64_MIN, _UINT64_END = -(2**63), 2**64
 
@@ -239,13 +240,41 @@ def call_steps(model: type[Model], call: Call) -> Steps[Any]:
 def chunk_steps(model: type[Model], calls: Sequence[Call]) -> Steps[list[Any]]:
     """The replies of ``calls`` (errors inline, in order).
 
-    Unsharded: one pipeline of script calls. Sharded: every call's claims are
-    taken, its script run and its claims settled, each phase batched over the
-    whole chunk (three round trips when nothing is contended).
+    Unsharded: the chunk's saves are ONE bulk_save script call (each instance written
+    exactly as save() writes it, its own error inline), its deletes one pipeline of
+    script calls. Sharded: every call's claims are taken, its script run and its
+    claims settled, each phase batched over the whole chunk (three round trips when
+    nothing is contended).
     """
-    if not model._meta.sharded:
-        return (yield [c.command() for c in calls])
-    return (yield from io.lockstep([call_steps(model, c) for c in calls]))
+    if model._meta.sharded:
+        return (yield from io.lockstep([call_steps(model, c) for c in calls]))
+    saves = [i for i, c in enumerate(calls) if c.script is scripts.SAVE]
+    others = [i for i, c in enumerate(calls) if c.script is not scripts.SAVE]
+    commands = [c.command() for c in (calls[i] for i in others)]
+    if saves:
+        commands.append(bulk_save_call([calls[i].batch for i in saves]))
+    replies = yield commands
+    out: list[Any] = [None] * len(calls)
+    for i, reply in zip(others, replies):
+        out[i] = reply
+    if saves:
+        written = replies[-1]
+        if isinstance(written, Exception):  # the whole call failed (e.g. NOSCRIPT, OOM)
+            written = [written] * len(saves)
+        for i, reply in zip(saves, written):
+            out[i] = reply
+    return out
+
+
+def bulk_save_call(batches: Sequence[WriteBatch]) -> Command:
+    """One BULK_SAVE call writing ``batches`` (instances of one tag group) in order."""
+    keys_: list[str] = []
+    argv: list[Any] = [len(batches)]
+    for batch in batches:
+        batch_keys, batch_argv = batch.save_args()
+        argv += [len(keys_), len(batch_argv), *batch_argv]
+        keys_ += batch_keys
+    return BULK_SAVE.command(keys_, argv)
 
 
 def run_calls(calls: Sequence[Call], batch_size: int, outcome: BulkOutcome) -> None:
