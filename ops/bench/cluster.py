@@ -106,12 +106,12 @@ class ShardedRaw:
         ckey = f"$IndexF:{ns}:color:{row.color}"
         return [
             5, key, f"$Class:{ns}", key, zkey, ckey,  # every key it touches is declared
-            f"NX{NO_LEASE}", "-", 0, 0, 2, "score", "color", 0, 9,
+            f"NX{NO_LEASE}", "-", 0, 0, 2, "score", zkey, "color", f"$IndexF:{ns}:color", 0, 9,
             "sku", pack(row.sku), "score", pack(row.score), "color", pack(row.color),
             "name", pack(row.name), "qty", pack(row.qty), "price", pack(row.price),
             "created", pack(row.created),
-            "@idx:score", pack([["Z", zkey]]),
-            "@idx:color", pack([["S", ckey]]),
+            "@idx:score", pack([["z"]]),  # rows relative to the owner's record base
+            "@idx:color", pack([["s", ":" + row.color]]),
             0, 2, "Z", zkey, key, repr(row.score), "S", ckey, key, "", 0,
         ]
 

@@ -31,6 +31,8 @@ PER_COLOR = 500  # objects per IndexedField value
 CLASS_SET = f"$Class:{MODEL}"
 SCORE_KEY = f"$SortedF:{MODEL}:score"
 COLOR_PREFIX = f"$IndexF:{MODEL}:color:"
+#: the delete script's ARGV for one instance: flags, (owner, record base)*, no commands
+DELETE_ARGV = ("-", 2, "score", SCORE_KEY, "color", COLOR_PREFIX[:-1], 0)
 _BASE_TIME = _dt.datetime(2024, 1, 1, 12, 0, 0)
 _DATETIME_EXT = 2  # popoto's msgpack extension code for datetime (storage format)
 
@@ -147,12 +149,12 @@ class Raw:
         ckey = COLOR_PREFIX + row.color
         return [
             5, key, CLASS_SET, key, SCORE_KEY, ckey,  # every key it touches is declared
-            flags, "-", 0, 0, 2, "score", "color", 0, 9,
+            flags, "-", 0, 0, 2, "score", SCORE_KEY, "color", COLOR_PREFIX[:-1], 0, 9,
             "sku", pack(row.sku), "score", pack(row.score), "color", pack(row.color),
             "name", pack(row.name), "qty", pack(row.qty), "price", pack(row.price),
             "created", pack(row.created),
-            "@idx:score", pack([["Z", SCORE_KEY]]),
-            "@idx:color", pack([["S", ckey]]),
+            "@idx:score", pack([["z"]]),  # rows relative to the owner's record base
+            "@idx:color", pack([["s", ":" + row.color]]),
             0, 2, "Z", SCORE_KEY, key, repr(row.score), "S", ckey, key, "", 0,
         ]
 
@@ -221,7 +223,7 @@ class Raw:
         self.r.hset(row.key, "qty", pack(qty))
 
     def delete(self, row: Row) -> None:
-        self.r.evalsha(self.delete_sha, 2, row.key, CLASS_SET, "-", 2, "score", "color", 0)
+        self.r.evalsha(self.delete_sha, 2, row.key, CLASS_SET, *DELETE_ARGV)
 
     def delete_plain(self, row: Row) -> None:
         key = row.key
@@ -238,7 +240,7 @@ class Raw:
         for start in range(0, len(rows), chunk):
             pipe = self.r.pipeline(transaction=False)
             for row in rows[start:start + chunk]:
-                pipe.evalsha(self.delete_sha, 2, row.key, CLASS_SET, "-", 2, "score", "color", 0)
+                pipe.evalsha(self.delete_sha, 2, row.key, CLASS_SET, *DELETE_ARGV)
             pipe.execute()
 
     # --- reads --------------------------------------------------------

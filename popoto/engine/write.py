@@ -55,21 +55,40 @@ from popoto.protocol import text as _text
 __all__ = ["CLAIM", "COMPANION_FIELD", "GEO", "IDX_PREFIX", "KEY", "LINKED_KEY", "SET", "ZSET",
            "Claim", "WriteBatch", "pack_record", "unpack_record"]
 _SELF_MEMBER = frozenset({SET, ZSET, GEO})  # kinds whose member is the owner's own key
+_RELATIVE = frozenset(k.lower() for k in _SELF_MEMBER)  # their rows relative to a base
 
 
-def pack_record(rows: list[tuple[str, str, str, Any]], owner_key: str) -> bytes:
-    """Pack an ``@idx:<owner>`` record: ``[kind, key]`` when the member is the owner's
-    own key (it usually is), else ``[kind, key, member]``. Keeping records short keeps
-    small instance hashes in Redis's compact encoding (values <= 64 bytes)."""
-    return pack([[k, rk] if m == owner_key and k in _SELF_MEMBER else [k, rk, m]
-                 for k, rk, m, _s in rows])
+def pack_record(rows: list[tuple[str, str, str, Any]], owner_key: str, base: str = "") -> bytes:
+    """Pack an ``@idx:<owner>`` record, short so small hashes keep Redis's compact encoding.
+
+    A row is ``[kind, key]`` when the member is the owner's own key (it usually is),
+    else ``[kind, key, member]``. A set, sorted-set or geo entry in the owner's own index
+    (its key starts with the owner's ``base``, ``ModelOptions.record_base``) is written
+    relative to it: the kind in lower case, then the rest of the key when there is one
+    (``["z"]`` for ``$SortedF:M:score``, ``["s", ":red"]`` for ``$IndexF:M:color:red``).
+    """
+    out = []
+    for k, rk, m, _s in rows:
+        own = m == owner_key and k in _SELF_MEMBER
+        if base and k in _SELF_MEMBER and rk.startswith(base):
+            rest = rk[len(base):]
+            row = [k.lower(), rest] if rest or not own else [k.lower()]
+        else:
+            row = [k, rk]
+        out.append(row if own else [*row, m])
+    return pack(out)
 
 
-def unpack_record(packed: bytes, owner_key: str) -> set[tuple[str, str, str]]:
-    """The ``(kind, key, member)`` entries of a record written by :func:`pack_record`."""
+def unpack_record(packed: bytes, owner_key: str, base: str = "") -> set[tuple[str, str, str]]:
+    """The ``(kind, key, member)`` entries of a record written by :func:`pack_record`
+    (``base``: the owner's, to expand relative rows)."""
     out = set()
     for row in msgpack.unpackb(packed, raw=False):
-        kind, key = _text(row[0]), _text(row[1])
+        kind = _text(row[0])
+        if kind in _RELATIVE:
+            kind, key = kind.upper(), base + (_text(row[1]) if len(row) > 1 else "")
+        else:
+            key = _text(row[1])
         out.add((kind, key, _text(row[2]) if len(row) > 2 else owner_key))
     return out
 
@@ -111,9 +130,11 @@ class WriteBatch:
     migrated_owners: list[str] = field(default_factory=list)
     entries: dict[str, list[tuple[str, str, str, Any]]] = field(default_factory=dict)
     commands: list[tuple[Any, ...]] = field(default_factory=list)
-    #: the instance's previous ``@idx:`` records as the client last saw them (packed), so
-    #: the keys the script will clean up can be declared in KEYS too
-    previous: list[bytes] = field(default_factory=list)
+    #: the instance's previous ``@idx:`` records as the client last saw them ``(owner,
+    #: packed)``, so the keys the script will clean up can be declared in KEYS too
+    previous: list[tuple[str, bytes]] = field(default_factory=list)
+    #: each owner's record base (``ModelOptions.record_bases``): relative record rows
+    bases: dict[str, str] = field(default_factory=dict)
     #: after save_args(): the ``@idx:`` fields written (packed) or removed (None)
     records: dict[str, bytes | None] = field(default_factory=dict)
 
@@ -179,9 +200,9 @@ class WriteBatch:
             if k not in seen:
                 seen.add(k)
                 out.append(k)
-        for packed in self.previous:
+        for owner, packed in self.previous:
             try:
-                rows = unpack_record(packed, origin)
+                rows = unpack_record(packed, origin, self.bases.get(owner, ""))
             except (ValueError, TypeError, IndexError, msgpack.ExtraData):
                 continue  # an unreadable copy: the script reads the stored record anyway
             for kind, k, _m in rows:
@@ -207,17 +228,20 @@ class WriteBatch:
         argv: list[Any] = [flags or "-", ttl_mode or "-", ttl_value, len(claims)]
         for c in claims:
             argv += [c.hash_key, c.field]
+        bases = self.bases
         argv.append(len(self.owners))
-        argv += self.owners
+        for owner in self.owners:
+            argv += [owner, bases.get(owner, "")]
         migrated = [o for o in self.migrated_owners if o not in self.entries]
         argv.append(len(migrated))
-        argv += migrated
+        for owner in migrated:
+            argv += [owner, bases.get(owner, "")]
         mapping = dict(self.mapping)
         hdel = list(self.hdel)
         for owner in self.owners:
             rows = self.entries[owner]
             if rows:
-                mapping[IDX_PREFIX + owner] = pack_record(rows, self.key)
+                mapping[IDX_PREFIX + owner] = pack_record(rows, self.key, bases.get(owner, ""))
             else:
                 hdel.append(IDX_PREFIX + owner)
         argv.append(len(mapping))
@@ -240,8 +264,10 @@ class WriteBatch:
         return keys, argv
 
     def delete_args(self) -> tuple[list[str], list[Any]]:
-        argv: list[Any] = [FLAG_EXTERNAL if self.external_claims else "-", len(self.owners),
-                           *self.owners, len(self.commands)]
+        argv: list[Any] = [FLAG_EXTERNAL if self.external_claims else "-", len(self.owners)]
+        for owner in self.owners:
+            argv += [owner, self.bases.get(owner, "")]
+        argv.append(len(self.commands))
         for cmd in self.commands:
             argv.append(len(cmd))
             argv += cmd

@@ -309,6 +309,11 @@ class Field:
     def check_lookup_value(self, value: Any) -> None:
         """Raise ModelException when a filter value can never be looked up (hook)."""
 
+    def record_base(self, ns: str) -> str:
+        """The prefix of this field's own index keys in group ``ns`` ("" when its entries
+        have no common one): its ``@idx`` record rows are written relative to it."""
+        return ""
+
     def from_db(self, value: Any) -> Any:
         """Post-process a decoded value (msgpack gives lists, ints for floats, ...)."""
         if value is not None and self.type is float and isinstance(value, int):

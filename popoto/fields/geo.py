@@ -147,6 +147,9 @@ class GeoField(Field):
         return None if value is None else Coordinates(float(value[0]), float(value[1]))
 
     # --- index ---------------------------------------------------------
+    def record_base(self, ns: str) -> str:
+        return self.geo_key(ns)
+
     def geo_key(self, ns: str | None = None) -> str:
         """The geo set of this field: ``$GeoF:<ns>:field`` (one per tag group)."""
         return keys.field_index_key("GeoF", ns or self.model._meta.groups[0], self.name)

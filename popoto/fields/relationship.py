@@ -242,6 +242,9 @@ class Relationship(Field):
         instance.__dict__[self.name] = self.coerce(value)
 
     # --- index ---------------------------------------------------------
+    def record_base(self, ns: str) -> str:
+        return keys.SEP.join(["$RelationshipF", ns, self.name])
+
     def index_key(self, related_key: str | None, ns: str | None = None) -> str:
         """``$RelationshipF:<ns>:field:<escaped related key>`` (a NULL token for None)."""
         token = self.NULL_TOKEN if related_key is None else keys.escape(related_key)

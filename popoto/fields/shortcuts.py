@@ -162,6 +162,9 @@ class IndexedField(Field):
     is_indexed = True
     NULL_TOKEN = "%00"  # escape() never produces it: every '%' becomes '%25'
 
+    def record_base(self, ns: str) -> str:
+        return keys.SEP.join(["$IndexF", ns, self.name])
+
     def index_key(self, value: Any, ns: str | None = None) -> str:
         token = self.NULL_TOKEN if value is None else keys.escape(self.token(value))
         return keys.SEP.join(["$IndexF", ns or self.model._meta.groups[0], self.name, token])

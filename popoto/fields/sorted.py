@@ -72,6 +72,9 @@ class SortedField(Field):
         if not math.isfinite(score):
             raise self.error("out of the range of a sorted-set score (a finite double)", value)
 
+    def record_base(self, ns: str) -> str:
+        return self.sorted_key((), ns)
+
     def sorted_key(self, partition_values: tuple[Any, ...] = (), ns: str | None = None) -> str:
         return keys.field_index_key("SortedF", ns or self.model._meta.groups[0], self.name,
                                     *partition_values)

@@ -4,7 +4,7 @@
 -- KEYS: 1 instance key, 2 class set, 3 previous key (the key itself when none),
 --       4.. every other key the call touches (declared for Redis Cluster; not read here)
 -- ARGV: flags, ttl_mode, ttl_value, n_claims, (hash field owner)*,
---       n_owners_replaced, owner*, n_owners_migrated, owner*,
+--       n_owners_replaced, (owner base)*, n_owners_migrated, (owner base)*,
 --       n_hset_pairs, (field value)*, n_hdel, field*, n_entries, (kind key member score)*,
 --       n_cmds, (nargs cmd args...)*
 -- Returns 1; with FLAG_EXTERNAL {(claim hash, claim field)*} of the claims to release.
@@ -46,16 +46,18 @@ local function save_one(kb, ab)
   local fresh = src == key and string.find(flags, FLAG_NEW, 1, true)
   for _ = 1, n_replaced do
     if not fresh then
-      remove_entries(redis.call('HGET', src, IDX_PREFIX .. ARGV[pos]), src, kept, released)
+      remove_entries(redis.call('HGET', src, IDX_PREFIX .. ARGV[pos]), src, ARGV[pos + 1],
+        kept, released)
     end
-    pos = pos + 1
+    pos = pos + 2
   end
   local n_migrated = tonumber(ARGV[pos]); pos = pos + 1
   for _ = 1, n_migrated do
     if not fresh then
-      remove_entries(redis.call('HGET', src, IDX_PREFIX .. ARGV[pos]), src, kept, released)
+      remove_entries(redis.call('HGET', src, IDX_PREFIX .. ARGV[pos]), src, ARGV[pos + 1],
+        kept, released)
     end
-    pos = pos + 1
+    pos = pos + 2
   end
   if src ~= key then
     redis.call('DEL', src)

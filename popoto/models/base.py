@@ -202,7 +202,8 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
                            external_claims=sharded,
                            old_key=old_key if migrating and not relocating else "",
                            is_create=is_create, must_not_exist=must_not_exist or migrating,
-                           update_fields=None if update_fields is None else frozenset(names))
+                           update_fields=None if update_fields is None else frozenset(names),
+                           bases=meta.record_bases(ns))
         batch.mapping = values
         touched = None if update_fields is None else set(update_fields)
         for field in meta.index_fields:
@@ -215,7 +216,7 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
             hook(self, batch)
         raw = self.__dict__.get("_raw")
         if raw and not relocating:
-            batch.previous = [r for o in (*batch.owners, *batch.migrated_owners, *(
+            batch.previous = [(o, r) for o in (*batch.owners, *batch.migrated_owners, *(
                 meta.index_owners if migrating else ())) if (r := raw.get(IDX_PREFIX + o))]
         if relocating:
             companions = [o for o, rows in batch.entries.items()
@@ -343,12 +344,13 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
         yield from claims.claimed_save_steps(type(self), batch, old_key or batch.key,
                                              translate_error)
         if relocating:
-            old = WriteBatch(key=old_key, class_set=keys.class_set_key(keys.ns_of(old_key)),
-                             ns=keys.ns_of(old_key), external_claims=True)
+            old_ns = keys.ns_of(old_key)
+            old = WriteBatch(key=old_key, class_set=keys.class_set_key(old_ns), ns=old_ns,
+                             external_claims=True, bases=self._meta.record_bases(old_ns))
             # behaviour owners too (e.g. a write filter's priority entry in the old group)
             old.owners = list(dict.fromkeys([*self._meta.index_owners, *batch.owners]))
             raw = self.__dict__.get("_raw") or {}  # still the old copy's: declare its keys
-            old.previous = [r for o in old.owners if (r := raw.get(IDX_PREFIX + o))]
+            old.previous = [(o, r) for o in old.owners if (r := raw.get(IDX_PREFIX + o))]
             (reply,) = yield [scripts.DELETE.command(*old.delete_args())]
             _existed, released = claims.released_after_delete(reply)
             yield from claims.settle_steps(old.key, [], released, old_key)
@@ -359,14 +361,14 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
         key = self._redis_key or self.db_key
         ns = keys.ns_of(key)
         batch = WriteBatch(key=key, class_set=keys.class_set_key(ns), ns=ns,
-                           external_claims=meta.sharded)
+                           external_claims=meta.sharded, bases=meta.record_bases(ns))
         batch.owners = list(meta.index_owners)
         for hook in meta.hooks.on_delete:
             hook(self, batch)
         batch.owners += [o for o in batch.entries if o not in batch.owners]
         raw = self.__dict__.get("_raw")
         if raw:
-            batch.previous = [r for o in batch.owners if (r := raw.get(IDX_PREFIX + o))]
+            batch.previous = [(o, r) for o in batch.owners if (r := raw.get(IDX_PREFIX + o))]
         return batch
 
     def delete(self, pipeline: Any = None) -> Any:

@@ -85,6 +85,7 @@ class ModelOptions:
         #: the first segment of every key of the model (``Meta.namespace``, default the
         #: class name); two registered models never share one
         self.namespace = model_name
+        self._bases: dict[str, dict[str, str]] = {}  # record_bases() per tag group
         self.explicit_fields: dict[str, Field] = {}
         self.hidden_fields: dict[str, Field] = {}
         self.abstract = False
@@ -263,6 +264,19 @@ class ModelOptions:
         """The group holding the unique claim ``token`` (its own group, for global uniqueness)."""
         groups = self.groups
         return groups[keys.group_of(token, len(groups))]
+
+    def record_bases(self, ns: str) -> dict[str, str]:
+        """Each index owner's record base in group ``ns``: the key prefix its own set,
+        sorted-set and geo entries share, written relative to it in ``@idx`` records
+        (``pack_record``). Owners without one (claims, companions, behaviours) map to ""."""
+        bases = self._bases.get(ns)
+        if bases is None:
+            bases = {index.name: index.key(ns) for index in self.composite_indexes
+                     if not index.unique}
+            bases.update({name: base for name, field in self.fields.items()
+                          if (base := field.record_base(ns))})
+            self._bases[ns] = bases
+        return bases
 
     def class_set_keys(self) -> list[str]:
         """The class set of every tag group."""

@@ -52,8 +52,10 @@ def split_argv(argv: list) -> dict:
 
     n = take(1)[0]
     out["claims"] = [tuple(take(2)) for _ in range(n)]
-    out["owners"] = take(take(1)[0])
-    out["migrated"] = take(take(1)[0])
+    owners = take(2 * take(1)[0])  # (owner, record base) pairs
+    out["owners"], out["bases"] = owners[0::2], owners[1::2]
+    migrated = take(2 * take(1)[0])
+    out["migrated"] = migrated[0::2]
     n = take(1)[0]
     out["mapping"] = dict(tuple(take(2)) for _ in range(n))
     out["hdel"] = take(take(1)[0])
@@ -178,7 +180,8 @@ def test_previous_records_declare_the_keys_they_clean_up():
     old = pack_record([(SET, "$IndexF:M:color:blue", "M:1", ""),
                        (CLAIM, "$UniqueF:M:email", "old@b.c", ""),
                        (SET, "$IndexF:M:color:red", "M:1", "")], "M:1")
-    b = WriteBatch(key="M:2", class_set=CLASS_SET, old_key="M:1", previous=[old, b"\xc1junk"])
+    b = WriteBatch(key="M:2", class_set=CLASS_SET, old_key="M:1",
+                   previous=[("color", old), ("junk", b"\xc1junk")])
     b.add("color", SET, "$IndexF:M:color:red", "M:2")
     keys, _argv = b.save_args()
     assert keys[:4] == ["M:2", CLASS_SET, "M:1", "$IndexF:M:color:red"]
@@ -191,7 +194,7 @@ def test_previous_claims_are_not_declared_when_external():
     old = pack_record([(CLAIM, "$UniqueF:{M#3}:email", "old@b.c", ""),
                        (SET, "{M#0}:idx", "{M#0}:1", "")], "{M#0}:1")
     b = WriteBatch(key="{M#0}:1", class_set="$Class:{M#0}", external_claims=True,
-                   previous=[old])
+                   previous=[("email", old)])
     assert b.save_args()[0] == ["{M#0}:1", "$Class:{M#0}", "{M#0}:1", "{M#0}:idx"]
 
 
@@ -200,8 +203,9 @@ def test_delete_args_layout():
     b = full_batch()
     keys, argv = b.delete_args()
     assert argv[:2] == ["-", 8]
-    assert argv[2:10] == ["color", "size", "email", "place", "log", "seen", "extra", "empty"]
-    assert argv[10:] == [1, 4, "LTRIM", "M:1:log", 0, 9]
+    assert argv[2:18:2] == ["color", "size", "email", "place", "log", "seen", "extra", "empty"]
+    assert argv[3:18:2] == [""] * 8  # no record bases given: every record is absolute
+    assert argv[18:] == [1, 4, "LTRIM", "M:1:log", 0, 9]
     assert keys[:2] == [KEY_, CLASS_SET]
     assert "$UniqueF:M:email" in keys and "M:1:log" in keys
 
@@ -211,8 +215,31 @@ def test_delete_args_external_flag():
     b = WriteBatch(key=KEY_, class_set=CLASS_SET, external_claims=True)
     b.claim("email", "$UniqueF:M:email", "a@b.c")
     keys, argv = b.delete_args()
-    assert argv == ["X", 1, "email", 0]
+    assert argv == ["X", 1, "email", "", 0]
     assert keys == [KEY_, CLASS_SET]
+
+
+def test_records_are_relative_to_the_owners_base():
+    """With record bases, set/sorted-set/geo rows in the owner's own index are written
+    relative to it (lower-case kind, rest of the key) and read back whole; claims,
+    companions and other keys stay absolute; save and delete pass each owner's base."""
+    base = "$IndexF:M:color"
+    rows = [(SET, "$IndexF:M:color:red", KEY_, ""), (SET, "$IndexF:M:color:x", "Other:1", ""),
+            (CLAIM, "$UniqueF:M:color", "tok", ""), (SET, "$Elsewhere:red", KEY_, "")]
+    packed = pack_record(rows, KEY_, base)
+    assert msgpack.unpackb(packed, raw=False) == [
+        ["s", ":red"], ["s", ":x", "Other:1"], [CLAIM, "$UniqueF:M:color", "tok"],
+        [SET, "$Elsewhere:red"]]
+    assert unpack_record(packed, KEY_, base) == {(k, rk, m) for k, rk, m, _s in rows}
+    assert msgpack.unpackb(pack_record([(ZSET, "$SortedF:M:size", KEY_, 5)], KEY_,
+                                       "$SortedF:M:size"), raw=False) == [["z"]]
+    b = WriteBatch(key=KEY_, class_set=CLASS_SET, bases={"color": base})
+    b.add("color", SET, "$IndexF:M:color:red", KEY_)
+    _keys, argv = b.save_args()
+    parts = split_argv(argv)
+    assert parts["owners"] == ["color"] and parts["bases"] == [base]
+    assert parts["mapping"][IDX_PREFIX + "color"] == pack_record(b.entries["color"], KEY_, base)
+    assert b.delete_args()[1][:4] == ["-", 1, "color", base]
 
 
 def test_pack_record_round_trip():

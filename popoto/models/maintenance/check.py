@@ -43,15 +43,17 @@ GEO_TOLERANCE = 1e-5
 Entry = tuple[str, str, str]  # kind, key, member
 
 
-def _stored_records(raw: dict[Any, bytes], owner_key: str) -> dict[str, set[Entry]]:
+def _stored_records(raw: dict[Any, bytes], owner_key: str,
+                    bases: dict[str, str]) -> dict[str, set[Entry]]:
     """The ``@idx:<owner>`` records of a raw hash (an unreadable record counts as empty)."""
     out: dict[str, set[Entry]] = {}
     for name, packed in raw.items():
         name = _s(name)
         if not name.startswith(IDX_PREFIX):
             continue
+        owner = name[len(IDX_PREFIX):]
         try:
-            out[name[len(IDX_PREFIX):]] = unpack_record(packed, owner_key)
+            out[owner] = unpack_record(packed, owner_key, bases.get(owner, ""))
         except (ValueError, TypeError, IndexError, msgpack.UnpackException):
             out[name[len(IDX_PREFIX):]] = set()
     return out
@@ -65,10 +67,12 @@ def _record_problems(raw: dict[Any, bytes], batch: WriteBatch) -> list[str]:
     for owner in sorted(stored | {o for o, rows in batch.entries.items() if rows}):
         rows = batch.entries.get(owner, [])
         record = raw.get(IDX_PREFIX + owner)
-        if record is not None and rows and record == pack_record(rows, batch.key):
+        base = batch.bases.get(owner, "")
+        if record is not None and rows and record == pack_record(rows, batch.key, base):
             continue  # byte-identical to what the write path writes: the usual case
         want = {(k, rk, m) for k, rk, m, _score in rows}
-        stored = _stored_records({IDX_PREFIX + owner: record}, batch.key) if record else {}
+        stored = (_stored_records({IDX_PREFIX + owner: record}, batch.key, batch.bases)
+                  if record else {})
         if record is None or stored.get(owner) != want:
             problems.append(owner)
     return problems

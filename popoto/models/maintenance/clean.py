@@ -66,7 +66,7 @@ class CleanMixin:
             foreign = [m for m in members if m not in own_set]
             removed = client.srem(index_key, *foreign) if foreign else 0
             if own:
-                removed += CLEAN(client, [index_key], ["class", "", *own])
+                removed += CLEAN(client, [index_key], ["class", "", "", *own])
             return int(cursor), removed
         mode = _MODE_BY_TYPE.get(typ)
         if mode is None:
@@ -82,7 +82,8 @@ class CleanMixin:
                 removed += (client.srem if mode == "S" else client.zrem)(index_key, *foreign)
                 found = [m for m in found if _ns(m) == group]
         if found:
-            removed += CLEAN(client, [index_key], [mode, owner, *found])
+            base = cls._meta.record_bases(group).get(owner, "")
+            removed += CLEAN(client, [index_key], [mode, owner, base, *found])
         return int(cursor), removed
 
     @classmethod
