@@ -16,7 +16,9 @@ from celery import Task, shared_task
 
 from popoto.exceptions import ConnectionConfigError, PopotoError
 
+from . import jobs
 from .config import Settings
+from .logconfig import scrub_text
 
 #: Errors that mean "Redis is (briefly) unavailable": the task is retried.
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -47,9 +49,6 @@ class PopotoTask(Task):
                    einfo: Any) -> None:
         """A job enqueued with a ``queued`` record whose task failed before starting it:
         the record says failed (so ``--wait`` and ``GET /jobs/<id>`` stop waiting)."""
-        from . import jobs
-        from .logconfig import scrub_text
-
         try:
             jobs.fail_queued(task_id, scrub_text(f"{type(exc).__name__}: {exc}"))
         except (redis.RedisError, PopotoError, OSError):

@@ -35,6 +35,8 @@ from urllib.parse import unquote
 import structlog
 from celery import signals
 
+from popoto.redis_db import current_url
+
 from .config import Settings
 
 #: Context variables that travel from the publisher to the task in a header.
@@ -86,8 +88,6 @@ def known_secrets() -> list[str]:
         if "://" in value:
             texts.append(value)
     try:
-        from popoto.redis_db import current_url
-
         texts.append(current_url())
     except Exception:  # noqa: BLE001 - a bad URL is reported elsewhere, not while logging
         pass
