@@ -36,6 +36,7 @@ groups' n best by (score, key), which gives the unsharded answer.
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,24 @@ from popoto.protocol import (
 )
 from popoto.query.queryset import QuerySet
 from popoto.redis_db import get_client
+
+
+class TemporalPeriod(enum.IntEnum):
+    """Common periods in seconds (1.x's name), e.g. for cycles:
+    ``CyclicDecayField(cycles=[(TemporalPeriod.DAY, 2.0)])``. A month is 30 days and a
+    year 365 days."""
+
+    MINUTE = 60
+    HOUR = 3600
+    DAY = 86400
+    WEEK = 7 * 86400
+    MONTH = 30 * 86400
+    YEAR = 365 * 86400
+
+    @property
+    def seconds(self) -> int:
+        return int(self)
+
 
 if TYPE_CHECKING:
     from popoto.engine.write import WriteBatch
@@ -103,9 +122,9 @@ class DecayingSortedField(SortedField):
         if given is not float:
             raise ModelException(f"{type(self).__name__} always holds a float epoch time, "
                                  f"not {given!r}")
-        if not _number(decay_rate) or decay_rate < 0:
+        if not _number(decay_rate) or decay_rate <= 0:
             raise ModelException(f"{type(self).__name__}: decay_rate must be a finite number "
-                                 f">= 0, got {decay_rate!r}")
+                                 f"> 0 (0 would never decay), got {decay_rate!r}")
         if base_score_field is not None and not isinstance(base_score_field, str):
             raise ModelException(f"{type(self).__name__}: base_score_field must be a field "
                                  f"name, got {base_score_field!r}")
@@ -204,6 +223,18 @@ class CyclicDecayField(DecayingSortedField):
     def pressure_key(self, ns: str | None = None) -> str:
         """The pressure hash of tag group ``ns`` (may be omitted for an unsharded model)."""
         return keys.behaviour_key("Pressure", self._ns(ns, "pressure_key"), self.name)
+
+    @classmethod
+    def get_cycles_hash_key(cls, model: Any, field_name: str) -> keys.DB_key:
+        """The cycles hash of ``field_name`` on ``model`` (class or instance): 1.x's name."""
+        field = model._meta.get_field(field_name)
+        return keys.DB_key(field.cycles_key(cls.model_ns(model, "get_cycles_hash_key()")))
+
+    @classmethod
+    def get_pressure_hash_key(cls, model: Any, field_name: str) -> keys.DB_key:
+        """The pressure hash of ``field_name`` on ``model`` (class or instance)."""
+        field = model._meta.get_field(field_name)
+        return keys.DB_key(field.pressure_key(cls.model_ns(model, "get_pressure_hash_key()")))
 
     def on_save(self, instance: Model, value: Any, batch: WriteBatch) -> None:
         super().on_save(instance, value, batch)

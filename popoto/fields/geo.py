@@ -117,6 +117,7 @@ class GeoField(Field):
 
     type = tuple
     is_geo = True
+    key_kind = "GeoF"
     Coordinates = Coordinates
     UNITS = UNITS
 
@@ -150,6 +151,11 @@ class GeoField(Field):
     def geo_key(self, ns: str | None = None) -> str:
         """The geo set of this field: ``$GeoF:<ns>:field`` (one per tag group)."""
         return keys.field_index_key("GeoF", ns or self.model._meta.groups[0], self.name)
+
+    @classmethod
+    def get_geo_db_key(cls, model: Any, field_name: str) -> keys.DB_key:
+        """The geo set of ``field_name`` on ``model`` (class or instance): 1.x's name."""
+        return cls.get_special_use_field_db_key(model, field_name)
 
     def on_save(self, instance: Model, value: Any, batch: Any) -> None:
         batch.add(self.name, "G", self.geo_key(batch.ns), batch.key,

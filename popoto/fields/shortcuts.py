@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from popoto import keys
 from popoto.engine.sources import Combine, KeyList, KeyPattern, SetSource, Source
+from popoto.exceptions import ModelException
 from popoto.fields.field import Field
 from popoto.query import lookups as lk
 
@@ -86,12 +87,29 @@ class KeyField(Field):
     """
 
     is_key = True
+    key_kind = "KeyF"
     #: longest key value (UTF-8 bytes): the key is repeated in every index entry
     MAX_BYTES = 4096
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("null", False)
         super().__init__(**kwargs)
+
+    #: value types a key cannot hold: mutable containers have no stable key segment
+    REFUSED_TYPES = (list, dict, set)
+
+    def contribute_to_class(self, model: type[Model], name: str) -> None:
+        """Refuse, when the class is defined, what a key cannot be: a container type
+        (``type=list|dict|set``) or ``null=True`` (a key value is always required)."""
+        label = f"{model.__name__}.{name}"
+        if self.type in self.REFUSED_TYPES:
+            raise ModelException(f"{label}: a {type(self).__name__} cannot have "
+                                 f"type={self.type.__name__} (a key segment must be a scalar)")
+        if self.null:
+            raise ModelException(f"{label}: a {type(self).__name__} cannot be null=True (every "
+                                 f"instance needs a key value); use a plain or IndexedField "
+                                 f"for optional values")
+        super().contribute_to_class(model, name)
 
     def validate(self, value: Any, null_check: bool = True) -> None:
         super().validate(value, null_check)
@@ -144,12 +162,22 @@ class UniqueKeyField(KeyField):
 
 
 class AutoKeyField(KeyField):
-    """A KeyField filled with a uuid4 hex string when the instance is created."""
+    """A KeyField filled with a uuid4 hex string when the instance is created.
+
+    ``auto_uuid_length=n`` (1-32, default 32) keeps the first n hex digits: shorter
+    keys, more chance of a collision (a collision overwrites nothing: ``create``
+    refuses an existing key).
+    """
 
     is_auto = True
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("default", lambda: uuid.uuid4().hex)
+    def __init__(self, auto_uuid_length: int = 32, **kwargs: Any) -> None:
+        if (not isinstance(auto_uuid_length, int) or isinstance(auto_uuid_length, bool)
+                or not 1 <= auto_uuid_length <= 32):
+            raise ModelException(f"AutoKeyField auto_uuid_length must be an int from 1 to 32, "
+                                 f"got {auto_uuid_length!r}")
+        self.auto_uuid_length = auto_uuid_length
+        kwargs.setdefault("default", lambda: uuid.uuid4().hex[:auto_uuid_length])
         super().__init__(**kwargs)
 
 
@@ -160,6 +188,7 @@ class IndexedField(Field):
     """
 
     is_indexed = True
+    key_kind = "IndexF"
     NULL_TOKEN = "%00"  # escape() never produces it: every '%' becomes '%25'
 
     def index_key(self, value: Any, ns: str | None = None) -> str:

@@ -127,5 +127,9 @@ class Query:
     async def async_count(self, *conditions: Q, **kwargs: Any) -> int:
         return await self.filter(*conditions, **kwargs).async_count()
 
+    async def async_keys(self, *conditions: Q, **kwargs: Any) -> list[str]:
+        """``keys()`` awaited on the asyncio client (no hashes read when indexes cover it)."""
+        return await self.filter(*conditions, **kwargs).async_keys()
+
     def __repr__(self) -> str:
         return f"<Query {self.model.__name__}>"
