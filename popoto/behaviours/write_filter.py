@@ -137,8 +137,12 @@ class WriteFilterMixin:
         batch.own(OWNER)
 
 
-def priority(model: type[Model], n: int = 10) -> list[Model]:
-    """The ``n`` instances with the highest filter score (>= the priority threshold)."""
+def priority(model: type[Model], n: int = 10, _within: Any = None) -> list[Model]:
+    """The ``n`` instances with the highest filter score (>= the priority threshold).
+
+    ``_within`` (a QuerySet: ``Model.query.filter(...).priority(n)``) ranks only its
+    matches: their scores are read with ZMSCORE, so the filter's size bounds the work.
+    """
     if not issubclass(model, WriteFilterMixin):
         raise QueryException(f"{model.__name__}.query.priority() needs a model with "
                              f"WriteFilterMixin")
@@ -147,6 +151,8 @@ def priority(model: type[Model], n: int = 10) -> list[Model]:
                              f"got {n!r}")
     if n == 0:
         return []
+    if _within is not None:
+        return run(_priority_within_steps(_within, n))
     return run(_priority_steps(QuerySet(model), n))
 
 
@@ -159,3 +165,23 @@ def _priority_steps(qs: Any, n: int) -> Steps[list[Any]]:
     slot), merged; then the winners' hashes."""
     replies = yield [PRIORITY.command([key], [n]) for key in qs.model.priority_keys()]
     return (yield from qs._hydrate_steps(best_rows(replies, n)))
+
+
+def _priority_within_steps(qs: Any, n: int) -> Steps[list[Any]]:
+    """The n best of a filter's matches: their scores in each group's priority set
+    (ZMSCORE), best first with ties by key; then hashes until n live instances."""
+    matches: list[str] = yield from qs._keys_steps()
+    by_group: dict[str, list[str]] = {}
+    for key in matches:
+        by_group.setdefault(keys.ns_of(key), []).append(key)
+    groups = list(by_group.items())
+    replies = yield [("zmscore", (qs.model.priority_key(ns), members)) for ns, members in groups]
+    flat = [[m, s] for (_ns, members), scores in zip(groups, replies)
+            for m, s in zip(members, scores) if s is not None]
+    ranked = best_rows([[x for row in flat for x in row]], len(flat))
+    found: list[Any] = []
+    for start in range(0, len(ranked), n):
+        found += yield from qs._hydrate_steps(ranked[start:start + n])
+        if len(found) >= n:
+            break
+    return found[:n]

@@ -389,7 +389,8 @@ def _as_of(model: type[Model], as_of: Any) -> float:
 
 def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
                  decay_rate: float | None = None, base_score_field: str | None = None,
-                 as_of: float | _dt.datetime | None = None, **partition: Any) -> list[Model]:
+                 as_of: float | _dt.datetime | None = None, _within: Any = None,
+                 **partition: Any) -> list[Model]:
     """The ``n`` best instances by decayed score, best first (see the module docstring).
 
     One Lua script ranks the members of the field's sorted set server-side
@@ -398,8 +399,15 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
     per tag group in one pipelined round trip, merged); their hashes are then
     read in one pipelined round trip. ``partition`` gives the values of the
     field's ``partition_by`` fields. Each result carries its score in ``_score``.
+
+    ``_within`` (a QuerySet: ``Model.query.filter(...).top_by_decay(n)``) ranks only
+    its matches; partition values its exact conditions fix need not be repeated.
+    The ranking asks for more winners (x4 each time) until n of them match.
     """
     field = _ranking_field(model, field_name)
+    if _within is not None:
+        fixed = _within.exact_values()
+        partition = {**{p: fixed[p] for p in field.partition_by if p in fixed}, **partition}
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise QueryException(f"{model.__name__}.top_by_decay: n must be an int >= 0, got {n!r}")
     rate = field.decay_rate if decay_rate is None else decay_rate
@@ -426,15 +434,34 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
     cyclic = isinstance(field, CyclicDecayField)
     flags = ((DECAY_FLAG_BOUNDED if bounded else "")
              + (DECAY_FLAG_CYCLES + DECAY_FLAG_PRESSURE if cyclic else ""))
-    args = [n, repr(float(rate)), repr(moment), base.name if base is not None else "",
-            flags or "-"]
-    calls = []
-    for ns in model._meta.groups:
-        zkey = field.key_from_context({**context, NS_CONTEXT: ns})
-        calls.append(TOP.command([zkey, base.sorted_key((), ns) if bounded else zkey,
-                                  field.cycles_key(ns) if cyclic else zkey,
-                                  field.pressure_key(ns) if cyclic else zkey], args))
-    return run(_top_steps(QuerySet(model), calls, n))
+    def calls_for(k: int) -> list[Command]:
+        args = [k, repr(float(rate)), repr(moment), base.name if base is not None else "",
+                flags or "-"]
+        calls = []
+        for ns in model._meta.groups:
+            zkey = field.key_from_context({**context, NS_CONTEXT: ns})
+            calls.append(TOP.command([zkey, base.sorted_key((), ns) if bounded else zkey,
+                                      field.cycles_key(ns) if cyclic else zkey,
+                                      field.pressure_key(ns) if cyclic else zkey], args))
+        return calls
+
+    if _within is not None:
+        return run(_top_within_steps(_within, calls_for, n))
+    return run(_top_steps(QuerySet(model), calls_for(n), n))
+
+
+def _top_within_steps(qs: Any, calls_for: Any, n: int) -> Steps[list[Any]]:
+    """The n best of a filter's matches: rank k (n, 4n, 16n...) winners until n of
+    them match or the sorted set is exhausted; then their hashes."""
+    allowed = set((yield from qs._keys_steps()))
+    k = n
+    while True:
+        rows = best_rows((yield calls_for(k)), k)
+        picked = [row for row in rows if row[0] in allowed]
+        if len(picked) >= n or len(rows) < k or not allowed:
+            break
+        k *= 4
+    return (yield from qs._hydrate_steps(picked[:n]))
 
 
 def _top_steps(qs: Any, calls: list[Command], n: int) -> Steps[list[Any]]:

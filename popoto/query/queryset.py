@@ -32,6 +32,7 @@ from popoto.exceptions import QueryException
 from popoto.protocol import text
 from popoto.query.compiler import Compiled, compile_q, keep_scores, set_score_source
 from popoto.query.expressions import Q
+from popoto.query.results import ResultsMixin
 
 if TYPE_CHECKING:
     from popoto.models.base import Model
@@ -40,7 +41,7 @@ BATCH = 1000
 Plans = list[tuple[str, "Source | None"]]  # (tag group, its source; None = the class set)
 
 
-class QuerySet:
+class QuerySet(ResultsMixin):
     """A lazy query: nothing touches Redis until it is iterated, counted or sliced."""
 
     def __init__(self, model: type[Model], where: Q | None = None) -> None:
@@ -389,6 +390,8 @@ class QuerySet:
         return len(self._cache)
 
     def __bool__(self) -> bool:
+        if self._cache is not None:
+            return bool(self._cache)
         return self.exists()
 
     def __getitem__(self, item: int | slice) -> Any:
