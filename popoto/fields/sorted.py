@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from popoto import keys
 from popoto.engine.sources import Combine, ScoreRange, Source
-from popoto.exceptions import QueryException
+from popoto.exceptions import ModelException, QueryException
 from popoto.fields.field import Field
 from popoto.fields.shortcuts import KeyField
 from popoto.query import lookups as lk
@@ -60,7 +60,8 @@ class SortedField(Field):
             warnings.warn("SortedField(sort_by=...) is deprecated; use partition_by=...",
                           DeprecationWarning, stacklevel=2)
             if partition_by is not None and sort_by is not None:
-                raise self.error("give partition_by or its old name sort_by, not both")
+                raise ModelException("SortedField: give partition_by or its old name sort_by, "
+                                     "not both")
             partition_by = sort_by if partition_by is None else partition_by
         super().__init__(**kwargs)
         if self.type not in self.SCORE_TYPES:

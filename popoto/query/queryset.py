@@ -318,9 +318,9 @@ class QuerySet(ResultsMixin):
         if name is None:
             return objs
 
-        def sort_key(obj: Any) -> tuple[bool, Any]:
+        def sort_key(obj: Any) -> tuple[bool, Any]:  # None sorts first, as in Popoto 1.x
             value = obj[name] if isinstance(obj, dict) else getattr(obj, name)
-            return (value is None, value)
+            return (value is not None, value)
 
         return sorted(objs, key=sort_key, reverse=self._rev())
 
