@@ -82,7 +82,7 @@ class QuerySet(ResultsMixin):
                     # an option may stand for a condition (geo_member=obj -> geo__exact=obj)
                     as_condition = getattr(handler, "option_condition", None)
                     if as_condition is not None:
-                        kwargs.update(as_condition(name, qs._options[name]))
+                        kwargs.update(as_condition(name, qs._options[name], qs._options))
         return qs, kwargs
 
     def filter(self, *conditions: Q, **kwargs: Any) -> QuerySet:
