@@ -18,7 +18,7 @@ read_globals = {
   "IDX_PREFIX",
   "KIND_CLAIM", "KIND_COMPANION_FIELD", "KIND_GEO", "KIND_KEY", "KIND_LINKED_KEY",
   "KIND_SET", "KIND_ZSET",
-  "OP_AND", "OP_GEO", "OP_KEYS", "OP_NOT", "OP_OR", "OP_PATTERN", "OP_RANGE",
+  "OP_AND", "OP_GEO", "OP_KEYS", "OP_LEX", "OP_NOT", "OP_OR", "OP_PATTERN", "OP_RANGE",
   "TTL_AT", "TTL_SECONDS",
   -- end prelude
 }

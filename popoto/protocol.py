@@ -51,6 +51,7 @@ OP_RANGE = "ZR"  # members of a sorted set within a score range
 OP_PATTERN = "PAT"  # members of a set matching a glob pattern
 OP_KEYS = "KEYS"  # an explicit list of instance keys
 OP_GEO = "GEO"  # members of a geo set within a radius, scored by distance
+OP_LEX = "LEX"  # members of a lex index in a score range whose str value starts/ends so
 OP_AND = "AND"  # ZINTERSTORE
 OP_OR = "OR"  # ZUNIONSTORE (AGGREGATE MIN)
 OP_NOT = "NOT"  # ZDIFFSTORE

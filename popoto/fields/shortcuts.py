@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from popoto import keys
-from popoto.engine.sources import Combine, KeyList, KeyPattern, SetSource, Source
+from popoto.engine.sources import Combine, KeyList, KeyPattern, Program, SetSource, Source
 from popoto.exceptions import ModelException
 from popoto.fields.field import Field
+from popoto.protocol import OP_LEX
 from popoto.query import lookups as lk
 
 if TYPE_CHECKING:
@@ -181,10 +183,52 @@ class AutoKeyField(KeyField):
         super().__init__(**kwargs)
 
 
+#: bytes of a value that score a lex index entry (48 bits: exact in a double)
+LEX_SCORE_BYTES = 6
+
+
+def lex_score(text: str) -> int:
+    """The lex-index score of a str: its first UTF-8 bytes as a big-endian number."""
+    return int.from_bytes(text.encode()[:LEX_SCORE_BYTES].ljust(LEX_SCORE_BYTES, b"\0"), "big")
+
+
+def lex_bounds(prefix: str) -> tuple[str, str]:
+    """The score range of every str starting with ``prefix`` (candidates, checked after)."""
+    head = prefix.encode()[:LEX_SCORE_BYTES]
+    low = int.from_bytes(head.ljust(LEX_SCORE_BYTES, b"\0"), "big")
+    high = int.from_bytes(head.ljust(LEX_SCORE_BYTES, b"\xff"), "big")
+    return str(low), str(high)
+
+
+@dataclass
+class LexMatch(Source):
+    """Members of a lex index whose str value starts (``mode`` 's') or ends ('e') with
+    ``needle``: a score range of candidates, each checked against its stored value,
+    inside the query script (query.lua, ``OP_LEX``)."""
+
+    key: str
+    low: str
+    high: str
+    mode: str
+    needle: bytes
+    field: str
+
+    def emit(self, prog: Program) -> int:
+        dst = prog.temp()
+        prog.op(OP_LEX, dst, prog.key(self.key), self.low, self.high, self.mode, self.needle,
+                self.field)
+        return dst
+
+
 class IndexedField(Field):
     """An equality index: one Redis set of instance keys per value.
 
-    Answers ``exact``, ``in`` and ``isnull`` from Redis without loading objects.
+    Answers ``exact``, ``in`` and ``isnull`` from Redis without loading objects. A
+    str field also keeps a lex index (``$LexF:M:<field>`` and, for suffixes, the
+    reversed values in ``$LexF:M:<field>:r``: instance keys scored by the first 6 bytes
+    of the value), so ``startswith`` / ``endswith`` run inside Redis too: a score range
+    gives the candidates and the query script checks their values. Its entries belong
+    to the owner ``<field>@lex`` (a record of its own keeps instance hashes compact).
     """
 
     is_indexed = True
@@ -204,6 +248,31 @@ class IndexedField(Field):
         super().contribute_save(instance, value, batch)
         if value is None:
             batch.add(self.name, "S", self.index_key(None, batch.ns), batch.key)
+        if self.lexed():
+            owner = self.lex_owner
+            batch.own(owner)
+            if value is not None:
+                batch.add(owner, "Z", self.lex_key(False, batch.ns), batch.key,
+                          str(lex_score(value)))
+                batch.add(owner, "Z", self.lex_key(True, batch.ns), batch.key,
+                          str(lex_score(value[::-1])))
+
+    # --- lex index: startswith / endswith in Redis ------------------------------
+    def lexed(self) -> bool:
+        """True when the field keeps a lex index (str values)."""
+        return self.type is str
+
+    @property
+    def lex_owner(self) -> str:
+        return f"{self.name}@lex"
+
+    def extra_owners(self) -> tuple[str, ...]:
+        return (self.lex_owner,) if self.lexed() else ()
+
+    def lex_key(self, reverse: bool = False, ns: str | None = None) -> str:
+        """``$LexF:<ns>:<field>`` (values), ``$LexF:<ns>:<field>:r`` (reversed values)."""
+        return keys.field_index_key("LexF", ns or self.model._meta.groups[0], self.name,
+                                    *(("r",) if reverse else ()))
 
     def on_save(self, instance: Model, value: Any, batch: Any) -> None:
         batch.add(self.name, "S", self.index_key(value, batch.ns), batch.key)
@@ -216,4 +285,13 @@ class IndexedField(Field):
             return Combine("OR", [SetSource(self.index_key(v, ns)) for v in lookup.value])
         if isinstance(lookup, lk.IsNull):
             return self.isnull_source(self.index_key(None, ns), ns, lookup.value)
+        if isinstance(lookup, lk.StartsWith) and self.lexed():
+            suffix = isinstance(lookup, lk.EndsWith)
+            low, high = lex_bounds(lookup.value[::-1] if suffix else lookup.value)
+            return LexMatch(self.lex_key(suffix, ns), low, high, "e" if suffix else "s",
+                            lookup.value.encode(), self.name)
         return None
+
+
+IndexedField.register_lookup(lk.StartsWith)
+IndexedField.register_lookup(lk.EndsWith)

@@ -36,6 +36,25 @@ for _ = 1, n_ops do
     redis.call('GEOSEARCHSTORE', dst, src, 'FROMLONLAT', ARGV[pos + 2], ARGV[pos + 3],
       'BYRADIUS', ARGV[pos + 4], ARGV[pos + 5], 'ASC', 'STOREDIST')
     pos = pos + 6
+  elseif op == OP_LEX then
+    -- a lex index (popoto.fields.shortcuts.LexMatch): members scored by the first bytes
+    -- of their value; each candidate's value (a msgpack str in its hash) is checked
+    local dst, src = tmp(tonumber(ARGV[pos])), KEYS[tonumber(ARGV[pos + 1])]
+    local lo, hi, mode = ARGV[pos + 2], ARGV[pos + 3], ARGV[pos + 4]
+    local needle, fname = ARGV[pos + 5], ARGV[pos + 6]
+    pos = pos + 7
+    local n = #needle
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', src, lo, hi)) do
+      local raw = redis.pcall('HGET', m, fname)
+      if type(raw) == 'string' then
+        local ok, v = pcall(cmsgpack.unpack, raw)
+        if ok and type(v) == 'string' and #v >= n and (n == 0
+            or (mode == 's' and string.sub(v, 1, n) == needle)
+            or (mode == 'e' and string.sub(v, -n) == needle)) then
+          redis.call('ZADD', dst, 0, m)
+        end
+      end
+    end
   elseif op == OP_AND or op == OP_OR then
     local dst, n = tmp(tonumber(ARGV[pos])), tonumber(ARGV[pos + 1])
     pos = pos + 2

@@ -199,6 +199,8 @@ class ModelOptions:
             if field.owns_index():
                 owners[fname] = frozenset({fname, *field.partition_by,
                                            *field.depends_on})
+                for extra in field.extra_owners():
+                    owners[extra] = owners[fname]
         for index in self.composite_indexes:
             owners[index.name] = index.depends_on
         self.index_owners = owners

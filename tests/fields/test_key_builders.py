@@ -19,7 +19,7 @@ from popoto import (
 from popoto.fields.decaying import TemporalPeriod
 
 
-class Shop(Model):
+class KbShop(Model):
     name = KeyField()
     color = IndexedField(null=True)
     price = SortedField(type=int, null=True)
@@ -29,18 +29,18 @@ class Shop(Model):
     code = Field(type=str, null=True, unique=True)
 
 
-class Habit(Model):
+class KbHabit(Model):
     name = KeyField()
     urge = CyclicDecayField(cycles=[(TemporalPeriod.DAY, 2.0)], pressure_rate=0.5)
 
 
-class Visit(Model):
-    shop = Relationship(Shop, null=True)
+class KbVisit(Model):
+    shop = Relationship(KbShop, null=True)
     n = IntField(default=0)
 
 
 def _saved_shop():
-    return Shop.create(name="a:b", color="red", price=5, by_region=7, place=(1.0, 2.0),
+    return KbShop.create(name="a:b", color="red", price=5, by_region=7, place=(1.0, 2.0),
                        code="X1")
 
 
@@ -51,17 +51,17 @@ def test_instance_db_key_is_a_key_object(r):
     assert isinstance(key, DB_key) and isinstance(key, str)
     assert key == shop.pk and key.redis_key == shop.pk and type(key.redis_key) is str
     assert r.exists(key.redis_key) and r.exists(key)
-    assert Shop.query.get(redis_key=key) == shop
+    assert KbShop.query.get(redis_key=key) == shop
 
 
 @pytest.mark.standalone_only
 def test_meta_class_keys_are_key_objects(r):
     """_meta.db_class_key / db_class_set_key are DB_keys of the namespace and class set."""
     shop = _saved_shop()
-    meta = Shop._meta
-    assert isinstance(meta.db_class_key, DB_key) and meta.db_class_key.redis_key == "Shop"
+    meta = KbShop._meta
+    assert isinstance(meta.db_class_key, DB_key) and meta.db_class_key.redis_key == "KbShop"
     assert isinstance(meta.db_class_set_key, DB_key)
-    assert meta.db_class_set_key.redis_key == "$Class:Shop"
+    assert meta.db_class_set_key.redis_key == "$Class:KbShop"
     assert r.sismember(meta.db_class_set_key.redis_key, shop.pk)
 
 
@@ -69,18 +69,18 @@ def test_meta_class_keys_are_key_objects(r):
 def test_special_use_keys_are_the_index_keys_written(r):
     """get_special_use_field_db_key(model, name) (class or field) names each field's index."""
     shop = _saved_shop()
-    fields = Shop._meta.fields
-    price = fields["price"].get_special_use_field_db_key(Shop, "price")
-    assert isinstance(price, DB_key) and price == "$SortedF:Shop:price"
+    fields = KbShop._meta.fields
+    price = fields["price"].get_special_use_field_db_key(KbShop, "price")
+    assert isinstance(price, DB_key) and price == "$SortedF:KbShop:price"
     assert r.zscore(price.redis_key, shop.pk) == 5
-    color = IndexedField.get_special_use_field_db_key(Shop, "color")
-    assert color == "$IndexF:Shop:color" and r.sismember(DB_key(color, "red"), shop.pk)
-    assert Field.get_special_use_field_db_key(shop, "code") == "$UniqueF:Shop:code"
-    assert r.hexists(Field.get_special_use_field_db_key(Shop, "code"),
-                     Shop._meta.fields["code"].unique_token("X1"))
-    assert KeyField.get_special_use_field_db_key(Shop, "name") == "$KeyF:Shop:name"
-    visit = Visit.create(shop=shop)
-    rel = Relationship.get_special_use_field_db_key(Visit, "shop")
+    color = IndexedField.get_special_use_field_db_key(KbShop, "color")
+    assert color == "$IndexF:KbShop:color" and r.sismember(DB_key(color, "red"), shop.pk)
+    assert Field.get_special_use_field_db_key(shop, "code") == "$UniqueF:KbShop:code"
+    assert r.hexists(Field.get_special_use_field_db_key(KbShop, "code"),
+                     KbShop._meta.fields["code"].unique_token("X1"))
+    assert KeyField.get_special_use_field_db_key(KbShop, "name") == "$KeyF:KbShop:name"
+    visit = KbVisit.create(shop=shop)
+    rel = Relationship.get_special_use_field_db_key(KbVisit, "shop")
     assert r.sismember(DB_key(rel, shop.pk), visit.pk)
 
 
@@ -97,19 +97,19 @@ def test_sorted_and_geo_builders_name_the_keys_written(r):
 
 def test_cycle_and_pressure_hash_builders_name_the_state_hashes(r):
     """get_cycles_hash_key / get_pressure_hash_key name the hashes holding a member's state."""
-    habit = Habit.create(name="run")
+    habit = KbHabit.create(name="run")
     cycles = CyclicDecayField.get_cycles_hash_key(habit, "urge")
-    pressure = Habit._meta.fields["urge"].get_pressure_hash_key(habit, "urge")
+    pressure = KbHabit._meta.fields["urge"].get_pressure_hash_key(habit, "urge")
     assert isinstance(cycles, DB_key) and isinstance(pressure, DB_key)
     assert r.hexists(cycles.redis_key, habit.pk) and r.hexists(pressure.redis_key, habit.pk)
 
 
 def test_key_builders_refuse_unknown_fields(r):
     """A builder given a name that is no field raises UnknownFieldError (an AttributeError)."""
-    with pytest.raises(UnknownFieldError, match="Shop has no field 'nope'"):
-        SortedField.get_sortedset_db_key(Shop, "nope")
+    with pytest.raises(UnknownFieldError, match="KbShop has no field 'nope'"):
+        SortedField.get_sortedset_db_key(KbShop, "nope")
     with pytest.raises(AttributeError):
-        GeoField.get_geo_db_key(Shop, "nope")
+        GeoField.get_geo_db_key(KbShop, "nope")
 
 
 @pytest.mark.standalone_only

@@ -19,7 +19,7 @@ from popoto import (
 )
 
 
-class Event(Model):
+class StampEvent(Model):
     name = KeyField()
     created = SortedField(type=dt.datetime, auto_now_add=True, null=True)
     updated = SortedField(type=dt.datetime, auto_now=True, null=True)
@@ -31,7 +31,7 @@ class Event(Model):
 def test_auto_now_and_auto_now_add_stamp_saves(r):
     """auto_now stamps every save, auto_now_add only the first; both are range-queryable."""
     before = time.time()
-    event = Event.create(name="e")
+    event = StampEvent.create(name="e")
     created, updated = event.created, event.updated
     assert created.tzinfo is not None and created.timestamp() >= before - 1
     assert before - 1 <= event.stamp <= time.time() and isinstance(event.istamp, int)
@@ -39,12 +39,12 @@ def test_auto_now_and_auto_now_add_stamp_saves(r):
     event.note = "x"
     event.save()
     assert event.created == created and event.updated > updated
-    loaded = Event.query.get(name="e")
+    loaded = StampEvent.query.get(name="e")
     assert loaded.created == created and loaded.updated == event.updated
-    assert Event.query.filter(updated__gte=created).keys() == [event.pk]
+    assert StampEvent.query.filter(updated__gte=created).keys() == [event.pk]
     kept = loaded.updated
     loaded.save(skip_auto_now=True)
-    assert Event.query.get(name="e").updated == kept
+    assert StampEvent.query.get(name="e").updated == kept
 
 
 def test_auto_now_refused_on_dates_and_times():
@@ -100,10 +100,10 @@ def test_temporal_period_values_are_seconds(r):
     assert TemporalPeriod.HOUR == 3600 and TemporalPeriod.DAY.seconds == 86400
     assert TemporalPeriod.WEEK == 7 * TemporalPeriod.DAY
 
-    class Habit(Model):
+    class SortedHabit(Model):
         name = KeyField()
         urge = CyclicDecayField(cycles=[(TemporalPeriod.WEEK, 1.5, 0)])
 
-    habit = Habit.create(name="gym")
-    assert Habit.urge.cycles_of(habit) == [(604800.0, 1.5, 0.0)]
+    habit = SortedHabit.create(name="gym")
+    assert SortedHabit.urge.cycles_of(habit) == [(604800.0, 1.5, 0.0)]
     assert isinstance(Decimal(TemporalPeriod.MINUTE), Decimal)

@@ -168,13 +168,13 @@ def test_auto_key_length(r):
     """AutoKeyField(auto_uuid_length=n) makes n-hex-digit keys; bad lengths are refused."""
     from popoto import AutoKeyField, Field, Model, ModelException
 
-    class Ticket(Model):
+    class ShortTicket(Model):
         id = AutoKeyField(auto_uuid_length=8)
         note = Field(type=str, null=True)
 
-    ticket = Ticket.create(note="x")
+    ticket = ShortTicket.create(note="x")
     assert len(ticket.id) == 8 and int(ticket.id, 16) >= 0
-    assert Ticket.query.get(id=ticket.id).note == "x"
+    assert ShortTicket.query.get(id=ticket.id).note == "x"
     for bad in (0, 33, "8", True):
         with pytest.raises(ModelException, match="auto_uuid_length"):
             AutoKeyField(auto_uuid_length=bad)

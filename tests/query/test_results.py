@@ -25,7 +25,7 @@ class Book(Model):
     pages = IntField(default=0)
 
 
-class Item(WriteFilterMixin, Model):
+class ResItem(WriteFilterMixin, Model):
     name = KeyField()
     category = IndexedField(null=True)
     value = FloatField(default=0.9)
@@ -36,7 +36,7 @@ class Item(WriteFilterMixin, Model):
         return self.value
 
 
-class Ranked(Model):
+class ResRanked(Model):
     name = KeyField()
     category = KeyField()
     seen = DecayingSortedField(decay_rate=1.0, partition_by="category")
@@ -90,33 +90,33 @@ def test_priority_chains_on_a_filter(r):
     """filter(...).priority(n) ranks only the filter's matches, best first."""
     for name, cat, value in (("a", "x", 0.8), ("b", "y", 0.99), ("c", "x", 0.95),
                              ("d", "x", 0.75), ("e", "x", 0.2)):
-        Item.create(name=name, category=cat, value=value)
-    assert [i.name for i in Item.query.filter(category="x").priority(2)] == ["c", "a"]
-    assert [i.name for i in Item.query.filter(category="x").priority(10)] == ["c", "a", "d"]
-    assert [i.name for i in Item.query.priority(2)] == ["b", "c"]
-    assert Item.query.filter(category="none").priority(3) == []
+        ResItem.create(name=name, category=cat, value=value)
+    assert [i.name for i in ResItem.query.filter(category="x").priority(2)] == ["c", "a"]
+    assert [i.name for i in ResItem.query.filter(category="x").priority(10)] == ["c", "a", "d"]
+    assert [i.name for i in ResItem.query.priority(2)] == ["b", "c"]
+    assert ResItem.query.filter(category="none").priority(3) == []
 
 
 def test_top_by_decay_chains_on_a_filter(r):
     """filter(...).top_by_decay(n) ranks only the matches, also past the first n overall."""
     for i in range(12):  # the newest, best-ranked ones are all category "y"
         cat = "x" if i < 3 else "y"
-        Item(name=f"i{i:02d}", category=cat, seen=NOW - (12 - i) * 3600).save(
+        ResItem(name=f"i{i:02d}", category=cat, seen=NOW - (12 - i) * 3600).save(
             skip_auto_now=True)
-    best_x = Item.query.filter(category="x").top_by_decay(n=2, as_of=NOW)
+    best_x = ResItem.query.filter(category="x").top_by_decay(n=2, as_of=NOW)
     assert [i.name for i in best_x] == ["i02", "i01"]
     assert all(i._score > 0 for i in best_x)
-    assert [i.name for i in Item.query.top_by_decay(n=2, as_of=NOW)] == ["i11", "i10"]
+    assert [i.name for i in ResItem.query.top_by_decay(n=2, as_of=NOW)] == ["i11", "i10"]
 
 
 def test_top_by_decay_takes_partitions_from_the_filter(r):
     """A partitioned decaying field reads its partition from the filter's exact condition."""
     for name, cat, hours in (("p", "news", 1), ("q", "news", 5), ("s", "sport", 0)):
-        Ranked(name=name, category=cat, seen=NOW - hours * 3600).save(skip_auto_now=True)
-    got = Ranked.query.filter(category="news").top_by_decay(n=5, as_of=NOW)
+        ResRanked(name=name, category=cat, seen=NOW - hours * 3600).save(skip_auto_now=True)
+    got = ResRanked.query.filter(category="news").top_by_decay(n=5, as_of=NOW)
     assert [x.name for x in got] == ["p", "q"]
     with pytest.raises(QueryException, match="partitioned"):
-        Ranked.query.filter(name="p").top_by_decay(n=5, as_of=NOW)
+        ResRanked.query.filter(name="p").top_by_decay(n=5, as_of=NOW)
 
 
 def test_features_missing_on_the_model_raise_query_exception(r):

@@ -116,19 +116,19 @@ class _Report:
                 # named by its key when unsharded (one key), by its fields when sharded
                 return "composite_indexes", (index.name if meta.sharded
                                              else index.key(meta.groups[0]))
-        field = meta.fields.get(owner)
+        field = meta.fields.get(owner.removesuffix("@lex"))
         if field is None:
             return "other_indexes", owner
         if kind == CLAIM:
-            return "unique_fields", owner
+            return "unique_fields", field.name
         for flag, bucket in (("is_sorted", "sorted_fields"), ("is_geo", "geo_fields"),
                              ("is_indexed", "indexed_fields"),
                              ("is_relationship", "relationship_fields")):
             if getattr(field, flag):
-                return bucket, owner
+                return bucket, field.name
         if field.unique:
-            return "unique_fields", owner
-        return ("key_fields" if field.is_key else "other_indexes"), owner
+            return "unique_fields", field.name
+        return ("key_fields" if field.is_key else "other_indexes"), field.name
 
     def add(self, problem: str, owner: str, kind: str | None) -> None:
         self.problems[problem] += 1

@@ -145,6 +145,9 @@ class KeyspaceMixin:
                 if tuple(rest[:n]) == index.field_names and len(rest) == n + (not index.unique):
                     return index.name
             return None
+        if kind == "LexF":  # an IndexedField's lex index: entries of owner <field>@lex
+            owner = f"{rest[0]}@lex"
+            return owner if owner in meta.index_owners and len(rest) <= 2 else None
         # field indexes are built by keys.field_index_key("<Kind>F", ns, field, *parts)
         if kind.endswith("F") and rest[0] in meta.fields and rest[0] in meta.index_owners:
             return rest[0]
