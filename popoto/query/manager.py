@@ -80,8 +80,10 @@ class Query:
     def exists(self, *conditions: Q, **kwargs: Any) -> bool:
         return self._qs().filter(*conditions, **kwargs).exists()
 
-    def keys(self, *conditions: Q, **kwargs: Any) -> list[str]:
-        return self._qs().filter(*conditions, **kwargs).keys()
+    def keys(self, *conditions: Q, clean: bool = False, **kwargs: Any) -> list[str]:
+        """Instance keys of the matches; ``clean=True`` drops stale entries as it reads
+        (keys whose hash is gone are left out and removed from the indexes read)."""
+        return self._qs().filter(*conditions, **kwargs).keys(clean=clean)
 
     def first(self) -> Any:
         return self._qs().first()

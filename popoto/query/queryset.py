@@ -441,9 +441,13 @@ class QuerySet(ResultsMixin):
         found = self._clone(_order=flipped, _limit=1)._fetch()
         return found[0] if found else None
 
-    def keys(self) -> list[str]:
-        """Instance keys of the matches (no hashes are read when indexes cover the filter)."""
-        return run(self._keys_steps())
+    def keys(self, clean: bool = False) -> list[str]:
+        """Instance keys of the matches (no hashes are read when indexes cover the filter).
+
+        ``clean=True`` also checks that each hash still exists: keys whose hash is gone
+        are left out and their entries dropped from the indexes this query read."""
+        found = run(self._keys_steps())
+        return self._drop_stale(found) if clean else found
 
     def get(self, *conditions: Q, **kwargs: Any) -> Any:
         """The single match, None when there is none; QueryException when several match."""

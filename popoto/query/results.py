@@ -14,8 +14,12 @@ import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from popoto.engine.io import execute
+from popoto.engine.sources import Program
 from popoto.exceptions import QueryException
+from popoto.keys import class_set_key, temp_key
 from popoto.query.compiler import compile_q
+from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
     from popoto.models.base import Model
@@ -75,6 +79,31 @@ class ResultsMixin:
         feature = self._feature("priority", "no WriteFilterMixin (priority() needs a model "
                                 "with WriteFilterMixin)")
         return feature(n)  # type: ignore[no-any-return]
+
+    # --- keys(clean=True) -----------------------------------------------------------
+    def _drop_stale(self, found: list[str]) -> list[str]:
+        """``found`` without the keys whose hash is gone; those are removed from the
+        indexes this query read (``Model.drop_stale_keys``, checked inside Redis)."""
+        if not found:
+            return found
+        replies = execute(get_client(), [("exists", (key,)) for key in found])
+        stale = {key for key, there in zip(found, replies) if not there}
+        if not stale:
+            return found
+        self.model.drop_stale_keys(sorted(stale), self._read_index_keys())
+        return [key for key in found if key not in stale]
+
+    def _read_index_keys(self) -> list[str]:
+        """The index keys (class sets included) the query's plan reads."""
+        out: list[str] = []
+        for ns, source in self._plan()[0]:  # type: ignore[attr-defined]
+            if source is None:
+                out.append(class_set_key(ns))
+                continue
+            prog = Program(temp_prefix=temp_key("drop", ns), ns=ns)
+            source.emit(prog)
+            out += [k for k in prog.keys if not k.startswith("$Tmp")]
+        return out
 
     def exact_values(self) -> dict[str, Any]:
         """Field values the filter fixes with top-level exact conditions (e.g. partitions)."""
