@@ -200,7 +200,7 @@ def test_bad_scores_and_definitions_raise(r):
 
 # --- Popoto 1.x spellings (issue 14) ---------------------------------------------------
 
-class Gated(WriteFilterMixin, Model):
+class WfGated(WriteFilterMixin, Model):
     name = KeyField()
     value = FloatField(null=True)
 
@@ -213,12 +213,12 @@ class Gated(WriteFilterMixin, Model):
 
 def test_wf_thresholds_are_read(r):
     """_wf_min_threshold / _wf_priority_threshold decide skipping and ranking."""
-    assert Gated(name="low", value=0.39).save() is False
-    assert Gated(name="mid", value=0.5).save() is True
-    assert Gated(name="top", value=0.6).save() is True
-    assert [g.name for g in Gated.query.priority(5)] == ["top"]
-    assert Gated.query.get(name="low") is None
-    assert Gated._min_threshold == 0.4  # the old name reads the value in force
+    assert WfGated(name="low", value=0.39).save() is False
+    assert WfGated(name="mid", value=0.5).save() is True
+    assert WfGated(name="top", value=0.6).save() is True
+    assert [g.name for g in WfGated.query.priority(5)] == ["top"]
+    assert WfGated.query.get(name="low") is None
+    assert WfGated._min_threshold == 0.4  # the old name reads the value in force
 
 
 def test_old_threshold_names_warn_and_still_apply(r):
@@ -240,14 +240,14 @@ def test_old_threshold_names_warn_and_still_apply(r):
 
 def test_none_score_counts_as_below_the_minimum(r):
     """compute_filter_score() returning None skips the save (False), writes nothing."""
-    assert Gated(name="n", value=None).save() is False
-    assert Gated.create(name="n2", value=None).is_persisted is False
+    assert WfGated(name="n", value=None).save() is False
+    assert WfGated.create(name="n2", value=None).is_persisted is False
     assert db_keys(r) == set()
-    saved = Gated.create(name="s", value=0.9)
+    saved = WfGated.create(name="s", value=0.9)
     saved.value = None
     assert saved.save() is False
     assert saved.save(skip_write_filter=True) is True
-    assert Gated.query.priority(3) == []  # a None score is never ranked
+    assert WfGated.query.priority(3) == []  # a None score is never ranked
 
 
 def test_missing_compute_filter_score_is_not_implemented(r):
