@@ -34,6 +34,7 @@ NOW = 1_700_000_000.0
 class Item(WriteFilterMixin, EventStreamMixin, AccessTrackerMixin, Model):
     """Every behaviour and special field at once."""
 
+    _record_on_read = True  # every read recorded at once (not staged)
     name = KeyField()
     value = FloatField(default=0.9)
     email = Field(type=str, null=True, unique=True)

@@ -67,6 +67,7 @@ class ShardBill(EventStreamMixin, Model):
 
 
 class ShardDoc(AccessTrackerMixin, Model):
+    _record_on_read = True  # every read recorded at once (not staged)
     name = KeyField()
     body = Field(type=str, null=True)
 
@@ -79,6 +80,7 @@ class ShardDoc(AccessTrackerMixin, Model):
 class ShardAll(WriteFilterMixin, EventStreamMixin, AccessTrackerMixin, Model):
     """Every behaviour and a capped list on one sharded model."""
 
+    _record_on_read = True  # every read recorded at once (not staged)
     name = KeyField()
     value = FloatField(default=0.9)
     feed = ListField(max_length=2)
