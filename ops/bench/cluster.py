@@ -30,6 +30,7 @@ from redis.cluster import RedisCluster
 
 import popoto
 from popoto.engine.scripts import SAVE
+from popoto.fields.shortcuts import lex_score
 from popoto.redis_db import get_client
 
 from .timing import Impl, measure, paired_ratio
@@ -55,7 +56,7 @@ GETKEYS = "raw-getkeys"  # raw routed by redis-py's defaults: COMMAND GETKEYS pe
 STANDALONE, SHARDED, CLUSTER = "standalone", "standalone-sharded", "cluster"
 LAYOUTS = (STANDALONE, SHARDED, CLUSTER)
 SHARD_PATTERNS = tuple(p + "{" + SHARD_MODEL + "#*"
-                       for p in ("", "$Class:", "$SortedF:", "$IndexF:"))
+                       for p in ("", "$Class:", "$SortedF:", "$IndexF:", "$LexF:"))
 
 
 class BenchShard(BenchItem):
@@ -104,15 +105,19 @@ class ShardedRaw:
         key = f"{ns}:{row.sku}"
         zkey = f"$SortedF:{ns}:score"
         ckey = f"$IndexF:{ns}:color:{row.color}"
+        lkey, rkey = f"$LexF:{ns}:color", f"$LexF:{ns}:color:r"
         return [
-            5, key, f"$Class:{ns}", key, zkey, ckey,  # every key it touches is declared
-            f"NX{NO_LEASE}", "-", 0, 0, 2, "score", "color", 0, 9,
+            7, key, f"$Class:{ns}", key, zkey, ckey, lkey, rkey,  # every key it touches
+            f"NX{NO_LEASE}", "-", 0, 0, 3, "score", "color", "color@lex", 0, 10,
             "sku", pack(row.sku), "score", pack(row.score), "color", pack(row.color),
             "name", pack(row.name), "qty", pack(row.qty), "price", pack(row.price),
             "created", pack(row.created),
             "@idx:score", pack([["Z", zkey]]),
             "@idx:color", pack([["S", ckey]]),
-            0, 2, "Z", zkey, key, repr(row.score), "S", ckey, key, "", 0,
+            "@idx:color@lex", pack([["Z", lkey], ["Z", rkey]]),
+            0, 4, "Z", zkey, key, repr(row.score), "S", ckey, key, "",
+            "Z", lkey, key, str(lex_score(row.color)),
+            "Z", rkey, key, str(lex_score(row.color[::-1])), 0,
         ]
 
     def bulk_create(self, rows: list[Row], chunk: int = 1000) -> None:

@@ -24,6 +24,7 @@ import redis
 from popoto import Field, IndexedField, KeyField, Model, SortedField
 from popoto.engine import scripts
 from popoto.engine.scripts import DELETE, SAVE
+from popoto.fields.shortcuts import lex_score
 
 MODEL = "BenchItem"
 FIELDS = ("sku", "score", "color", "name", "qty", "price", "created")
@@ -31,6 +32,8 @@ PER_COLOR = 500  # objects per IndexedField value
 CLASS_SET = f"$Class:{MODEL}"
 SCORE_KEY = f"$SortedF:{MODEL}:score"
 COLOR_PREFIX = f"$IndexF:{MODEL}:color:"
+LEX_KEY = f"$LexF:{MODEL}:color"  # the IndexedField's lex index (startswith/endswith)
+LEX_KEY_R = f"$LexF:{MODEL}:color:r"
 _BASE_TIME = _dt.datetime(2024, 1, 1, 12, 0, 0)
 _DATETIME_EXT = 2  # popoto's msgpack extension code for datetime (storage format)
 
@@ -146,14 +149,17 @@ class Raw:
         key = row.key
         ckey = COLOR_PREFIX + row.color
         return [
-            5, key, CLASS_SET, key, SCORE_KEY, ckey,  # every key it touches is declared
-            flags, "-", 0, 0, 2, "score", "color", 0, 9,
+            7, key, CLASS_SET, key, SCORE_KEY, ckey, LEX_KEY, LEX_KEY_R,  # every key it touches
+            flags, "-", 0, 0, 3, "score", "color", "color@lex", 0, 10,
             "sku", pack(row.sku), "score", pack(row.score), "color", pack(row.color),
             "name", pack(row.name), "qty", pack(row.qty), "price", pack(row.price),
             "created", pack(row.created),
             "@idx:score", pack([["Z", SCORE_KEY]]),
             "@idx:color", pack([["S", ckey]]),
-            0, 2, "Z", SCORE_KEY, key, repr(row.score), "S", ckey, key, "", 0,
+            "@idx:color@lex", pack([["Z", LEX_KEY], ["Z", LEX_KEY_R]]),
+            0, 4, "Z", SCORE_KEY, key, repr(row.score), "S", ckey, key, "",
+            "Z", LEX_KEY, key, str(lex_score(row.color)),
+            "Z", LEX_KEY_R, key, str(lex_score(row.color[::-1])), 0,
         ]
 
     def save(self, row: Row) -> None:
@@ -167,6 +173,8 @@ class Raw:
         pipe.sadd(CLASS_SET, key)
         pipe.zadd(SCORE_KEY, {key: row.score})
         pipe.sadd(COLOR_PREFIX + row.color, key)
+        pipe.zadd(LEX_KEY, {key: lex_score(row.color)})
+        pipe.zadd(LEX_KEY_R, {key: lex_score(row.color[::-1])})
         pipe.execute()
 
     def load(self, rows: Iterable[Row], chunk: int = 2000) -> None:
@@ -221,7 +229,8 @@ class Raw:
         self.r.hset(row.key, "qty", pack(qty))
 
     def delete(self, row: Row) -> None:
-        self.r.evalsha(self.delete_sha, 2, row.key, CLASS_SET, "-", 2, "score", "color", 0)
+        self.r.evalsha(self.delete_sha, 2, row.key, CLASS_SET, "-", 3, "score", "color",
+                       "color@lex", 0)
 
     def delete_plain(self, row: Row) -> None:
         key = row.key
@@ -230,6 +239,8 @@ class Raw:
         pipe.srem(CLASS_SET, key)
         pipe.zrem(SCORE_KEY, key)
         pipe.srem(COLOR_PREFIX + row.color, key)
+        pipe.zrem(LEX_KEY, key)
+        pipe.zrem(LEX_KEY_R, key)
         pipe.execute()
 
     def unload(self, rows: Iterable[Row], chunk: int = 2000) -> None:
@@ -238,7 +249,8 @@ class Raw:
         for start in range(0, len(rows), chunk):
             pipe = self.r.pipeline(transaction=False)
             for row in rows[start:start + chunk]:
-                pipe.evalsha(self.delete_sha, 2, row.key, CLASS_SET, "-", 2, "score", "color", 0)
+                pipe.evalsha(self.delete_sha, 2, row.key, CLASS_SET, "-", 3, "score",
+                             "color", "color@lex", 0)
             pipe.execute()
 
     # --- reads --------------------------------------------------------
@@ -286,4 +298,5 @@ def delete_namespace(client: redis.Redis, patterns: Iterable[str]) -> int:
     return removed
 
 
-POPOTO_PATTERNS = (f"{MODEL}:*", CLASS_SET, f"$SortedF:{MODEL}:*", f"$IndexF:{MODEL}:*")
+POPOTO_PATTERNS = (f"{MODEL}:*", CLASS_SET, f"$SortedF:{MODEL}:*", f"$IndexF:{MODEL}:*",
+                   f"$LexF:{MODEL}:*")
