@@ -31,7 +31,7 @@ from popoto import (
     UniqueViolation,
     WriteFilterMixin,
 )
-from popoto.redis_db import get_client
+from popoto.redis_db import POPOTO_REDIS_DB
 
 
 class Author(Model):
@@ -57,10 +57,13 @@ class Shop(Model):
 
 class Headline(WriteFilterMixin, EventStreamMixin, Model):
     slug = KeyField()
+    section = IndexedField(null=True)
     votes = IntField(default=0)
     seen = DecayingSortedField(decay_rate=0.8, base_score_field="votes")
     feed = ListField(max_length=3)
     _stream_name = "demo"
+    _wf_min_threshold = 0.1
+    _wf_priority_threshold = 0.7
 
     def compute_filter_score(self) -> float:
         return min(self.votes / 10, 1.0)
@@ -90,7 +93,7 @@ def main() -> int:
 
 def connect() -> redis.Redis:
     popoto.configure(url=os.environ.get("REDIS_URL"))
-    client = get_client()
+    client = popoto.get_redis()
     client.flushdb()
     info = client.info("server")
     section("Connected")
@@ -114,7 +117,11 @@ def create_and_save() -> None:
              author=Author.query.get(handle=handle)).save()
     show("authors saved", Author.query.count())
     show("books saved", Book.query.count())
-    show("a book's Redis key", Book.query.get(isbn="978-0552166591").db_key)
+    show("a book's Redis key (db_key.redis_key)",
+         Book.query.get(isbn="978-0552166591").db_key.redis_key)
+    show("its class set (_meta.db_class_set_key)", Book._meta.db_class_set_key.redis_key)
+    show("rating index (get_sortedset_db_key)",
+         SortedField.get_sortedset_db_key(Book, "rating").redis_key)
 
 
 def load_and_query() -> Book:
@@ -127,6 +134,9 @@ def load_and_query() -> Book:
     fantasy = Book.query.filter(genre="fantasy", order_by="-rating")
     show("genre=fantasy, best first", [b.title for b in fantasy])
     show("rating >= 4.5 (expression)", [b.title for b in Book.query.filter(Book.rating >= 4.5)])
+    show("results compare as lists", Book.query.filter(genre="horror") == [])
+    show("title of genre starting 'sci'",
+         [b.title for b in Book.query.filter(genre__startswith="sci", order_by="rating")])
     top2 = Book.query.filter(rating__gte=0, order_by="-rating", limit=2)
     show("top 2 by rating (limit pushed to Redis)", [b.title for b in top2])
     either = Book.query.filter(Q(genre="scifi") | Q(rating__gte=4.7))
@@ -181,9 +191,11 @@ def index_health(client: redis.Redis) -> None:
     client.srem("$IndexF:Book:genre:scifi", "Book:978-0061054884")   # lose an entry
     client.zadd("$SortedF:Book:rating", {"Book:978-0061054884": 1.0})  # corrupt a score
     client.delete("Book:978-0547773742")                             # delete behind the ORM
+    POPOTO_REDIS_DB.hset("Book:978-0000000000", "title", b"\xa4half")  # a partial write
     report = Book.check_indexes()
-    show("after corrupting three ways", {k: report[k] for k in ("orphans", "missing", "wrong",
-                                                                 "total")})
+    show("after corrupting four ways", {k: report[k] for k in (
+        "orphans", "missing", "wrong", "partial_writes", "total")})
+    show("keys(clean=True) drops stale keys as it reads", len(Book.query.keys(clean=True)))
     show("clean_indexes() removed", Book.clean_indexes())
     show("rebuild_indexes() rewrote", Book.rebuild_indexes())
     show("check_indexes()['total'] (repaired)", Book.check_indexes()["total"])
@@ -193,15 +205,19 @@ def index_health(client: redis.Redis) -> None:
 def behaviours() -> None:
     now = time.time()
     section("Capped feed (ListField(max_length=3))")
-    h = Headline.create(slug="launch", votes=8)
+    h = Headline.create(slug="launch", section="tech", votes=8)
     for n in range(1, 6):
         h.feed.push(f"comment {n}")
-    show("after 5 pushes, oldest first", list(h.feed))
+    show("after 5 pushes, newest first", list(h.feed))
 
     section("Decaying 'trending' ranking")
-    for slug, votes, hours in (("old-news", 9, 72), ("fresh", 3, 1), ("steady", 6, 12)):
-        Headline(slug=slug, votes=votes, seen=now - hours * 3600).save(skip_auto_now=True)
+    for slug, votes, hours, part in (("old-news", 9, 72, "world"), ("fresh", 3, 1, "tech"),
+                                     ("steady", 6, 12, "world")):
+        Headline(slug=slug, section=part, votes=votes, seen=now - hours * 3600).save(
+            skip_auto_now=True)
     show("top_by_decay(n=4)", [x.slug for x in Headline.query.top_by_decay(n=4, as_of=now)])
+    show("filter(section='world').top_by_decay(n=2)",
+         [x.slug for x in Headline.query.filter(section="world").top_by_decay(n=2, as_of=now)])
 
     section("Write filter")
     show("save() of a 0-vote headline", Headline(slug="spam", votes=0).save())
@@ -209,8 +225,9 @@ def behaviours() -> None:
     show("priority(3)", [x.slug for x in Headline.query.priority(3)])
 
     section("Mutation stream (written in the same script as each save)")
+    Headline.query.get(slug="fresh")._xadd_event("featured", {"by": "editor"})
     for _id, event in Headline.stream_range():
-        show(event["op"], f"{event['pk']} changed={event['changed_fields']}")
+        show(event["op"], f"{event['pk']} changed={','.join(event['changed_fields'])!r}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from wsgiref.util import setup_testing_defaults
 import redis
 
 import popoto
-from popoto.redis_db import get_client
 from tasks.config import default_broker_url
 from tasks.testing import Process, spawn_beat, spawn_consumer, spawn_worker, wait_until
 
@@ -82,7 +81,7 @@ def prepare(url: str) -> tuple[redis.Redis, dict[str, str]]:
     from tasks.logconfig import configure_logging
 
     configure_logging("console", "INFO")  # the web requests' log lines, on stderr
-    client = get_client()
+    client = popoto.get_redis()  # Popoto 1.x's name for the configured client
     client.flushdb()
     broker_url = default_broker_url(url)
     redis.Redis.from_url(broker_url).flushdb()

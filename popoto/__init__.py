@@ -5,7 +5,12 @@ hash at ``ClassName:key1:key2``; the ORM keeps secondary indexes in the same
 atomic write and answers queries from them inside Redis.
 """
 
-from popoto.behaviours import AccessTrackerMixin, EventStreamMixin, WriteFilterMixin
+from popoto.behaviours import (
+    AccessTrackerMixin,
+    EventStreamMixin,
+    SkipSaveException,
+    WriteFilterMixin,
+)
 from popoto.exceptions import (
     BulkWriteError,
     ConnectionConfigError,
@@ -13,13 +18,14 @@ from popoto.exceptions import (
     FieldUsageError,
     KeyMutationError,
     ModelException,
+    NotImplementedMethodError,
     PopotoError,
     QueryException,
     UniqueViolation,
     UnknownFieldError,
 )
 from popoto.fields.capped import CappedListProxy, ListField
-from popoto.fields.decaying import CyclicDecayField, DecayingSortedField
+from popoto.fields.decaying import CyclicDecayField, DecayingSortedField, TemporalPeriod
 from popoto.fields.field import Field
 from popoto.fields.geo import GeoField
 from popoto.fields.relationship import Relationship
@@ -41,10 +47,12 @@ from popoto.fields.shortcuts import (
     TupleField,
     UniqueKeyField,
 )
-from popoto.fields.sorted import SortedField
+from popoto.fields.sorted import SortedField, SortedKeyField
+from popoto.keys import DB_key
 from popoto.models.base import Model
+from popoto.models.metaclass import ModelBase
 from popoto.query.expressions import Q
-from popoto.redis_db import configure
+from popoto.redis_db import configure, get_redis
 from popoto.registry import get_model
 
 __version__ = "0.1.0"
@@ -58,6 +66,7 @@ __all__ = [
     "CappedListProxy",
     "ConnectionConfigError",
     "CyclicDecayField",
+    "DB_key",
     "DateField",
     "DatetimeField",
     "DecayingSortedField",
@@ -75,14 +84,19 @@ __all__ = [
     "KeyMutationError",
     "ListField",
     "Model",
+    "ModelBase",
     "ModelException",
+    "NotImplementedMethodError",
     "PopotoError",
     "Q",
     "QueryException",
     "Relationship",
     "SetField",
+    "SkipSaveException",
     "SortedField",
+    "SortedKeyField",
     "StringField",
+    "TemporalPeriod",
     "TimeField",
     "TupleField",
     "UniqueKeyField",
@@ -91,4 +105,5 @@ __all__ = [
     "WriteFilterMixin",
     "configure",
     "get_model",
+    "get_redis",
 ]

@@ -11,7 +11,9 @@ The tree::
     │   ├── DecodeError            a stored hash value cannot be decoded
     │   ├── FieldUsageError        (also a TypeError) a field method used on an unsaved
     │   │                          instance or on a field of the wrong kind/configuration
-    │   └── UnknownFieldError      (also an AttributeError) a field method named no field
+    │   ├── UnknownFieldError      (also an AttributeError) a field method named no field
+    │   └── NotImplementedMethodError (also a NotImplementedError) a behaviour needs a
+    │                              method the model does not implement
     └── QueryException             invalid query: unknown field or lookup, missing partition
 """
 
@@ -72,3 +74,9 @@ class UnknownFieldError(ModelException, AttributeError):
 
 class QueryException(PopotoError):
     """A query is invalid: unknown field or lookup, bad value, missing partition."""
+
+
+class NotImplementedMethodError(ModelException, NotImplementedError):
+    """A behaviour needs a method the model does not implement (e.g.
+    ``compute_filter_score`` of a WriteFilterMixin model). Also a
+    ``NotImplementedError``, as upstream Popoto raises."""

@@ -136,6 +136,52 @@ def temp_key(token: str, ns: str = "") -> str:
     return f"$Tmp{SEP}{ns}{SEP}{token}" if ns.startswith("{") else f"$Tmp{SEP}{token}"
 
 
+class DB_key(str):  # noqa: N801 - Popoto 1.x's public class name
+    """A Redis key that is also a ``str``: ``key.redis_key`` is the plain string.
+
+    Returned by ``instance.db_key``, ``Model._meta.db_class_key`` /
+    ``db_class_set_key`` and the fields' key builders
+    (``get_special_use_field_db_key`` ...). Being a ``str`` it works wherever a key
+    string does: redis-py commands, msgpack, comparisons, hashing, formatting.
+
+    ``DB_key(*parts)`` joins parts with ``:``. A ``DB_key`` part, and a first part
+    given as a plain ``str`` (a key or a key prefix), are used as they are; every
+    other part is one user-data segment and is escaped like the ORM escapes key
+    values (lists and tuples give one segment per item). So
+    ``DB_key(field.get_special_use_field_db_key(Model, "color"), "a:b")`` is the real
+    index key ``$IndexF:Model:color:a%3Ab``.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, *parts: Any) -> DB_key:
+        segments: list[str] = []
+        for position, part in enumerate(parts):
+            if isinstance(part, DB_key) or (position == 0 and type(part) is str):
+                segments.append(str.__str__(part))
+            elif isinstance(part, (list, tuple)):
+                segments += [escape(p) for p in part]
+            else:
+                segments.append(escape(part))
+        return super().__new__(cls, SEP.join(segments))
+
+    @property
+    def redis_key(self) -> str:
+        """The key as a plain ``str``."""
+        return str.__str__(self)
+
+    @property
+    def segments(self) -> list[str]:
+        """The ``:``-separated segments, unescaped."""
+        return [unescape(s) for s in self.split(SEP)]
+
+    def __repr__(self) -> str:
+        return f"DB_key({str.__repr__(self)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DB_key, (self.redis_key,))
+
+
 def glob_escape(text: str) -> str:
     """Escape glob metacharacters for MATCH patterns (segments are already escaped)."""
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)

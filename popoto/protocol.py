@@ -51,6 +51,7 @@ OP_RANGE = "ZR"  # members of a sorted set within a score range
 OP_PATTERN = "PAT"  # members of a set matching a glob pattern
 OP_KEYS = "KEYS"  # an explicit list of instance keys
 OP_GEO = "GEO"  # members of a geo set within a radius, scored by distance
+OP_LEX = "LEX"  # members of a lex index in a score range whose str value starts/ends so
 OP_AND = "AND"  # ZINTERSTORE
 OP_AND_SMALL = "ANDS"  # AND driven by its smallest input, ranges never materialised
 OP_PART_RANGE = "R"  # an OP_AND_SMALL part: a score range of a sorted set

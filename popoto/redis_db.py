@@ -10,8 +10,10 @@ makes the clients ``redis.cluster.RedisCluster`` and its asyncio twin. Models
 then spread over hash-tag groups (see ``popoto.keys.group_tag``).
 
 ``POPOTO_REDIS_DB`` is a lazy proxy to the synchronous client (the name the
-reference design uses); ``get_client()`` and ``get_async_client()`` return the
-real clients.
+reference design uses): it connects on first use and always forwards to the client
+of the current ``configure()``. ``get_client()`` and ``get_async_client()`` return
+the real clients; ``get_redis()`` / ``get_async_redis_db()`` are the same under
+Popoto 1.x's names, and ``async_scan_keys()`` is its async key scan.
 """
 
 from __future__ import annotations
@@ -259,6 +261,24 @@ class _AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
 
         pipe.execute = gated_execute
         return pipe
+
+
+def get_redis() -> redis.Redis:
+    """The configured synchronous client (Popoto 1.x's name for :func:`get_client`)."""
+    return get_client()
+
+
+def get_async_redis_db() -> redis.asyncio.Redis:
+    """The asyncio client of the running loop (1.x's name for :func:`get_async_client`)."""
+    return get_async_client()
+
+
+async def async_scan_keys(pattern: str = "*", count: int = 1000) -> list[str]:
+    """Every key matching the glob ``pattern``, found with SCAN on the async client
+    (never KEYS); in cluster mode every master is scanned. Returns ``str`` keys."""
+    client = get_async_client()
+    return [k.decode() if isinstance(k, bytes) else k
+            async for k in client.scan_iter(match=pattern, count=count)]
 
 
 class _LazyClient:

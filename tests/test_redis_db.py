@@ -74,3 +74,45 @@ def test_non_integer_db_is_rejected_naming_masked_url(url, restore_config):
 ])
 def test_integer_or_absent_db_is_accepted(url, restore_config):
     popoto.configure(url=url)
+
+
+# --- Popoto 1.x's client spellings ------------------------------------------------------
+
+def test_get_redis_returns_the_configured_client(redis_url):
+    """popoto.get_redis() is the process-wide synchronous client."""
+    assert popoto.get_redis() is redis_db.get_client()
+    popoto.get_redis().set("via", "get_redis")
+    assert redis_db.POPOTO_REDIS_DB.get("via") == b"get_redis"
+
+
+def test_lazy_proxy_never_connects_at_import_and_follows_configure(redis_url, restore_config):
+    """POPOTO_REDIS_DB connects on first use and always talks to the current configure()."""
+    import subprocess
+    import sys
+    code = ("import popoto, popoto.redis_db as d; from popoto.redis_db import POPOTO_REDIS_DB;"
+            "repr(POPOTO_REDIS_DB); assert d._client is None; print('lazy')")
+    env = {"REDIS_URL": "redis://127.0.0.1:1/0", "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "lazy", out.stderr
+    other = redis_url.rsplit("/", 1)[0] + "/4"
+    popoto.configure(url=other)
+    redis_db.POPOTO_REDIS_DB.set("where", "db4")
+    assert redis_db.get_client().connection_pool.connection_kwargs["db"] == 4
+    assert redis_db.get_client().get("where") == b"db4"
+    redis_db.get_client().flushdb()
+
+
+def test_async_client_and_scan_keys(r):
+    """get_async_redis_db() is the loop's asyncio client; async_scan_keys() SCANs for keys."""
+    import asyncio
+    r.set("scan:a", 1)
+    r.set("scan:b", 2)
+    r.set("other", 3)
+
+    async def go():
+        client = redis_db.get_async_redis_db()
+        assert client is redis_db.get_async_client()
+        assert await client.get("scan:a") == b"1"
+        return sorted(await redis_db.async_scan_keys("scan:*"))
+
+    assert asyncio.run(go()) == ["scan:a", "scan:b"]

@@ -31,12 +31,23 @@ def _json_or_text(value: str) -> Any:
         return value
 
 
+def _changed_fields(raw: str | None) -> list[Any] | dict[str, Any] | None:
+    """``changed_fields`` as written by the ORM: names joined by "," (Popoto 1.x's form;
+    "" -> None), or JSON (a list or dict, as written by earlier versions)."""
+    if not raw:
+        return None
+    if raw[0] in "[{":
+        return json.loads(raw)  # type: ignore[no-any-return]
+    return raw.split(",")
+
+
 @dataclass(frozen=True)
 class Event:
     """A mutation read from a stream.
 
     Fields follow the ``EventStreamMixin`` entry format: ``changed_fields`` is
-    the list of changed field names, ``metadata`` the copied field values
+    the list of changed field names (None when the entry names none: creates, full
+    saves, deletes), ``metadata`` the copied field values
     (decoded from JSON), ``old_pk`` the previous key after a key migration.
     ``event_id`` is stable across dead-letter replays (the id the entry was
     first written with); idempotent handlers key their effects on it.
@@ -75,7 +86,7 @@ class Event:
                                  "number") from None
         changed_raw = data.get("changed_fields")
         try:
-            changed = json.loads(changed_raw) if changed_raw else None
+            changed = _changed_fields(changed_raw)
         except json.JSONDecodeError as exc:
             raise MalformedEntry(f"entry {entry_id} of {stream}: changed_fields is not JSON "
                                  f"({exc})") from None

@@ -55,7 +55,7 @@ GETKEYS = "raw-getkeys"  # raw routed by redis-py's defaults: COMMAND GETKEYS pe
 STANDALONE, SHARDED, CLUSTER = "standalone", "standalone-sharded", "cluster"
 LAYOUTS = (STANDALONE, SHARDED, CLUSTER)
 SHARD_PATTERNS = tuple(p + "{" + SHARD_MODEL + "#*"
-                       for p in ("", "$Class:", "$SortedF:", "$IndexF:"))
+                       for p in ("", "$Class:", "$SortedF:", "$IndexF:", "$LexF:"))
 
 
 class BenchShard(BenchItem):
@@ -104,15 +104,18 @@ class ShardedRaw:
         key = f"{ns}:{row.sku}"
         zkey = f"$SortedF:{ns}:score"
         ckey = f"$IndexF:{ns}:color:{row.color}"
+        lkey, rkey = f"$LexF:{ns}:color", f"$LexF:{ns}:color:r"
         return [
-            5, key, f"$Class:{ns}", key, zkey, ckey,  # every key it touches is declared
+            7, key, f"$Class:{ns}", key, zkey, ckey, lkey, rkey,  # every key it touches
             f"NX{NO_LEASE}", "-", 0, 0, 2, "score", zkey, "color", f"$IndexF:{ns}:color", 0, 9,
             "sku", pack(row.sku), "score", pack(row.score), "color", pack(row.color),
             "name", pack(row.name), "qty", pack(row.qty), "price", pack(row.price),
             "created", pack(row.created),
             "@idx:score", pack([["z"]]),  # rows relative to the owner's record base
             "@idx:color", pack([["s", ":" + row.color]]),
-            0, 2, "Z", zkey, key, repr(row.score), "S", ckey, key, "", 0,
+            0, 2, "Z", zkey, key, repr(row.score), "S", ckey, key, "",
+            2, 4, "ZADD", lkey, 0, row.color.encode(),  # the color's value registry
+            4, "ZADD", rkey, 0, row.color[::-1].encode() + b"\xff" + row.color.encode(),
         ]
 
     def bulk_create(self, rows: list[Row], chunk: int = 1000) -> None:

@@ -31,6 +31,8 @@ PER_COLOR = 500  # objects per IndexedField value
 CLASS_SET = f"$Class:{MODEL}"
 SCORE_KEY = f"$SortedF:{MODEL}:score"
 COLOR_PREFIX = f"$IndexF:{MODEL}:color:"
+LEX_KEY = f"$LexF:{MODEL}:color"  # the IndexedField's value registry (startswith/endswith)
+LEX_KEY_R = f"$LexF:{MODEL}:color:r"
 #: the delete script's ARGV for one instance: flags, (owner, record base)*, no commands
 DELETE_ARGV = ("-", 2, "score", SCORE_KEY, "color", COLOR_PREFIX[:-1], 0)
 _BASE_TIME = _dt.datetime(2024, 1, 1, 12, 0, 0)
@@ -148,14 +150,16 @@ class Raw:
         key = row.key
         ckey = COLOR_PREFIX + row.color
         return [
-            5, key, CLASS_SET, key, SCORE_KEY, ckey,  # every key it touches is declared
+            7, key, CLASS_SET, key, SCORE_KEY, ckey, LEX_KEY, LEX_KEY_R,  # every key it touches
             flags, "-", 0, 0, 2, "score", SCORE_KEY, "color", COLOR_PREFIX[:-1], 0, 9,
             "sku", pack(row.sku), "score", pack(row.score), "color", pack(row.color),
             "name", pack(row.name), "qty", pack(row.qty), "price", pack(row.price),
             "created", pack(row.created),
             "@idx:score", pack([["z"]]),  # rows relative to the owner's record base
             "@idx:color", pack([["s", ":" + row.color]]),
-            0, 2, "Z", SCORE_KEY, key, repr(row.score), "S", ckey, key, "", 0,
+            0, 2, "Z", SCORE_KEY, key, repr(row.score), "S", ckey, key, "",
+            2, 4, "ZADD", LEX_KEY, 0, row.color.encode(),  # the color's value registry
+            4, "ZADD", LEX_KEY_R, 0, row.color[::-1].encode() + b"\xff" + row.color.encode(),
         ]
 
     def save(self, row: Row) -> None:
@@ -169,6 +173,8 @@ class Raw:
         pipe.sadd(CLASS_SET, key)
         pipe.zadd(SCORE_KEY, {key: row.score})
         pipe.sadd(COLOR_PREFIX + row.color, key)
+        pipe.zadd(LEX_KEY, {row.color.encode(): 0})  # the distinct-value registry
+        pipe.zadd(LEX_KEY_R, {row.color[::-1].encode() + b"\xff" + row.color.encode(): 0})
         pipe.execute()
 
     def load(self, rows: Iterable[Row], chunk: int = 2000) -> None:
@@ -223,7 +229,8 @@ class Raw:
         self.r.hset(row.key, "qty", pack(qty))
 
     def delete(self, row: Row) -> None:
-        self.r.evalsha(self.delete_sha, 2, row.key, CLASS_SET, *DELETE_ARGV)
+        self.r.evalsha(self.delete_sha, 4, row.key, CLASS_SET, LEX_KEY, LEX_KEY_R,
+                       *DELETE_ARGV)
 
     def delete_plain(self, row: Row) -> None:
         key = row.key
@@ -240,7 +247,8 @@ class Raw:
         for start in range(0, len(rows), chunk):
             pipe = self.r.pipeline(transaction=False)
             for row in rows[start:start + chunk]:
-                pipe.evalsha(self.delete_sha, 2, row.key, CLASS_SET, *DELETE_ARGV)
+                pipe.evalsha(self.delete_sha, 4, row.key, CLASS_SET, LEX_KEY, LEX_KEY_R,
+                             *DELETE_ARGV)
             pipe.execute()
 
     # --- reads --------------------------------------------------------
@@ -288,4 +296,5 @@ def delete_namespace(client: redis.Redis, patterns: Iterable[str]) -> int:
     return removed
 
 
-POPOTO_PATTERNS = (f"{MODEL}:*", CLASS_SET, f"$SortedF:{MODEL}:*", f"$IndexF:{MODEL}:*")
+POPOTO_PATTERNS = (f"{MODEL}:*", CLASS_SET, f"$SortedF:{MODEL}:*", f"$IndexF:{MODEL}:*",
+                   f"$LexF:{MODEL}:*")

@@ -2,11 +2,15 @@
 
 Every query result that builds instances (``get``, ``filter``, ``all``,
 iteration, ``first``/``last``, ``exists`` - anything that loads hashes, but not
-``count``/``keys``/``values``) records one access per instance, through the
-``behaviour_after_load`` hook: ONE pipelined round trip per query result (one
-script call per 500 instances of one tag group in it, so every call touches one
-cluster slot), never one per object. ``.no_track()``
-on the query skips it.
+``count``/``keys``/``values``) is a read of each instance (``on_read()``, from the
+``behaviour_after_load`` hook). As in Popoto 1.x, a read is only *staged* on the
+loaded object: ``confirm_access()`` records the staged reads (and returns how
+many), ``discard_staged_access()`` drops them, ``Model.confirm_accesses(objs)``
+records those of many objects in one round trip. With ``_record_on_read = True``
+on the model every read is recorded at once instead: ONE pipelined round trip per
+query result (one script call per 500 instances of one tag group in it, so every
+call touches one cluster slot), never one per object. ``.no_track()`` on the query
+skips both.
 
 Per instance:
 
@@ -23,10 +27,7 @@ Per instance:
 The script only touches instances whose hash still exists, so tracking can
 never resurrect a deleted or expired instance.
 
-Staging (``_access_staging = True``): reads only stage an access on the
-loaded objects; ``confirm_access()`` records it (e.g. once the item was
-actually used), ``discard_staged_access()`` drops it, and
-``Model.confirm_accesses(objs)`` records many in one round trip.
+``_access_staging = False`` is the older spelling of ``_record_on_read = True``.
 ``record_access()`` records an access directly in either mode.
 """
 
@@ -40,7 +41,7 @@ from popoto import keys
 from popoto.engine import scripts
 from popoto.engine.io import execute
 from popoto.engine.write import LINKED_KEY
-from popoto.exceptions import ModelException
+from popoto.exceptions import FieldUsageError, ModelException
 from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
@@ -91,16 +92,26 @@ def record_accesses(objs: Iterable[Any], when: float | None = None) -> list[int]
     return counts
 
 
+def _staged_times(obj: Any) -> list[float]:
+    """Pop the times of the reads staged on ``obj`` (a list; one time is one read)."""
+    staged = obj.__dict__.pop("_staged_access", None)
+    if staged is None:
+        return []
+    return list(staged) if isinstance(staged, list) else [float(staged)]
+
+
 class AccessTrackerMixin:
     """Record reads of instances: ``access_count``, ``last_accessed``, a capped log.
 
-    Class attributes: ``_max_access_log`` (100), ``_access_staging`` (False).
-    See the module docstring.
+    Class attributes: ``_max_access_log`` (100), ``_record_on_read`` (False: reads
+    are staged until ``confirm_access()``; True: recorded at once), ``_access_staging``
+    (True; False is the same as ``_record_on_read = True``). See the module docstring.
     """
 
     popoto_behaviour = True
     _max_access_log: int = 100
-    _access_staging: bool = False
+    _record_on_read: bool = False
+    _access_staging: bool = True
     _meta: Any
     _redis_key: str | None
 
@@ -134,30 +145,48 @@ class AccessTrackerMixin:
     # --- recording -------------------------------------------------------
     def record_access(self) -> int:
         """Record one access now (one script call); returns the new count (0 if gone)."""
-        if self._redis_key is None:
-            raise ModelException(f"Cannot record an access of an unsaved "
-                                 f"{type(self).__name__} instance")
+        self._access_needs_key("record_access")
         return record_accesses([self])[0]
 
-    def confirm_access(self) -> bool:
-        """Record the access staged when this instance was loaded; False if none was staged."""
-        staged = self.__dict__.pop("_staged_access", None)
-        if staged is None:
-            return False
-        record_accesses([self], staged)
-        return True
+    def _access_needs_key(self, action: str) -> None:
+        if self._redis_key is None:
+            raise FieldUsageError(f"Cannot call {action}() on an unsaved "
+                                  f"{type(self).__name__} instance; save it first")
+
+    @classmethod
+    def _records_on_read(cls) -> bool:
+        return bool(cls._record_on_read) or not cls._access_staging
+
+    def on_read(self) -> None:
+        """A read of this instance: staged (recorded by ``confirm_access()``), or recorded
+        at once when the model sets ``_record_on_read``. Queries call it for you."""
+        if type(self)._records_on_read():
+            if self._redis_key is not None:
+                record_accesses([self])
+            return
+        self.__dict__.setdefault("_staged_access", []).append(time.time())
+
+    def confirm_access(self) -> int:
+        """Record the reads staged on this object; returns how many were recorded (0 when
+        none was staged or the instance is gone). FieldUsageError (a TypeError) when the
+        instance is unsaved."""
+        self._access_needs_key("confirm_access")
+        staged = _staged_times(self)
+        if not staged:
+            return 0
+        return sum(1 for count in record_accesses([self] * len(staged), staged[-1]) if count)
 
     def discard_staged_access(self) -> bool:
-        """Drop the staged access without recording it; False if none was staged."""
-        return self.__dict__.pop("_staged_access", None) is not None
+        """Drop the staged reads without recording them; False if none was staged."""
+        return bool(self.__dict__.pop("_staged_access", None))
 
     @classmethod
     def confirm_accesses(cls, objs: Iterable[Any]) -> int:
-        """Record the staged accesses of many instances in one round trip; returns how many."""
+        """Record the staged reads of many instances in one round trip per staging time;
+        returns how many were recorded."""
         staged: dict[float, list[Any]] = {}
         for obj in objs:
-            when = obj.__dict__.pop("_staged_access", None)
-            if when is not None:
+            for when in _staged_times(obj):
                 staged.setdefault(when, []).append(obj)
         done = 0
         for when, group in staged.items():
@@ -182,12 +211,12 @@ class AccessTrackerMixin:
         found = [o for o in objs if isinstance(o, AccessTrackerMixin)]
         if not found:
             return
-        if found[0]._access_staging:
+        if not type(found[0])._records_on_read():
             now = time.time()
             for obj in found:
-                obj.__dict__["_staged_access"] = now
+                obj.__dict__.setdefault("_staged_access", []).append(now)
             return
-        record_accesses(found)
+        record_accesses(found)  # one round trip for the whole result
 
     def behaviour_on_save(self, batch: WriteBatch) -> None:
         log_key = self.access_log_key(batch.key)

@@ -30,20 +30,22 @@ string (UTF-8)::
     op              "create" | "update" | "delete"
     ts              client time of the write, epoch seconds as a float literal
                     ("1700000000.123456")
-    changed_fields  JSON list of field names, sorted: every field of the model
-                    for "create" and full saves, the update_fields of a partial
-                    save (touch()/push() are partial saves of one field), []
-                    for "delete"
+    changed_fields  field names joined by "," (sorted), as Popoto 1.x writes them:
+                    the update_fields of a partial save (touch()/push() are
+                    partial saves of one field); "" for "create", full saves
+                    and "delete"
     old_pk          only present when the save moved the instance to a new key
                     (save(migrate_key=True)): the key it moved from
-    <name>          one per name in _stream_metadata_fields: the field's value
-                    as JSON (null for None; datetimes, dates, Decimals, ... as
-                    their str())
+    <name>          one per name in _stream_metadata_fields: str() of the field's
+                    value, "" for None
+    <extra>         fields of a custom event (``_xadd_event(op, extra_fields)``)
 
 "create" means the first save of a new instance object (``Model.create``,
 ``Model(...).save()``, bulk_create), even when ``Model(...).save()`` overwrote
 an existing key; "update" is any save of a loaded or already saved instance.
-``parse_event`` turns an entry back into Python values. The stream is capped
+``instance._xadd_event(op, extra_fields=None, pipeline=None)`` appends a custom
+event for the instance (same fields, ``op`` as given, ``changed_fields`` ""), now or
+queued on ``pipeline``. ``parse_event`` turns an entry back into Python values. The stream is capped
 with ``XADD ... MAXLEN ~ <_stream_max_length>`` (approximate trimming; None
 disables the cap); a sharded model's cap applies to each group's stream.
 """
@@ -60,6 +62,7 @@ from popoto import keys
 from popoto.engine.io import Steps, run
 from popoto.exceptions import ModelException
 from popoto.protocol import text as _s
+from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
     from popoto.engine.write import WriteBatch
@@ -68,18 +71,26 @@ if TYPE_CHECKING:
 STANDARD_FIELDS = ("model", "pk", "op", "ts", "changed_fields", "old_pk")
 
 
+def split_changed_fields(value: str) -> list[str]:
+    """``changed_fields`` as a list: comma-separated names ("" -> []); a JSON list written
+    by earlier versions of this ORM is read too."""
+    if value.startswith("["):
+        return [str(v) for v in json.loads(value)]
+    return value.split(",") if value else []
+
+
 def parse_event(fields: dict[Any, Any]) -> dict[str, Any]:
-    """One stream entry as Python values: ``ts`` float, ``changed_fields`` list, metadata
-    decoded from JSON, everything else str."""
+    """One stream entry as Python values: ``ts`` float, ``changed_fields`` a list of names,
+    everything else (metadata included) the str written."""
     out: dict[str, Any] = {}
     for name, value in fields.items():
         name, value = _s(name), _s(value)
         if name == "ts":
             out[name] = float(value)
-        elif name in STANDARD_FIELDS and name != "changed_fields":
-            out[name] = value
+        elif name == "changed_fields":
+            out[name] = split_changed_fields(value)
         else:
-            out[name] = json.loads(value)
+            out[name] = value
     return out
 
 
@@ -166,29 +177,56 @@ class EventStreamMixin:
         """Number of entries in the stream (XLEN; summed over a sharded model's groups)."""
         return run(_len_steps(cls.stream_keys(partition)))
 
-    # --- behaviour hooks ---------------------------------------------------
-    def _xadd_mutation(self, batch: WriteBatch, op: str, changed: list[str]) -> None:
+    # --- entries ------------------------------------------------------------
+    def _event_args(self, key: str, ns: str, op: str, changed: list[str],
+                    old_key: str | None = None) -> list[Any]:
+        """The XADD command of one event (see the module docstring for its fields)."""
         cls = type(self)
         cls._check_stream_fields()
         partition = getattr(self, cls._stream_partition_field) \
             if cls._stream_partition_field else None
-        args: list[Any] = ["XADD", keys.stream_key(cls._stream_name, partition, batch.ns)]
+        args: list[Any] = ["XADD", keys.stream_key(cls._stream_name, partition, ns)]
         if cls._stream_max_length is not None:
             args += ["MAXLEN", "~", cls._stream_max_length]
-        args += ["*", "model", self._meta.model_name, "pk", batch.key, "op", op,
-                 "ts", repr(time.time()), "changed_fields", json.dumps(changed)]
+        args += ["*", "model", self._meta.model_name, "pk", key, "op", op,
+                 "ts", repr(time.time()), "changed_fields", ",".join(changed)]
+        if old_key and old_key != key:
+            args += ["old_pk", old_key]
+        for name in cls._stream_metadata_fields:
+            value = getattr(self, name)
+            args += [name, "" if value is None else str(value)]
+        return args
+
+    def _xadd_event(self, op: str, extra_fields: dict[str, Any] | None = None,
+                    pipeline: Any = None) -> Any:
+        """Append a custom event for this instance (``op`` as given, ``changed_fields``
+        ""), plus ``extra_fields`` (values as str, None as ""). Returns the entry id,
+        or ``pipeline`` when the XADD was only queued on it."""
+        if not isinstance(op, str) or not op:
+            raise ModelException(f"{type(self).__name__}._xadd_event: op must be a non-empty "
+                                 f"str, got {op!r}")
+        key = self.pk  # type: ignore[attr-defined]
+        args = self._event_args(key, keys.ns_of(key), op, [])
+        for name, value in (extra_fields or {}).items():
+            if not isinstance(name, str) or name in STANDARD_FIELDS:
+                raise ModelException(f"{type(self).__name__}._xadd_event: extra field "
+                                     f"{name!r} is not a str or is a standard entry field")
+            args += [name, "" if value is None else str(value)]
+        if pipeline is not None:
+            pipeline.execute_command(*args)
+            return pipeline
+        return _s(get_client().execute_command(*args))
+
+    # --- behaviour hooks ---------------------------------------------------
+    def _xadd_mutation(self, batch: WriteBatch, op: str, changed: list[str]) -> None:
         # the key it moved from: in the same script (batch.old_key), or, when a sharded
         # instance moved to another tag group, the key the separate delete removes
         old_key = batch.old_key or (self.__dict__.get("_redis_key") if op != "delete" else None)
-        if old_key and old_key != batch.key:
-            args += ["old_pk", old_key]
-        for name in cls._stream_metadata_fields:
-            args += [name, json.dumps(getattr(self, name), default=str)]
-        batch.command(*args)
+        batch.command(*self._event_args(batch.key, batch.ns, op, changed, old_key))
 
     def behaviour_on_save(self, batch: WriteBatch) -> None:
-        changed = sorted(self._meta.fields if batch.update_fields is None
-                         else batch.update_fields)
+        # 1.x: the names of a partial save's fields; "" for creates and full saves
+        changed = [] if batch.update_fields is None else sorted(batch.update_fields)
         self._xadd_mutation(batch, "create" if batch.is_create else "update", changed)
 
     def behaviour_on_delete(self, batch: WriteBatch) -> None:

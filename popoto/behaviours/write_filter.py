@@ -1,11 +1,12 @@
 """WriteFilterMixin: drop low-value saves, keep high-value instances in a priority set.
 
-The model implements ``compute_filter_score() -> float``. On ``save()``:
+The model implements ``compute_filter_score() -> float`` (a model without it raises
+``NotImplementedMethodError``, a ModelException and a NotImplementedError). On ``save()``:
 
-* score < ``_min_threshold`` (default 0.1): nothing is written and ``save()``
-  returns False (``save(pipeline=p)`` returns ``p`` with nothing queued). The
-  internal :class:`SkipSaveException` never escapes ``save()``.
-* score >= ``_priority_threshold`` (default 0.7): the instance is also a member
+* score < ``_wf_min_threshold`` (default 0.1), or a score of None: nothing is
+  written and ``save()`` returns False (``save(pipeline=p)`` returns ``p`` with
+  nothing queued). The internal :class:`SkipSaveException` never escapes ``save()``.
+* score >= ``_wf_priority_threshold`` (default 0.7): the instance is also a member
   of the sorted set ``$Priority:<Model>`` scored by its filter score, written in
   the same script call as the save; a later save scoring lower removes it, and
   so does ``delete()``. A sharded model has one such set per tag group,
@@ -17,6 +18,9 @@ The model implements ``compute_filter_score() -> float``. On ``save()``:
 writes made by field methods (``touch()``, ``CappedListProxy.push()``) are not
 filtered; they re-score the priority entry like any save.
 
+``_min_threshold`` / ``_priority_threshold`` are the deprecated names of the two
+thresholds: a model setting them gets a DeprecationWarning and the values apply.
+
 ``Model.query.priority(n)`` returns the n instances with the highest filter
 score (ties by key), dropping entries whose instance has expired. For a
 sharded model it asks every group for its n best in one pipelined round trip
@@ -26,6 +30,7 @@ and merges them.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from popoto import keys
@@ -34,7 +39,12 @@ from popoto.engine import scripts
 from popoto.engine.io import Steps, run
 from popoto.engine.merge import best_rows
 from popoto.engine.write import ZSET
-from popoto.exceptions import ModelException, PopotoError, QueryException
+from popoto.exceptions import (
+    ModelException,
+    NotImplementedMethodError,
+    PopotoError,
+    QueryException,
+)
 from popoto.query.queryset import QuerySet
 
 if TYPE_CHECKING:
@@ -54,51 +64,69 @@ PRIORITY = scripts.LuaScript("write_filter_priority")
 class SkipSaveException(PopotoError):
     """Internal signal: the write filter rejected a save. Never escapes ``save()``."""
 
-    def __init__(self, score: float) -> None:
+    def __init__(self, score: float | None) -> None:
         super().__init__(f"filter score {score!r} is below the minimum")
         self.score = score
 
 
-class WriteFilterMixin:
-    """Skip saves scoring below ``_min_threshold``; rank the best in a priority set.
+#: deprecated threshold names -> the names Popoto 1.x reads
+_ALIASES = (("_min_threshold", "_wf_min_threshold"),
+            ("_priority_threshold", "_wf_priority_threshold"))
+_NO_SCORE = object()
 
-    Class attributes (override per model): ``_min_threshold`` (0.1),
-    ``_priority_threshold`` (0.7); the model must implement
-    ``compute_filter_score()``.
+
+class WriteFilterMixin:
+    """Skip saves scoring below ``_wf_min_threshold``; rank the best in a priority set.
+
+    Class attributes (override per model): ``_wf_min_threshold`` (0.1),
+    ``_wf_priority_threshold`` (0.7), or their deprecated names ``_min_threshold`` /
+    ``_priority_threshold``; the model must implement ``compute_filter_score()``
+    (None counts as below the minimum).
     """
 
     popoto_behaviour = True
-    _min_threshold: float = 0.1
-    _priority_threshold: float = 0.7
+    _wf_min_threshold: float = 0.1
+    _wf_priority_threshold: float = 0.7
+    _min_threshold: float = 0.1  # deprecated name of _wf_min_threshold
+    _priority_threshold: float = 0.7  # deprecated name of _wf_priority_threshold
     _meta: Any
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        low, high = cls._min_threshold, cls._priority_threshold
+        for old, new in _ALIASES:
+            if old in cls.__dict__:
+                warnings.warn(f"{cls.__name__}.{old} is deprecated; name it {new}",
+                              DeprecationWarning, stacklevel=3)
+                if new not in cls.__dict__:
+                    setattr(cls, new, cls.__dict__[old])
+            setattr(cls, old, getattr(cls, new))  # the old name reads the value in force
+        low, high = cls._wf_min_threshold, cls._wf_priority_threshold
         if not _finite(low) or not _finite(high) or low > high:
             raise ModelException(
-                f"{cls.__name__}: _min_threshold and _priority_threshold must be finite "
-                f"numbers with _min_threshold <= _priority_threshold, got {low!r} and {high!r}"
-            )
+                f"{cls.__name__}: _wf_min_threshold and _wf_priority_threshold must be finite "
+                f"numbers with _wf_min_threshold <= _wf_priority_threshold, got {low!r} and "
+                f"{high!r}")
 
-    def compute_filter_score(self) -> float:
+    def compute_filter_score(self) -> float | None:
         """The value of this instance, compared with the thresholds on every save."""
-        raise ModelException(f"{type(self).__name__} uses WriteFilterMixin and must implement "
-                             f"compute_filter_score()")
+        raise NotImplementedMethodError(f"{type(self).__name__} uses WriteFilterMixin and must "
+                                        f"implement compute_filter_score()")
 
     # --- scoring ---------------------------------------------------------
-    def filter_score(self) -> float:
-        """``compute_filter_score()``, checked to be a finite number."""
+    def filter_score(self) -> float | None:
+        """``compute_filter_score()``, checked to be a finite number (or None: no score)."""
         score = self.compute_filter_score()
+        if score is None:
+            return None
         if not _finite(score):
             raise ModelException(f"{type(self).__name__}.compute_filter_score() must return a "
-                                 f"finite number, got {score!r}")
+                                 f"finite number or None, got {score!r}")
         return float(score)
 
-    def _check_write_filter(self) -> float:
-        """The filter score; raises SkipSaveException when it is below the minimum."""
+    def _check_write_filter(self) -> float | None:
+        """The filter score; raises SkipSaveException when it is None or below the minimum."""
         score = self.filter_score()
-        if score < self._min_threshold:
+        if score is None or score < self._wf_min_threshold:
             raise SkipSaveException(score)
         return score
 
@@ -120,25 +148,29 @@ class WriteFilterMixin:
             score = self.filter_score() if skip_write_filter else self._check_write_filter()
         except SkipSaveException as skipped:
             logger.debug("write filter skipped saving %r (score %r < %r)", self,
-                         skipped.score, self._min_threshold)
+                         skipped.score, self._wf_min_threshold)
             return False
         self.__dict__["_write_filter_score"] = score
         return True
 
     def behaviour_on_save(self, batch: WriteBatch) -> None:
-        score = self.__dict__.pop("_write_filter_score", None)
-        if score is None:
+        score = self.__dict__.pop("_write_filter_score", _NO_SCORE)
+        if score is _NO_SCORE:
             score = self.filter_score()
         batch.own(OWNER)
-        if score >= self._priority_threshold:
+        if score is not None and score >= self._wf_priority_threshold:
             batch.add(OWNER, ZSET, self.priority_key(batch.ns), batch.key, repr(score))
 
     def behaviour_on_delete(self, batch: WriteBatch) -> None:
         batch.own(OWNER)
 
 
-def priority(model: type[Model], n: int = 10) -> list[Model]:
-    """The ``n`` instances with the highest filter score (>= the priority threshold)."""
+def priority(model: type[Model], n: int = 10, _within: Any = None) -> list[Model]:
+    """The ``n`` instances with the highest filter score (>= the priority threshold).
+
+    ``_within`` (a QuerySet: ``Model.query.filter(...).priority(n)``) ranks only its
+    matches: their scores are read with ZMSCORE, so the filter's size bounds the work.
+    """
     if not issubclass(model, WriteFilterMixin):
         raise QueryException(f"{model.__name__}.query.priority() needs a model with "
                              f"WriteFilterMixin")
@@ -147,6 +179,8 @@ def priority(model: type[Model], n: int = 10) -> list[Model]:
                              f"got {n!r}")
     if n == 0:
         return []
+    if _within is not None:
+        return run(_priority_within_steps(_within, n))
     return run(_priority_steps(QuerySet(model), n))
 
 
@@ -159,3 +193,23 @@ def _priority_steps(qs: Any, n: int) -> Steps[list[Any]]:
     slot), merged; then the winners' hashes."""
     replies = yield [PRIORITY.command([key], [n]) for key in qs.model.priority_keys()]
     return (yield from qs._hydrate_steps(best_rows(replies, n)))
+
+
+def _priority_within_steps(qs: Any, n: int) -> Steps[list[Any]]:
+    """The n best of a filter's matches: their scores in each group's priority set
+    (ZMSCORE), best first with ties by key; then hashes until n live instances."""
+    matches: list[str] = yield from qs._keys_steps()
+    by_group: dict[str, list[str]] = {}
+    for key in matches:
+        by_group.setdefault(keys.ns_of(key), []).append(key)
+    groups = list(by_group.items())
+    replies = yield [("zmscore", (qs.model.priority_key(ns), members)) for ns, members in groups]
+    flat = [[m, s] for (_ns, members), scores in zip(groups, replies)
+            for m, s in zip(members, scores) if s is not None]
+    ranked = best_rows([[x for row in flat for x in row]], len(flat))
+    found: list[Any] = []
+    for start in range(0, len(ranked), n):
+        found += yield from qs._hydrate_steps(ranked[start:start + n])
+        if len(found) >= n:
+            break
+    return found[:n]

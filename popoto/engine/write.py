@@ -130,6 +130,9 @@ class WriteBatch:
     migrated_owners: list[str] = field(default_factory=list)
     entries: dict[str, list[tuple[str, str, str, Any]]] = field(default_factory=dict)
     commands: list[tuple[Any, ...]] = field(default_factory=list)
+    idempotent_commands: list[tuple[Any, ...]] = field(default_factory=list)
+    #: keys the script may touch besides entries and commands (declared in KEYS only)
+    extra_keys: list[str] = field(default_factory=list)
     #: the instance's previous ``@idx:`` records as the client last saw them ``(owner,
     #: packed)``, so the keys the script will clean up can be declared in KEYS too
     previous: list[tuple[str, bytes]] = field(default_factory=list)
@@ -173,13 +176,17 @@ class WriteBatch:
             self.entries[owner] = [r for r in rows
                                    if not (r[0] == CLAIM and (r[1], r[2]) in gone)]
 
-    def command(self, *args: Any) -> None:
+    def command(self, *args: Any, idempotent: bool = False) -> None:
         """Queue a raw Redis command that runs after the write succeeds, in the same script.
 
         Single-key commands only, the key first (``"LTRIM", key, ...``): it is declared
-        in the script's KEYS and must be in the instance's slot.
+        in the script's KEYS and must be in the instance's slot. ``idempotent`` commands
+        (running them again changes nothing, e.g. a ZADD to a registry) are also run by
+        a reindex, which drops the others (stream events, trims).
         """
         self.commands.append(args)
+        if idempotent:
+            self.idempotent_commands.append(args)
 
     def declared_keys(self) -> list[str]:
         """Every key the script will touch besides the instance key, class set and previous
@@ -195,8 +202,7 @@ class WriteBatch:
                 if k not in seen and not (external and kind == CLAIM):
                     seen.add(k)
                     out.append(k)
-        for cmd in self.commands:
-            k = str(cmd[1])
+        for k in [*(str(cmd[1]) for cmd in self.commands), *self.extra_keys]:
             if k not in seen:
                 seen.add(k)
                 out.append(k)

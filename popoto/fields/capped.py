@@ -1,11 +1,13 @@
 """Capped lists: ``ListField(max_length=N)`` kept in a Redis LIST beside the instance hash.
 
-Order: **oldest first, newest last**, on every write path. ``push``/``append``/
-``extend`` add at the end (RPUSH) and the cap drops items from the front
-(``LTRIM key -N -1``), so ``feed[-1]`` is always the newest item and
-``reversed(feed)`` reads newest first. Assigning a longer list keeps its last N
-items. The same rule holds for ``save()``, ``push()``, bulk writes and a key
-migration.
+Order: **newest first** (index 0 is the newest item), as in Popoto 1.x, on every
+write path. ``push``/``append``/``extend`` add items as the newest, at index 0
+(LPUSH; ``extend([a, b])`` adds ``a`` then ``b``, so ``b`` ends at index 0), and the
+cap drops the oldest items at the end (``LTRIM key 0 N-1``): ``feed[0]`` is always
+the newest item and ``reversed(feed)`` reads oldest first. A list assigned or passed
+to the constructor is taken as given (index 0 newest); longer than N, it keeps its
+first N items. The same rule holds for ``save()``, ``push()``, bulk writes and a
+key migration.
 
 Storage: the LIST ``$List:<instance key>:<field>`` (see ``keys.companion_key``),
 one msgpack value per item; the instance hash holds no copy of it. The list is
@@ -19,7 +21,7 @@ Writes go through the single write path:
 * ``proxy.push(v)`` appends ``v`` (plus any unsaved local changes of this
   list) and trims, as ONE partial save of the field (``must_exist``), so
   behaviours see it as an update of that field;
-* ``save()`` writes local changes only: appends become RPUSH + LTRIM (so a
+* ``save()`` writes local changes only: appends become LPUSH + LTRIM (so a
   save never overwrites items another process pushed meanwhile), any other
   change (``[i] = v``, ``del``, ``insert``, ``pop``, ``sort``, assignment)
   rewrites the whole list; an unchanged list is not written at all.
@@ -53,9 +55,15 @@ _NONE = object()
 
 
 def _trim(items: list[Any], cap: int) -> list[Any]:
+    """Keep the newest ``cap`` items (the first ones: index 0 is the newest)."""
     if len(items) > cap:
-        del items[:-cap]
+        del items[cap:]
     return items
+
+
+def _newest_first(added: list[Any]) -> list[Any]:
+    """Items added oldest to newest, as they read in the list (newest first)."""
+    return added[::-1]
 
 
 class ListField(Field):
@@ -118,11 +126,11 @@ class CappedListProxy(MutableSequence):
             self._sync()
             key = self._instance._redis_key
             stored = [] if key is None else self._field.read(key)
-            self._items = _trim(stored + self._appended, self.max_length)
+            self._items = _trim(_newest_first(self._appended) + stored, self.max_length)
         return self._items
 
     def _loaded(self, stored: list[Any]) -> None:
-        self._items = _trim(list(stored) + self._appended, self.max_length)
+        self._items = _trim(_newest_first(self._appended) + list(stored), self.max_length)
 
     def _add(self, values: Iterable[Any]) -> None:
         values = list(values)
@@ -132,9 +140,9 @@ class CappedListProxy(MutableSequence):
         cap = self.max_length
         if self._mode != _REPLACE:
             self._mode = _APPEND
-            self._appended = _trim(self._appended + values, cap)
+            self._appended = (self._appended + values)[-cap:]  # oldest to newest
         if self._items is not None:
-            self._items = _trim(self._items + values, cap)
+            self._items = _trim(_newest_first(values) + self._items, cap)
 
     def _rewrite(self) -> list[Any]:
         """Switch to whole-list rewrite mode and return the items to mutate in place."""
@@ -150,7 +158,7 @@ class CappedListProxy(MutableSequence):
         field = self._field
         if batch.is_create or self._mode == _REPLACE:
             batch.command("DEL", list_key)
-            field.queue_push(batch, list_key, self._ensure())
+            field.queue_write(batch, list_key, self._ensure())
         elif self._mode == _APPEND:
             field.queue_push(batch, list_key, self._appended)
         else:
@@ -159,7 +167,8 @@ class CappedListProxy(MutableSequence):
 
     # --- immediate writes --------------------------------------------------
     def push(self, value: Any, pipeline: Any = None) -> None:
-        """Append ``value`` as the newest item and trim to the cap, now, in one atomic step.
+        """Add ``value`` as the newest item (index 0) and trim to the cap, now, in one
+        atomic step.
 
         Runs as a partial save of this field that requires the instance to exist
         (FieldUsageError if it was never saved, ModelException if it is gone);
@@ -217,11 +226,12 @@ class CappedListProxy(MutableSequence):
         _trim(items, self.max_length)
 
     def append(self, value: Any) -> None:
-        """Add ``value`` as the newest item locally (written by the next save)."""
+        """Add ``value`` as the newest item (index 0) locally (written by the next save)."""
         self._add([value])
 
     def extend(self, values: Iterable[Any]) -> None:
-        """Add ``values`` (oldest first) locally; only the last ``max_length`` are kept."""
+        """Add ``values`` in order as the newest items (the last one ends at index 0)
+        locally; only the newest ``max_length`` are kept."""
         self._add(values)
 
     def __iadd__(self, values: Iterable[Any]) -> CappedListProxy:
@@ -332,12 +342,21 @@ class CappedListField(ListField):
         for obj, raw in zip(todo, pipe.execute()):
             self.proxy(obj)._loaded(self._decode(obj._redis_key, raw))
 
-    def queue_push(self, batch: WriteBatch, list_key: str, items: list[Any]) -> None:
-        """RPUSH ``items`` (oldest first) then trim to the cap, inside ``batch``."""
+    def queue_write(self, batch: WriteBatch, list_key: str, items: list[Any]) -> None:
+        """RPUSH ``items`` as they read (index 0 newest) into an emptied list, inside
+        ``batch``, then trim to the cap."""
         packed = [self.pack_item(item) for item in items]
         for start in range(0, len(packed), PUSH_CHUNK):
             batch.command("RPUSH", list_key, *packed[start:start + PUSH_CHUNK])
-        batch.command("LTRIM", list_key, -self.max_length, -1)
+        batch.command("LTRIM", list_key, 0, self.max_length - 1)
+
+    def queue_push(self, batch: WriteBatch, list_key: str, added: list[Any]) -> None:
+        """LPUSH ``added`` (oldest to newest: the last ends at index 0), then trim the
+        oldest beyond the cap, inside ``batch``."""
+        packed = [self.pack_item(item) for item in added]
+        for start in range(0, len(packed), PUSH_CHUNK):
+            batch.command("LPUSH", list_key, *packed[start:start + PUSH_CHUNK])
+        batch.command("LTRIM", list_key, 0, self.max_length - 1)
 
     # --- values --------------------------------------------------------------
     def proxy(self, instance: Model) -> CappedListProxy:

@@ -36,6 +36,7 @@ groups' n best by (score, key), which gives the unsharded answer.
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,24 @@ from popoto.protocol import (
 )
 from popoto.query.queryset import QuerySet
 from popoto.redis_db import get_client
+
+
+class TemporalPeriod(enum.IntEnum):
+    """Common periods in seconds (1.x's name), e.g. for cycles:
+    ``CyclicDecayField(cycles=[(TemporalPeriod.DAY, 2.0)])``. A month is 30 days and a
+    year 365 days."""
+
+    MINUTE = 60
+    HOUR = 3600
+    DAY = 86400
+    WEEK = 7 * 86400
+    MONTH = 30 * 86400
+    YEAR = 365 * 86400
+
+    @property
+    def seconds(self) -> int:
+        return int(self)
+
 
 if TYPE_CHECKING:
     from popoto.engine.write import WriteBatch
@@ -103,9 +122,9 @@ class DecayingSortedField(SortedField):
         if given is not float:
             raise ModelException(f"{type(self).__name__} always holds a float epoch time, "
                                  f"not {given!r}")
-        if not _number(decay_rate) or decay_rate < 0:
+        if not _number(decay_rate) or decay_rate <= 0:
             raise ModelException(f"{type(self).__name__}: decay_rate must be a finite number "
-                                 f">= 0, got {decay_rate!r}")
+                                 f"> 0 (0 would never decay), got {decay_rate!r}")
         if base_score_field is not None and not isinstance(base_score_field, str):
             raise ModelException(f"{type(self).__name__}: base_score_field must be a field "
                                  f"name, got {base_score_field!r}")
@@ -204,6 +223,18 @@ class CyclicDecayField(DecayingSortedField):
     def pressure_key(self, ns: str | None = None) -> str:
         """The pressure hash of tag group ``ns`` (may be omitted for an unsharded model)."""
         return keys.behaviour_key("Pressure", self._ns(ns, "pressure_key"), self.name)
+
+    @classmethod
+    def get_cycles_hash_key(cls, model: Any, field_name: str) -> keys.DB_key:
+        """The cycles hash of ``field_name`` on ``model`` (class or instance): 1.x's name."""
+        field = model._meta.get_field(field_name)
+        return keys.DB_key(field.cycles_key(cls.model_ns(model, "get_cycles_hash_key()")))
+
+    @classmethod
+    def get_pressure_hash_key(cls, model: Any, field_name: str) -> keys.DB_key:
+        """The pressure hash of ``field_name`` on ``model`` (class or instance)."""
+        field = model._meta.get_field(field_name)
+        return keys.DB_key(field.pressure_key(cls.model_ns(model, "get_pressure_hash_key()")))
 
     def on_save(self, instance: Model, value: Any, batch: WriteBatch) -> None:
         super().on_save(instance, value, batch)
@@ -358,7 +389,8 @@ def _as_of(model: type[Model], as_of: Any) -> float:
 
 def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
                  decay_rate: float | None = None, base_score_field: str | None = None,
-                 as_of: float | _dt.datetime | None = None, **partition: Any) -> list[Model]:
+                 as_of: float | _dt.datetime | None = None, _within: Any = None,
+                 **partition: Any) -> list[Model]:
     """The ``n`` best instances by decayed score, best first (see the module docstring).
 
     One Lua script ranks the members of the field's sorted set server-side
@@ -367,8 +399,15 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
     per tag group in one pipelined round trip, merged); their hashes are then
     read in one pipelined round trip. ``partition`` gives the values of the
     field's ``partition_by`` fields. Each result carries its score in ``_score``.
+
+    ``_within`` (a QuerySet: ``Model.query.filter(...).top_by_decay(n)``) ranks only
+    its matches; partition values its exact conditions fix need not be repeated.
+    The ranking asks for more winners (x4 each time) until n of them match.
     """
     field = _ranking_field(model, field_name)
+    if _within is not None:
+        fixed = _within.exact_values()
+        partition = {**{p: fixed[p] for p in field.partition_by if p in fixed}, **partition}
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise QueryException(f"{model.__name__}.top_by_decay: n must be an int >= 0, got {n!r}")
     rate = field.decay_rate if decay_rate is None else decay_rate
@@ -395,15 +434,34 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
     cyclic = isinstance(field, CyclicDecayField)
     flags = ((DECAY_FLAG_BOUNDED if bounded else "")
              + (DECAY_FLAG_CYCLES + DECAY_FLAG_PRESSURE if cyclic else ""))
-    args = [n, repr(float(rate)), repr(moment), base.name if base is not None else "",
-            flags or "-"]
-    calls = []
-    for ns in model._meta.groups:
-        zkey = field.key_from_context({**context, NS_CONTEXT: ns})
-        calls.append(TOP.command([zkey, base.sorted_key((), ns) if bounded else zkey,
-                                  field.cycles_key(ns) if cyclic else zkey,
-                                  field.pressure_key(ns) if cyclic else zkey], args))
-    return run(_top_steps(QuerySet(model), calls, n))
+    def calls_for(k: int) -> list[Command]:
+        args = [k, repr(float(rate)), repr(moment), base.name if base is not None else "",
+                flags or "-"]
+        calls = []
+        for ns in model._meta.groups:
+            zkey = field.key_from_context({**context, NS_CONTEXT: ns})
+            calls.append(TOP.command([zkey, base.sorted_key((), ns) if bounded else zkey,
+                                      field.cycles_key(ns) if cyclic else zkey,
+                                      field.pressure_key(ns) if cyclic else zkey], args))
+        return calls
+
+    if _within is not None:
+        return run(_top_within_steps(_within, calls_for, n))
+    return run(_top_steps(QuerySet(model), calls_for(n), n))
+
+
+def _top_within_steps(qs: Any, calls_for: Any, n: int) -> Steps[list[Any]]:
+    """The n best of a filter's matches: rank k (n, 4n, 16n...) winners until n of
+    them match or the sorted set is exhausted; then their hashes."""
+    allowed = set((yield from qs._keys_steps()))
+    k = n
+    while True:
+        rows = best_rows((yield calls_for(k)), k)
+        picked = [row for row in rows if row[0] in allowed]
+        if len(picked) >= n or len(rows) < k or not allowed:
+            break
+        k *= 4
+    return (yield from qs._hydrate_steps(picked[:n]))
 
 
 def _top_steps(qs: Any, calls: list[Command], n: int) -> Steps[list[Any]]:

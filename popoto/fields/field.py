@@ -26,7 +26,7 @@ from popoto import encoding
 from popoto.encoding import _ext_hook
 from popoto.engine.sources import NS_CONTEXT, Combine, SetSource, Source
 from popoto.exceptions import ModelException, QueryException
-from popoto.keys import class_set_key, field_index_key
+from popoto.keys import DB_key, class_set_key, field_index_key, ns_of
 from popoto.query import lookups as _lk
 from popoto.query.expressions import Q
 from popoto.query.lookups import Lookup
@@ -146,6 +146,7 @@ class FieldHooks(Protocol):
                  skip_auto_now: bool) -> Any: ...
     def encode(self, value: Any) -> bytes: ...
     def owns_index(self) -> bool: ...
+    def extra_owners(self) -> tuple[str, ...]: ...
     def contribute_save(self, instance: Model, value: Any, batch: WriteBatch) -> None: ...
     def after_load(self, objs: list[Any], options: dict[str, Any]) -> None: ...
     def query_options(self) -> tuple[str, ...]: ...
@@ -249,10 +250,12 @@ class Field:
     def get_default(self) -> Any:
         return self.default() if callable(self.default) else self.default
 
-    def error(self, message: str, value: Any = _MISSING) -> ModelException:
-        """A ModelException naming the model, the field and (shortened) the value."""
+    def error(self, message: str, value: Any = _MISSING,
+              cls: type[ModelException] = ModelException) -> ModelException:
+        """A ModelException (or subclass ``cls``) naming the model, the field and
+        (shortened) the value."""
         shown = "" if value is _MISSING else f" (value {encoding.short_repr(value)})"
-        return ModelException(f"{self.label}: {message}{shown}")
+        return cls(f"{self.label}: {message}{shown}")
 
     def coerce(self, value: Any) -> Any:
         """Return ``value`` as this field's type, or raise ModelException naming it."""
@@ -314,6 +317,15 @@ class Field:
         have no common one): its ``@idx`` record rows are written relative to it."""
         return ""
 
+    def delete_keys(self, ns: str) -> list[str]:
+        """Keys a delete of an instance may touch for this field beyond its recorded
+        entries (declared in the delete script's KEYS; e.g. a value registry)."""
+        return []
+
+    def extra_record_bases(self, ns: str) -> dict[str, str]:
+        """Record bases of the other owners this field writes entries for (hook)."""
+        return {}
+
     def from_db(self, value: Any) -> Any:
         """Post-process a decoded value (msgpack gives lists, ints for floats, ...)."""
         if value is not None and self.type is float and isinstance(value, int):
@@ -328,6 +340,11 @@ class Field:
         """True when this field writes index entries (so saves/deletes must clean them)."""
         return type(self).on_save is not Field.on_save or self.unique
 
+    def extra_owners(self) -> tuple[str, ...]:
+        """More owner names (``@idx:<owner>`` records) whose entries this field writes,
+        besides its own name (e.g. ``<field>@lex``); they depend on the same fields."""
+        return ()
+
     def contribute_save(self, instance: Model, value: Any, batch: WriteBatch) -> None:
         """Rewrite every entry this field owns: its unique claim and its index entries."""
         batch.own(self.name)
@@ -341,6 +358,38 @@ class Field:
     def unique_key(self, ns: str | None = None) -> str:
         """The claims hash of this field in group ``ns`` (an unsharded model has one)."""
         return field_index_key("UniqueF", ns or self.model._meta.groups[0], self.name)
+
+    # --- key builders under Popoto 1.x's names (the keys of our layout) ----------
+    #: the kind segment of this field's index keys: ``$<key_kind>:M:<field>``
+    key_kind: ClassVar[str] = ""
+
+    def index_kind(self) -> str:
+        """``key_kind``; for a field without one ``UniqueF`` (unique) or ``<Type>F``."""
+        if self.key_kind:
+            return self.key_kind
+        return "UniqueF" if self.unique else type(self).__name__.removesuffix("Field") + "F"
+
+    @staticmethod
+    def model_ns(model: Any, what: str = "this key") -> str:
+        """The namespace of ``model`` (a model class or instance) for a key builder:
+        the instance's tag group, the only group of an unsharded model class."""
+        meta = model._meta
+        if not meta.sharded:
+            return meta.groups[0]  # type: ignore[no-any-return]
+        if isinstance(model, type):
+            return meta.single_group(what)  # type: ignore[no-any-return]
+        return ns_of(model.pk)
+
+    @classmethod
+    def get_special_use_field_db_key(cls, model: Any, field_name: str, *parts: Any) -> DB_key:
+        """``$<kind>:M:<field>[:<part>...]``: the base key of the index of ``field_name``
+        on ``model`` (a model class or instance), e.g. ``$SortedF:Product:price``.
+
+        Callable on the field class or on a field; ``parts`` (user values) are escaped.
+        """
+        field = model._meta.get_field(field_name)
+        ns = cls.model_ns(model, "get_special_use_field_db_key()")
+        return DB_key(field_index_key(field.index_kind(), ns, field_name, *parts))
 
     def query_ns(self, context: dict[str, Any]) -> str:
         """The tag group a query is being compiled for (the only one when unsharded)."""

@@ -117,13 +117,15 @@ class GeoField(Field):
 
     type = tuple
     is_geo = True
+    key_kind = "GeoF"
     Coordinates = Coordinates
     UNITS = UNITS
 
     # --- values --------------------------------------------------------
     def coerce(self, value: Any) -> Any:
-        if value is None:
-            return None
+        if value is None or (isinstance(value, (tuple, list)) and len(value) == 2
+                             and value[0] is None and value[1] is None):
+            return None  # (None, None) means "no location", as in Popoto 1.x
         if (isinstance(value, (tuple, list)) and len(value) == 2
                 and all(isinstance(v, (int, float, Decimal)) and not isinstance(v, bool)
                         for v in value)):
@@ -154,6 +156,11 @@ class GeoField(Field):
         """The geo set of this field: ``$GeoF:<ns>:field`` (one per tag group)."""
         return keys.field_index_key("GeoF", ns or self.model._meta.groups[0], self.name)
 
+    @classmethod
+    def get_geo_db_key(cls, model: Any, field_name: str) -> keys.DB_key:
+        """The geo set of ``field_name`` on ``model`` (class or instance): 1.x's name."""
+        return cls.get_special_use_field_db_key(model, field_name)
+
     def on_save(self, instance: Model, value: Any, batch: Any) -> None:
         batch.add(self.name, "G", self.geo_key(batch.ns), batch.key,
                   f"{value[0]!r},{value[1]!r}")
@@ -161,17 +168,26 @@ class GeoField(Field):
     # --- query ---------------------------------------------------------
     def query_options(self) -> tuple[str, ...]:
         n = self.name
-        return (f"{n}_radius", f"{n}_radius_unit", f"{n}_with_distances", f"{n}_member")
+        return (f"{n}_radius", f"{n}_radius_unit", f"{n}_with_distances", f"{n}_member",
+                f"{n}_latitude", f"{n}_longitude")
 
     def query_params(self) -> list[str]:
         return super().query_params() + list(self.query_options())
 
-    def option_condition(self, option: str, value: Any) -> dict[str, Any]:
-        """``<field>_member=instance`` is the condition ``<field>=instance``."""
-        if option == f"{self.name}_member":
+    def option_condition(self, option: str, value: Any,
+                         options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``<field>_member=instance`` is the condition ``<field>=instance``;
+        ``<field>_latitude=a, <field>_longitude=b`` (1.x's spelling) is ``<field>=(a, b)``,
+        added once both are given (``options`` holds the query's options so far)."""
+        n = self.name
+        if option == f"{n}_member":
             if value is None:
                 raise QueryException(f"{option} expects a {self.model.__name__} instance")
-            return {f"{self.name}__exact": value}
+            return {f"{n}__exact": value}
+        given = options or {}
+        if option in (f"{n}_latitude", f"{n}_longitude") and \
+                f"{n}_latitude" in given and f"{n}_longitude" in given:
+            return {f"{n}__exact": (given[f"{n}_latitude"], given[f"{n}_longitude"])}
         return {}
 
     def search_options(self, options: dict[str, Any]) -> tuple[float, str, bool]:
@@ -202,7 +218,12 @@ class GeoField(Field):
         return DistanceRadius(self.label, *args) if with_distances else GeoRadius(*args)
 
     def check_plan(self, source: Source | None, options: dict[str, Any]) -> None:
-        """Refuse a query whose result scores would not be this field's distances."""
+        """Refuse a query whose result scores would not be this field's distances, or one
+        giving only one of ``<field>_latitude`` / ``<field>_longitude``."""
+        n = self.name
+        if (f"{n}_latitude" in options) != (f"{n}_longitude" in options):
+            raise QueryException(f"{self.label}: {n}_latitude and {n}_longitude go together "
+                                 f"(got only one of them)")
         if self.search_options(options)[2] and not self._scores_are_distances(source):
             n = self.name
             raise QueryException(

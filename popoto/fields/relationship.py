@@ -153,6 +153,7 @@ class Relationship(Field):
     """
 
     is_relationship = True
+    key_kind = "RelationshipF"
     NULL_TOKEN = "%00"  # escape() never produces it: every '%' becomes '%25'
 
     def __init__(self, model: type[Model] | str, **kwargs: Any) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from popoto import keys
-from popoto.engine.sources import Combine, KeyList, KeyPattern, SetSource, Source
+from popoto.engine.sources import Combine, KeyList, KeyPattern, Program, SetSource, Source
+from popoto.exceptions import ModelException
 from popoto.fields.field import Field
+from popoto.protocol import OP_LEX
 from popoto.query import lookups as lk
 
 if TYPE_CHECKING:
@@ -86,12 +89,29 @@ class KeyField(Field):
     """
 
     is_key = True
+    key_kind = "KeyF"
     #: longest key value (UTF-8 bytes): the key is repeated in every index entry
     MAX_BYTES = 4096
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("null", False)
         super().__init__(**kwargs)
+
+    #: value types a key cannot hold: mutable containers have no stable key segment
+    REFUSED_TYPES = (list, dict, set)
+
+    def contribute_to_class(self, model: type[Model], name: str) -> None:
+        """Refuse, when the class is defined, what a key cannot be: a container type
+        (``type=list|dict|set``) or ``null=True`` (a key value is always required)."""
+        label = f"{model.__name__}.{name}"
+        if self.type in self.REFUSED_TYPES:
+            raise ModelException(f"{label}: a {type(self).__name__} cannot have "
+                                 f"type={self.type.__name__} (a key segment must be a scalar)")
+        if self.null:
+            raise ModelException(f"{label}: a {type(self).__name__} cannot be null=True (every "
+                                 f"instance needs a key value); use a plain or IndexedField "
+                                 f"for optional values")
+        super().contribute_to_class(model, name)
 
     def validate(self, value: Any, null_check: bool = True) -> None:
         super().validate(value, null_check)
@@ -144,23 +164,77 @@ class UniqueKeyField(KeyField):
 
 
 class AutoKeyField(KeyField):
-    """A KeyField filled with a uuid4 hex string when the instance is created."""
+    """A KeyField filled with a uuid4 hex string when the instance is created.
+
+    ``auto_uuid_length=n`` (1-32, default 32) keeps the first n hex digits: shorter
+    keys, more chance of a collision (a collision overwrites nothing: ``create``
+    refuses an existing key).
+    """
 
     is_auto = True
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("default", lambda: uuid.uuid4().hex)
+    def __init__(self, auto_uuid_length: int = 32, **kwargs: Any) -> None:
+        if (not isinstance(auto_uuid_length, int) or isinstance(auto_uuid_length, bool)
+                or not 1 <= auto_uuid_length <= 32):
+            raise ModelException(f"AutoKeyField auto_uuid_length must be an int from 1 to 32, "
+                                 f"got {auto_uuid_length!r}")
+        self.auto_uuid_length = auto_uuid_length
+        kwargs.setdefault("default", lambda: uuid.uuid4().hex[:auto_uuid_length])
         super().__init__(**kwargs)
+
+
+#: separates a reversed value from its value in a suffix registry member (never in UTF-8)
+REGISTRY_SEP = b"\xff"
+
+
+def lex_range(prefix: bytes) -> tuple[bytes, bytes]:
+    """The ZRANGEBYLEX bounds of every member starting with ``prefix`` (UTF-8 bytes: the
+    last byte is below 0xF5, so it can be incremented)."""
+    if not prefix:
+        return b"-", b"+"
+    return b"[" + prefix, b"(" + prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+@dataclass
+class LexMatch(Source):
+    """The instances whose value starts (``mode`` 's') or ends ('e') with a prefix: the
+    matching values come from the field's value registry (ZRANGEBYLEX), and their
+    equality sets are united, inside the query script (query.lua, ``OP_LEX``)."""
+
+    key: str  # the registry
+    low: bytes
+    high: bytes
+    mode: str
+    set_prefix: str  # the equality set of value token t is set_prefix + t
+
+    def emit(self, prog: Program) -> int:
+        dst = prog.temp()
+        prog.op(OP_LEX, dst, prog.key(self.key), self.low, self.high, self.mode,
+                self.set_prefix)
+        return dst
 
 
 class IndexedField(Field):
     """An equality index: one Redis set of instance keys per value.
 
-    Answers ``exact``, ``in`` and ``isnull`` from Redis without loading objects.
+    Answers ``exact``, ``in`` and ``isnull`` from Redis without loading objects. A
+    str field also keeps a *value registry*: its distinct values, lex-ordered, in
+    ``$LexF:M:<field>`` (and reversed, ``<reversed>\\xff<value>``, in ``$LexF:M:<field>:r``),
+    one member per distinct value, not per instance. So ``startswith`` / ``endswith``
+    run inside Redis: ZRANGEBYLEX finds the matching values and the query script unites
+    their equality sets. Every save ZADDs its value (an idempotent command, so a reindex
+    rebuilds the registry too); a value no instance holds any more is pruned by the next
+    query that meets it. ``IndexedField(prefix_index=False)`` drops the registry;
+    prefix/suffix lookups on such a field are then evaluated in Python.
     """
 
     is_indexed = True
+    key_kind = "IndexF"
     NULL_TOKEN = "%00"  # escape() never produces it: every '%' becomes '%25'
+
+    def __init__(self, prefix_index: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.prefix_index = bool(prefix_index)
 
     def record_base(self, ns: str) -> str:
         return keys.SEP.join(["$IndexF", ns, self.name])
@@ -178,6 +252,30 @@ class IndexedField(Field):
         super().contribute_save(instance, value, batch)
         if value is None:
             batch.add(self.name, "S", self.index_key(None, batch.ns), batch.key)
+        if self.lexed():  # an emptied equality set prunes its value from the registries
+            batch.extra_keys += [self.lex_key(False, batch.ns), self.lex_key(True, batch.ns)]
+        if value is not None and self.lexed():
+            token = keys.escape(value).encode()
+            batch.command("ZADD", self.lex_key(False, batch.ns), 0, token, idempotent=True)
+            batch.command("ZADD", self.lex_key(True, batch.ns), 0,
+                          keys.escape(value[::-1]).encode() + REGISTRY_SEP + token,
+                          idempotent=True)
+
+    # --- lex index: startswith / endswith in Redis ------------------------------
+    def lexed(self) -> bool:
+        """True when the field keeps a lex index (str values, unless turned off)."""
+        return self.type is str and self.prefix_index
+
+
+
+
+    def delete_keys(self, ns: str) -> list[str]:
+        return [self.lex_key(False, ns), self.lex_key(True, ns)] if self.lexed() else []
+
+    def lex_key(self, reverse: bool = False, ns: str | None = None) -> str:
+        """``$LexF:<ns>:<field>`` (the value registry), ``$LexF:<ns>:<field>:r`` (reversed)."""
+        return keys.field_index_key("LexF", ns or self.model._meta.groups[0], self.name,
+                                    *(("r",) if reverse else ()))
 
     def on_save(self, instance: Model, value: Any, batch: Any) -> None:
         batch.add(self.name, "S", self.index_key(value, batch.ns), batch.key)
@@ -190,4 +288,14 @@ class IndexedField(Field):
             return Combine("OR", [SetSource(self.index_key(v, ns)) for v in lookup.value])
         if isinstance(lookup, lk.IsNull):
             return self.isnull_source(self.index_key(None, ns), ns, lookup.value)
+        if isinstance(lookup, lk.StartsWith) and self.lexed():
+            suffix = isinstance(lookup, lk.EndsWith)
+            low, high = lex_range(keys.escape(lookup.value[::-1] if suffix
+                                              else lookup.value).encode())
+            return LexMatch(self.lex_key(suffix, ns), low, high, "e" if suffix else "s",
+                            self.record_base(ns) + keys.SEP)
         return None
+
+
+IndexedField.register_lookup(lk.StartsWith)
+IndexedField.register_lookup(lk.EndsWith)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import time
+import warnings
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from popoto import keys
 from popoto.engine.sources import Combine, ScoreRange, Source
-from popoto.exceptions import QueryException
+from popoto.exceptions import ModelException, QueryException
 from popoto.fields.field import Field
+from popoto.fields.shortcuts import KeyField
 from popoto.query import lookups as lk
 
 if TYPE_CHECKING:
@@ -39,21 +42,50 @@ class SortedField(Field):
         type: int, float (default), Decimal, date, datetime or time.
         partition_by: a field name or tuple of names; one sorted set per
             combination of their values. Queries must then give those values.
+            ``sort_by`` is its deprecated 1.x name.
+        auto_now: stamp the current time on every save (``auto_now_add``: on the
+            first save only, when no value is set): a datetime (UTC) for datetime
+            fields, epoch seconds for int/float/Decimal fields.
     """
 
     type = float
     is_sorted = True
+    key_kind = "SortedF"
     SCORE_TYPES = (int, float, Decimal, _dt.date, _dt.datetime, _dt.time)
 
     def __init__(self, partition_by: str | tuple[str, ...] | list[str] | None = None,
-                 **kwargs: Any) -> None:
+                 auto_now: bool = False, auto_now_add: bool = False, **kwargs: Any) -> None:
+        if "sort_by" in kwargs:
+            sort_by = kwargs.pop("sort_by")
+            warnings.warn("SortedField(sort_by=...) is deprecated; use partition_by=...",
+                          DeprecationWarning, stacklevel=2)
+            if partition_by is not None and sort_by is not None:
+                raise ModelException("SortedField: give partition_by or its old name sort_by, "
+                                     "not both")
+            partition_by = sort_by if partition_by is None else partition_by
         super().__init__(**kwargs)
         if self.type not in self.SCORE_TYPES:
             raise self.error(f"SortedField type must be one of "
                              f"{[t.__name__ for t in self.SCORE_TYPES]}, got {self.type!r}")
+        if (auto_now or auto_now_add) and self.type in (_dt.date, _dt.time):
+            raise self.error(f"auto_now/auto_now_add need a datetime or number field, not "
+                             f"{self.type.__name__}")
+        self.auto_now = bool(auto_now)
+        self.auto_now_add = bool(auto_now_add)
         if isinstance(partition_by, str):
             partition_by = (partition_by,)
         self.partition_by: tuple[str, ...] = tuple(partition_by or ())
+
+    def pre_save(self, instance: Model, value: Any, is_create: bool, skip_auto_now: bool) -> Any:
+        if skip_auto_now or not (self.auto_now or (self.auto_now_add and is_create
+                                                   and value is None)):
+            return value
+        if self.type is _dt.datetime:
+            return _dt.datetime.now(tz=_dt.timezone.utc)
+        now = time.time()
+        if self.type is int:
+            return int(now)
+        return Decimal(repr(now)) if self.type is Decimal else now
 
     def validate(self, value: Any, null_check: bool = True) -> None:
         super().validate(value, null_check)
@@ -78,6 +110,17 @@ class SortedField(Field):
     def sorted_key(self, partition_values: tuple[Any, ...] = (), ns: str | None = None) -> str:
         return keys.field_index_key("SortedF", ns or self.model._meta.groups[0], self.name,
                                     *partition_values)
+
+    @classmethod
+    def get_sortedset_db_key(cls, model: Any, field_name: str) -> keys.DB_key:
+        """The (unpartitioned) sorted set of ``field_name`` on ``model``: 1.x's name."""
+        return cls.get_special_use_field_db_key(model, field_name)
+
+    @classmethod
+    def get_partitioned_sortedset_db_key(cls, instance: Any, field_name: str) -> keys.DB_key:
+        """The sorted set holding ``instance`` (its partition's, when partitioned)."""
+        field = instance._meta.get_field(field_name)
+        return keys.DB_key(field.key_for(instance, cls.model_ns(instance)))
 
     def key_for(self, instance: Model, ns: str | None = None) -> str:
         """The sorted set holding ``instance`` (in its tag group ``ns``)."""
@@ -117,3 +160,25 @@ class SortedField(Field):
 
 for _lookup in lk.RANGE_LOOKUPS:
     SortedField.register_lookup(_lookup)
+
+
+class SortedKeyField(KeyField, SortedField):
+    """A key field that is also range-queryable: part of the instance key, and its
+    value scores the instance in ``$SortedF:M:<field>`` (1.x's ``SortedKeyField``).
+
+    ``field=v`` / ``field__in`` are answered from the key, ranges (``__gt``,
+    ``__between``...) and ``order_by`` from the sorted set. Numeric or temporal
+    types only, like SortedField (default float); the value is required.
+    """
+
+    key_kind = "SortedF"
+    _lookups: ClassVar[dict[str, type[lk.Lookup]]] = {}
+
+    def lookup_source(self, lookup: lk.Lookup, context: dict[str, Any]) -> Source | None:
+        if isinstance(lookup, (lk.Exact, lk.In, lk.IsNull)):
+            return KeyField.lookup_source(self, lookup, context)
+        return SortedField.lookup_source(self, lookup, context)
+
+
+for _lookup in lk.RANGE_LOOKUPS:
+    SortedKeyField.register_lookup(_lookup)

@@ -52,6 +52,23 @@ for _ = 1, n_ops do
     redis.call('GEOSEARCHSTORE', dst, src, 'FROMLONLAT', ARGV[pos + 2], ARGV[pos + 3],
       'BYRADIUS', ARGV[pos + 4], ARGV[pos + 5], 'ASC', 'STOREDIST')
     pos = pos + 6
+  elseif op == OP_LEX then
+    -- an IndexedField's value registry (popoto.fields.shortcuts.LexMatch): the values in
+    -- a lex range; the instances are the union of their equality sets. A value whose set
+    -- is gone (no instance holds it any more) is pruned from the registry here.
+    local dst, reg = tmp(tonumber(ARGV[pos])), KEYS[tonumber(ARGV[pos + 1])]
+    local lo, hi, mode, set_prefix = ARGV[pos + 2], ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5]
+    pos = pos + 6
+    for _, m in ipairs(redis.call('ZRANGEBYLEX', reg, lo, hi)) do
+      local token = m
+      if mode == 'e' then token = string.match(m, '\255(.*)$') or '' end
+      local set = set_prefix .. token
+      if redis.call('EXISTS', set) == 1 then
+        redis.call('ZUNIONSTORE', dst, 2, dst, set, 'WEIGHTS', 1, 0)
+      else
+        redis.call('ZREM', reg, m)
+      end
+    end
   elseif op == OP_AND or op == OP_OR then
     local dst, n = tmp(tonumber(ARGV[pos])), tonumber(ARGV[pos + 1])
     pos = pos + 2

@@ -100,19 +100,20 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
         return [getattr(self, n) for n in self._meta.key_field_names]
 
     @property
-    def db_key(self) -> str:
-        """The Redis key computed from the current KeyField values."""
+    def db_key(self) -> keys.DB_key:
+        """The Redis key computed from the current KeyField values (a ``str`` subclass
+        with ``.redis_key``)."""
         values = self._key_values()
         missing = [n for n, v in zip(self._meta.key_field_names, values) if v is None]
         if missing:
             raise ModelException(f"{type(self).__name__}: key field(s) {', '.join(missing)} "
                                  f"have no value, so the instance has no key yet")
-        return self._meta.instance_key(values)
+        return keys.DB_key(self._meta.instance_key(values))
 
     @property
     def pk(self) -> str:
         """The key the instance is stored at (or would be, once saved)."""
-        return self._redis_key or self.db_key
+        return self._redis_key or self.db_key.redis_key
 
     @property
     def is_persisted(self) -> bool:
@@ -183,7 +184,7 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
             field.validate(value)
             state[name] = value
             values[name] = field.encode(value)
-        key = self.db_key
+        key = self.db_key.redis_key
         old_key = self._redis_key
         migrating = old_key is not None and old_key != key
         if migrating and not migrate_key:
@@ -358,11 +359,12 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
     def build_delete(self) -> WriteBatch:
         """Describe the delete (every index owner, behaviour hooks) as a WriteBatch (no I/O)."""
         meta = self._meta
-        key = self._redis_key or self.db_key
+        key = self._redis_key or self.db_key.redis_key
         ns = keys.ns_of(key)
         batch = WriteBatch(key=key, class_set=keys.class_set_key(ns), ns=ns,
                            external_claims=meta.sharded, bases=meta.record_bases(ns))
         batch.owners = list(meta.index_owners)
+        batch.extra_keys = [k for f in meta.index_fields for k in f.delete_keys(ns)]
         for hook in meta.hooks.on_delete:
             hook(self, batch)
         batch.owners += [o for o in batch.entries if o not in batch.owners]

@@ -39,7 +39,7 @@ from popoto.query.async_exec import run_script_async
 from popoto.redis_db import get_async_client
 from popoto.engine.io import _queue as queue_commands
 from popoto.engine.write import WriteBatch
-from popoto.exceptions import ModelException
+from popoto.exceptions import FieldUsageError, ModelException
 from popoto.fields.field import Field
 from popoto.fields.sorted import SortedField
 from popoto.protocol import text
@@ -58,17 +58,18 @@ _EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 def _counter_field(model: type[Model], field_name: str) -> Field:
     field = model._meta.get_field(field_name, " to increment")
     if field.is_key:
-        raise ModelException(f"{field.label}: a key field cannot be incremented "
+        raise FieldUsageError(f"{field.label}: a key field cannot be incremented "
                              f"(the instance key would change)")
     if field.type not in NUMERIC_TYPES:
-        raise ModelException(f"{field.label}: atomic_increment needs an int, float or Decimal "
+        raise FieldUsageError(f"{field.label}: atomic_increment needs an int, float or Decimal "
                              f"field, not {field.type.__name__}")
     return field
 
 
 def _coerce_delta(field: Field, delta: Any) -> int | float | Decimal:
     if isinstance(delta, bool) or not isinstance(delta, NUMERIC_TYPES):
-        raise field.error("atomic_increment delta must be an int, float or Decimal", delta)
+        raise field.error("atomic_increment delta must be an int, float or Decimal", delta,
+                          FieldUsageError)
     if isinstance(delta, Decimal) and delta.is_snan():
         raise field.error("atomic_increment delta must be a number", delta)
     if isinstance(delta, (float, Decimal)) and not math.isfinite(delta):
@@ -166,7 +167,7 @@ def prepare_increment(instance: Model, field_name: str, delta: Any,
     key = instance._redis_key
     if key is None:
         raise field.error(f"cannot increment by {delta!r}: the instance is not saved yet",
-                          getattr(instance, field_name))
+                          getattr(instance, field_name), FieldUsageError)
     scripted = _scripted(field)
     if not scripted and pipeline is not None:
         raise field.error("indexes depend on this field, so its increment cannot be "

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from popoto import keys, redis_db
 from popoto.behaviours.base import CompiledHooks
 from popoto.encoding import short_repr
-from popoto.exceptions import ModelException
+from popoto.exceptions import ModelException, UnknownFieldError
 from popoto.fields.field import Field
 
 if TYPE_CHECKING:
@@ -200,6 +200,8 @@ class ModelOptions:
             if field.owns_index():
                 owners[fname] = frozenset({fname, *field.partition_by,
                                            *field.depends_on})
+                for extra in field.extra_owners():
+                    owners[extra] = owners[fname]
         for index in self.composite_indexes:
             owners[index.name] = index.depends_on
         self.index_owners = owners
@@ -227,7 +229,7 @@ class ModelOptions:
         if field is None:
             close = difflib.get_close_matches(name, list(self.fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ModelException(f"{self.model_name} has no field {name!r}{purpose}{hint}")
+            raise UnknownFieldError(f"{self.model_name} has no field {name!r}{purpose}{hint}")
         return field
 
     # --- key layout (tag groups) ---------------------------------------
@@ -275,6 +277,8 @@ class ModelOptions:
                      if not index.unique}
             bases.update({name: base for name, field in self.fields.items()
                           if (base := field.record_base(ns))})
+            for field in self.fields.values():
+                bases.update(field.extra_record_bases(ns))
             self._bases[ns] = bases
         return bases
 
@@ -290,13 +294,14 @@ class ModelOptions:
                 and keys.ns_of(redis_key) in self.groups)
 
     @property
-    def db_class_key(self) -> str:
-        return self.single_group("db_class_key")
+    def db_class_key(self) -> keys.DB_key:
+        """The namespace (key prefix) of an unsharded model, as a key object."""
+        return keys.DB_key(self.single_group("db_class_key"))
 
     @property
-    def db_class_set_key(self) -> str:
+    def db_class_set_key(self) -> keys.DB_key:
         """The class set of an unsharded model (sharded models: ``class_set_keys()``)."""
-        return keys.class_set_key(self.single_group("db_class_set_key"))
+        return keys.DB_key(keys.class_set_key(self.single_group("db_class_set_key")))
 
     def single_group(self, what: str) -> str:
         """The namespace of an unsharded model; ModelException naming ``what`` when the

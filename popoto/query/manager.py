@@ -80,8 +80,10 @@ class Query:
     def exists(self, *conditions: Q, **kwargs: Any) -> bool:
         return self._qs().filter(*conditions, **kwargs).exists()
 
-    def keys(self, *conditions: Q, **kwargs: Any) -> list[str]:
-        return self._qs().filter(*conditions, **kwargs).keys()
+    def keys(self, *conditions: Q, clean: bool = False, **kwargs: Any) -> list[str]:
+        """Instance keys of the matches; ``clean=True`` drops stale entries as it reads
+        (keys whose hash is gone are left out and removed from the indexes read)."""
+        return self._qs().filter(*conditions, **kwargs).keys(clean=clean)
 
     def first(self) -> Any:
         return self._qs().first()
@@ -126,6 +128,10 @@ class Query:
 
     async def async_count(self, *conditions: Q, **kwargs: Any) -> int:
         return await self.filter(*conditions, **kwargs).async_count()
+
+    async def async_keys(self, *conditions: Q, **kwargs: Any) -> list[str]:
+        """``keys()`` awaited on the asyncio client (no hashes read when indexes cover it)."""
+        return await self.filter(*conditions, **kwargs).async_keys()
 
     def __repr__(self) -> str:
         return f"<Query {self.model.__name__}>"

@@ -32,6 +32,7 @@ from popoto.exceptions import QueryException
 from popoto.protocol import text
 from popoto.query.compiler import Compiled, compile_q, keep_scores, set_score_source
 from popoto.query.expressions import Q
+from popoto.query.results import ResultsMixin
 
 if TYPE_CHECKING:
     from popoto.models.base import Model
@@ -43,7 +44,7 @@ INLINE_MAX = 1000
 Plans = list[tuple[str, "Source | None"]]  # (tag group, its source; None = the class set)
 
 
-class QuerySet:
+class QuerySet(ResultsMixin):
     """A lazy query: nothing touches Redis until it is iterated, counted or sliced."""
 
     def __init__(self, model: type[Model], where: Q | None = None) -> None:
@@ -84,7 +85,7 @@ class QuerySet:
                     # an option may stand for a condition (geo_member=obj -> geo__exact=obj)
                     as_condition = getattr(handler, "option_condition", None)
                     if as_condition is not None:
-                        kwargs.update(as_condition(name, qs._options[name]))
+                        kwargs.update(as_condition(name, qs._options[name], qs._options))
         return qs, kwargs
 
     def filter(self, *conditions: Q, **kwargs: Any) -> QuerySet:
@@ -342,9 +343,9 @@ class QuerySet:
         if name is None:
             return objs
 
-        def sort_key(obj: Any) -> tuple[bool, Any]:
+        def sort_key(obj: Any) -> tuple[bool, Any]:  # None sorts first, as in Popoto 1.x
             value = obj[name] if isinstance(obj, dict) else getattr(obj, name)
-            return (value is None, value)
+            return (value is not None, value)
 
         return sorted(objs, key=sort_key, reverse=self._rev())
 
@@ -416,6 +417,8 @@ class QuerySet:
         return len(self._cache)
 
     def __bool__(self) -> bool:
+        if self._cache is not None:
+            return bool(self._cache)
         return self.exists()
 
     def __getitem__(self, item: int | slice) -> Any:
@@ -465,9 +468,13 @@ class QuerySet:
         found = self._clone(_order=flipped, _limit=1)._fetch()
         return found[0] if found else None
 
-    def keys(self) -> list[str]:
-        """Instance keys of the matches (no hashes are read when indexes cover the filter)."""
-        return run(self._keys_steps())
+    def keys(self, clean: bool = False) -> list[str]:
+        """Instance keys of the matches (no hashes are read when indexes cover the filter).
+
+        ``clean=True`` also checks that each hash still exists: keys whose hash is gone
+        are left out and their entries dropped from the indexes this query read."""
+        found = run(self._keys_steps())
+        return self._drop_stale(found) if clean else found
 
     def get(self, *conditions: Q, **kwargs: Any) -> Any:
         """The single match, None when there is none; QueryException when several match."""

@@ -10,6 +10,7 @@ from tests.helpers import count_round_trips, db_keys, key_of, same_group_value, 
 
 
 class Doc(AccessTrackerMixin, Model):
+    _record_on_read = True  # every read recorded at once (not staged)
     name = KeyField()
     kind = IndexedField(null=True)
     body = Field(type=str, null=True)
@@ -18,6 +19,7 @@ class Doc(AccessTrackerMixin, Model):
 
 
 class TtlDoc(AccessTrackerMixin, Model):
+    _record_on_read = True  # every read recorded at once (not staged)
     name = KeyField()
 
     class Meta:
@@ -162,8 +164,8 @@ def test_staged_accesses_need_confirmation(r):
     Staged.create(name="b")
     one = Staged.query.get(name="a")
     assert one.access_count == 0 and r.hget(key_of(Staged, "a"), "@access:count") is None
-    assert one.confirm_access() is True
-    assert one.access_count == 1 and one.confirm_access() is False
+    assert one.confirm_access() == 1  # the number recorded (1.x)
+    assert one.access_count == 1 and one.confirm_access() == 0
     two = Staged.query.get(name="a")
     assert two.discard_staged_access() is True and two.discard_staged_access() is False
     both = list(Staged.query.all())
@@ -179,3 +181,67 @@ def test_bad_log_size_is_refused():
         class BadLog(AccessTrackerMixin, Model):
             name = KeyField()
             _max_access_log = 0
+
+
+# --- Popoto 1.x semantics: reads are staged until confirmed (issue 14) -------------------
+
+class Note(AccessTrackerMixin, Model):
+    name = KeyField()
+
+    class Meta:
+        namespace = "TrackNote"
+
+
+def test_reads_are_staged_by_default(r):
+    """Without options a read only stages an access: nothing is written until confirmed."""
+    Note.create(name="a")
+    loaded = Note.query.get(name="a")
+    assert loaded.access_count == 0
+    assert r.hget(key_of(Note, "a"), "@access:count") is None
+    assert r.llen(keys.companion_key("AccessLog", key_of(Note, "a"), "log")) == 0
+
+
+def test_confirm_access_returns_the_number_recorded(r):
+    """confirm_access() records every staged read (on_read() stages one more) and returns
+    how many; a second call returns 0."""
+    Note.create(name="a")
+    loaded = Note.query.get(name="a")
+    loaded.on_read()
+    loaded.on_read()
+    assert loaded.confirm_access() == 3
+    assert loaded.access_count == 3 and len(loaded.access_log()) == 3
+    assert int(r.hget(key_of(Note, "a"), "@access:count")) == 3
+    assert loaded.confirm_access() == 0
+
+
+def test_discard_staged_access_drops_them(r):
+    """discard_staged_access() forgets the staged reads; nothing is recorded."""
+    Note.create(name="a")
+    loaded = Note.query.get(name="a")
+    loaded.on_read()
+    assert loaded.discard_staged_access() is True
+    assert loaded.confirm_access() == 0
+    assert r.hget(key_of(Note, "a"), "@access:count") is None
+
+
+def test_confirm_access_on_an_unsaved_instance_is_a_type_error(r):
+    """confirm_access() (and record_access()) of an unsaved instance raise TypeError,
+    also a ModelException naming the model; nothing is written."""
+    fresh = Note(name="new")
+    fresh.on_read()
+    with pytest.raises(TypeError, match="TrackNote|Note") as info:
+        fresh.confirm_access()
+    assert isinstance(info.value, ModelException)
+    with pytest.raises(TypeError):
+        fresh.record_access()
+    assert db_keys(r) == set()
+
+
+def test_record_on_read_option_records_at_once(r):
+    """_record_on_read = True records each hydrating read immediately (no staging)."""
+    Doc.create(name="a")
+    assert Doc.query.get(name="a").access_count == 1
+    doc = Doc.query.get(name="a")
+    assert doc.access_count == 2 and doc.confirm_access() == 0
+    doc.on_read()
+    assert int(r.hget(key_of(Doc, "a"), "@access:count")) == 3

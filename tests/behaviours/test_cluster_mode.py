@@ -34,6 +34,7 @@ NOW = 1_700_000_000.0
 class Item(WriteFilterMixin, EventStreamMixin, AccessTrackerMixin, Model):
     """Every behaviour and special field at once."""
 
+    _record_on_read = True  # every read recorded at once (not staged)
     name = KeyField()
     value = FloatField(default=0.9)
     email = Field(type=str, null=True, unique=True)
@@ -111,7 +112,7 @@ def test_save_and_delete_with_every_behaviour(rc: RedisCluster) -> None:
         loaded.strengthen_cycle("level", factor=1.5)
         loaded.resolve_pressure("level")
     again = Item.query.no_track().get(name="i05")
-    assert list(again.feed) == [5, 100] and again.access_count == 1
+    assert list(again.feed) == [100, 5] and again.access_count == 1  # newest first
     assert len(again.access_log()) == 1
     assert Item.level.cycles_of(again) == [(DAY, 3.0, 0.0)]
     assert Item.level.pressure_of(again)["rate"] == 0.5

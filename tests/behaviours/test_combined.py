@@ -16,6 +16,7 @@ from tests.helpers import count_round_trips, db_keys
 
 
 class Memory(WriteFilterMixin, EventStreamMixin, AccessTrackerMixin, Model):
+    _record_on_read = True  # every read recorded at once (not staged)
     mid = KeyField()
     importance = FloatField(default=0.5)
     recalled = CyclicDecayField(cycles=[(86400.0, 1.0)], pressure_rate=0.1)

@@ -1,6 +1,5 @@
 """EventStreamMixin: one stream entry per committed create/update/delete, none otherwise."""
 
-import json
 import threading
 import time
 
@@ -84,22 +83,24 @@ def test_create_update_delete_each_add_one_entry(r):
     got = events()
     assert [e["op"] for e in got] == ["create", "update", "delete"]
     assert all(e["model"] == "Order" and e["pk"] == pk for e in got)
-    assert got[0]["changed_fields"] == ALL_ORDER_FIELDS == got[1]["changed_fields"]
+    # 1.x's form: no field names for creates, full saves and deletes
+    assert got[0]["changed_fields"] == [] == got[1]["changed_fields"]
     assert got[2]["changed_fields"] == []
     assert all(before <= e["ts"] <= time.time() for e in got)
     assert Order.stream_len() == 3 == r.xlen(Order.stream_key(ns=keys.ns_of(pk)))
 
 
-def test_raw_entry_is_strings_with_json_changed_fields(r):
-    """Consumers in other processes read plain strings; changed_fields is a JSON list."""
+def test_raw_entry_is_strings_with_comma_separated_changed_fields(r):
+    """Consumers in other processes read plain strings; changed_fields is "a,b" (1.x)."""
     Order.create(oid="1")
     order = Order.query.get(oid="1")
     order.status = "x"
     order.save(update_fields=["status", "email"])
     (_id1, first), (_id2, second) = r.xrange(home_stream(Order, order))
     assert set(first) == {b"model", b"pk", b"op", b"ts", b"changed_fields"}
+    assert first[b"changed_fields"] == b""
     assert second[b"op"] == b"update"
-    assert json.loads(second[b"changed_fields"]) == ["email", "status"]
+    assert second[b"changed_fields"] == b"email,status"
     assert float(second[b"ts"]) > 0
     assert parse_event(second)["changed_fields"] == ["email", "status"]
 
@@ -141,16 +142,17 @@ def test_every_committed_write_has_an_entry_under_concurrency(r):
 
 
 def test_partitions_and_metadata(r):
-    """Partitioned models write to stream:<name>:<value>; metadata values are JSON."""
+    """Partitioned models write to stream:<name>:<value>; metadata values are str(value),
+    "" for None (1.x)."""
     Tenanted.create(name="a", tenant="acme", amount=5)
     b = Tenanted.create(name="b", tenant="globex", amount=None)
     c = Tenanted.create(name="c", tenant=None, amount=1)
     assert all(k.startswith("stream:billing:acme") for k in Tenanted.stream_keys("acme"))
     (acme,) = events(Tenanted, partition="acme")
-    assert acme["tenant"] == "acme" and acme["amount"] == 5
+    assert acme["tenant"] == "acme" and acme["amount"] == "5"
     (globex,) = events(Tenanted, partition="globex")
-    assert globex["amount"] is None
-    assert r.xrange(home_stream(Tenanted, b, "globex"))[0][1][b"amount"] == b"null"
+    assert globex["amount"] == ""
+    assert r.xrange(home_stream(Tenanted, b, "globex"))[0][1][b"amount"] == b""
     assert [e["pk"] for e in events(Tenanted)] == [c.pk]
 
 
@@ -233,3 +235,35 @@ def test_bad_definitions_raise(r):
     with pytest.raises(ModelException, match="missing"):
         Bad4(name="x").save()
     assert db_keys(r) == set()
+
+
+def test_xadd_event_appends_a_custom_event(r):
+    """_xadd_event(op, extra_fields) appends an event for the instance (now or on a
+    pipeline) with the standard fields, changed_fields "" and the extras as str."""
+    t = Tenanted.create(name="a", tenant="acme", amount=3)
+    entry_id = t._xadd_event("archived", {"reason": "old", "count": 2, "gone": None})
+    assert isinstance(entry_id, str) and "-" in entry_id
+    (_create, (got_id, last)) = Tenanted.stream_range(partition="acme")
+    assert got_id == entry_id
+    assert (last["op"], last["pk"], last["model"]) == ("archived", t.pk, "Tenanted")
+    assert last["changed_fields"] == [] and last["tenant"] == "acme" and last["amount"] == "3"
+    assert (last["reason"], last["count"], last["gone"]) == ("old", "2", "")
+    pipe = get_client().pipeline()
+    assert t._xadd_event("pinged", pipeline=pipe) is pipe
+    assert Tenanted.stream_len("acme") == 2
+    pipe.execute()
+    assert [e["op"] for e in events(Tenanted, partition="acme")] == [
+        "create", "archived", "pinged"]
+    with pytest.raises(ModelException, match="_xadd_event"):
+        t._xadd_event("x", {"pk": "forged"})
+    with pytest.raises(ModelException, match="_xadd_event"):
+        t._xadd_event("")
+    assert Tenanted.stream_len("acme") == 3
+
+
+def test_parse_event_reads_earlier_json_changed_fields():
+    """parse_event splits "a,b" and still reads a JSON list written by earlier versions."""
+    assert parse_event({b"changed_fields": b"a,b", b"ts": b"1.5"}) == {
+        "changed_fields": ["a", "b"], "ts": 1.5}
+    assert parse_event({"changed_fields": '["x"]'})["changed_fields"] == ["x"]
+    assert parse_event({"changed_fields": ""})["changed_fields"] == []

@@ -196,3 +196,69 @@ def test_bad_scores_and_definitions_raise(r):
             _min_threshold = 0.8
             _priority_threshold = 0.2
     assert db_keys(r) == set()
+
+
+# --- Popoto 1.x spellings (issue 14) ---------------------------------------------------
+
+class WfGated(WriteFilterMixin, Model):
+    name = KeyField()
+    value = FloatField(null=True)
+
+    _wf_min_threshold = 0.4
+    _wf_priority_threshold = 0.6
+
+    def compute_filter_score(self):
+        return self.value
+
+
+def test_wf_thresholds_are_read(r):
+    """_wf_min_threshold / _wf_priority_threshold decide skipping and ranking."""
+    assert WfGated(name="low", value=0.39).save() is False
+    assert WfGated(name="mid", value=0.5).save() is True
+    assert WfGated(name="top", value=0.6).save() is True
+    assert [g.name for g in WfGated.query.priority(5)] == ["top"]
+    assert WfGated.query.get(name="low") is None
+    assert WfGated._min_threshold == 0.4  # the old name reads the value in force
+
+
+def test_old_threshold_names_warn_and_still_apply(r):
+    """_min_threshold / _priority_threshold give a DeprecationWarning and keep working."""
+    with pytest.warns(DeprecationWarning, match="_wf_min_threshold"):
+
+        class OldStyle(WriteFilterMixin, Model):
+            name = KeyField()
+            value = FloatField(default=0.0)
+            _min_threshold = 0.3
+
+            def compute_filter_score(self):
+                return self.value
+
+    assert OldStyle._wf_min_threshold == 0.3 and OldStyle._wf_priority_threshold == 0.7
+    assert OldStyle(name="a", value=0.29).save() is False
+    assert OldStyle(name="b", value=0.3).save() is True
+
+
+def test_none_score_counts_as_below_the_minimum(r):
+    """compute_filter_score() returning None skips the save (False), writes nothing."""
+    assert WfGated(name="n", value=None).save() is False
+    assert WfGated.create(name="n2", value=None).is_persisted is False
+    assert db_keys(r) == set()
+    saved = WfGated.create(name="s", value=0.9)
+    saved.value = None
+    assert saved.save() is False
+    assert saved.save(skip_write_filter=True) is True
+    assert WfGated.query.priority(3) == []  # a None score is never ranked
+
+
+def test_missing_compute_filter_score_is_not_implemented(r):
+    """A write-filter model without compute_filter_score raises NotImplementedError too."""
+    from popoto import NotImplementedMethodError
+
+    class NoScore(WriteFilterMixin, Model):
+        name = KeyField()
+
+    with pytest.raises(NotImplementedError, match="compute_filter_score") as info:
+        NoScore(name="x").save()
+    assert isinstance(info.value, ModelException)
+    assert isinstance(info.value, NotImplementedMethodError)
+    assert db_keys(r) == set()

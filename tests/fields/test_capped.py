@@ -79,14 +79,15 @@ def test_listfield_with_max_length_is_capped():
     assert type(PlainList._meta.fields["items"]) is ListField
 
 
-def test_push_adds_newest_last_and_trims_oldest(r):
-    """push() appends at the end and drops the oldest items beyond the cap, in Redis."""
-    feed = Feed.create(name="a", items=[1, 2])
+def test_push_adds_newest_first_and_trims_oldest(r):
+    """push() puts the item at index 0 (1.x) and drops the oldest items, at the end,
+    beyond the cap, in Redis."""
+    feed = Feed.create(name="a", items=[2, 1])
     feed.items.push(3)
     feed.items.push(4)
-    assert stored(r) == [2, 3, 4]
-    assert feed.items == [2, 3, 4]
-    assert Feed.query.get(name="a").items == [2, 3, 4]
+    assert stored(r) == [4, 3, 2]
+    assert feed.items == [4, 3, 2]
+    assert Feed.query.get(name="a").items == [4, 3, 2]
 
 
 def test_hash_holds_no_copy_of_the_list(r):
@@ -97,15 +98,15 @@ def test_hash_holds_no_copy_of_the_list(r):
 
 
 def test_constructor_and_assignment_keep_the_newest_items(r):
-    """A list longer than the cap keeps its last N items, locally and in Redis."""
-    feed = Feed(name="a", items=[1, 2, 3, 4, 5])
-    assert feed.items == [3, 4, 5]
+    """A list longer than the cap keeps its first (newest) N items, locally and in Redis."""
+    feed = Feed(name="a", items=[5, 4, 3, 2, 1])
+    assert feed.items == [5, 4, 3]
     feed.save()
-    assert stored(r) == [3, 4, 5]
-    feed.items = ["a", "b", "c", "d"]
-    assert feed.items == ["b", "c", "d"]
+    assert stored(r) == [5, 4, 3]
+    feed.items = ["d", "c", "b", "a"]
+    assert feed.items == ["d", "c", "b"]
     feed.save()
-    assert stored(r) == ["b", "c", "d"]
+    assert stored(r) == ["d", "c", "b"]
 
 
 def test_list_protocol():
@@ -131,21 +132,22 @@ def test_list_protocol():
 
 
 def test_append_and_extend_are_written_by_save_with_the_cap(r):
-    """append/extend change the local view (capped) and the next save writes them."""
+    """append/extend add newest items (index 0) to the local view (capped) and the next
+    save writes them."""
     feed = Feed.create(name="a", items=[1])
     feed.items.append(2)
     feed.items.extend([3, 4])
-    assert feed.items == [2, 3, 4]
+    assert feed.items == [4, 3, 2]
     assert stored(r) == [1]
     feed.save()
-    assert stored(r) == [2, 3, 4]
+    assert stored(r) == [4, 3, 2]
     feed.items += [5]
     feed.save()
-    assert stored(r) == [3, 4, 5]
+    assert stored(r) == [5, 4, 3]
 
 
 def test_save_of_appends_keeps_concurrent_pushes(r):
-    """Appends saved from a stale copy are added after items another writer pushed."""
+    """Appends saved from a stale copy are added as newer than items another writer pushed."""
     Feed.create(name="a", items=[1])
     mine = Feed.query.get(name="a")
     assert mine.items == [1]
@@ -153,7 +155,7 @@ def test_save_of_appends_keeps_concurrent_pushes(r):
     other.items.push(2)
     mine.items.append(3)
     mine.save()
-    assert stored(r) == [1, 2, 3]
+    assert stored(r) == [3, 2, 1]
 
 
 def test_save_without_list_changes_does_not_rewrite_it(r):
@@ -164,14 +166,14 @@ def test_save_without_list_changes_does_not_rewrite_it(r):
     Feed.query.get(name="a").items.push(2)
     mine.title = "changed"
     mine.save()
-    assert stored(r) == [1, 2]
+    assert stored(r) == [2, 1]
     assert Feed.query.get(name="a").title == "changed"
 
 
 @pytest.mark.parametrize("mutate, expected", [
     (lambda items: items.__setitem__(0, "z"), ["z", "b", "c"]),
     (lambda items: items.__delitem__(1), ["a", "c"]),
-    (lambda items: items.insert(1, "q"), ["q", "b", "c"]),
+    (lambda items: items.insert(1, "q"), ["a", "q", "b"]),  # the oldest ("c") drops
     (lambda items: items.pop(0), ["b", "c"]),
     (lambda items: items.remove("c"), ["a", "b"]),
     (lambda items: items.clear(), []),
@@ -191,15 +193,15 @@ def test_other_mutations_rewrite_the_whole_list(r, mutate, expected):
 
 def test_push_writes_pending_local_changes_in_the_same_step(r):
     """push() also writes unsaved appends/rewrites of the list, keeping the local order."""
-    feed = Feed.create(name="a", items=[1, 2, 3])
+    feed = Feed.create(name="a", items=[3, 2, 1])
     feed.items[0] = 9
     feed.items.push(4)
-    assert stored(r) == [2, 3, 4]
-    assert feed.items == [2, 3, 4]
+    assert stored(r) == [4, 9, 2]
+    assert feed.items == [4, 9, 2]
     assert feed.items.has_unsaved_changes is False
     feed.items.append(5)
     feed.items.push(6)
-    assert stored(r) == [4, 5, 6] == feed.items
+    assert stored(r) == [6, 5, 4] == feed.items
 
 
 def test_push_does_not_read_an_unloaded_list(r):
@@ -209,7 +211,7 @@ def test_push_does_not_read_an_unloaded_list(r):
     with count_round_trips() as trips:
         loaded.items.push(2)
     assert trips[0] == 1
-    assert loaded.items == [1, 2]
+    assert loaded.items == [2, 1]
 
 
 def test_push_on_unsaved_instance_raises():
@@ -256,9 +258,9 @@ def test_failed_save_keeps_pending_changes_and_retries_them_once(r):
     assert feed.items.has_unsaved_changes
     feed.email = "free@example.org"
     feed.save()
-    assert stored(r) == [1, 2]
+    assert stored(r) == [2, 1]
     feed.save()
-    assert stored(r) == [1, 2]
+    assert stored(r) == [2, 1]
 
 
 def test_partial_save_writes_the_list_only_when_named(r):
@@ -269,7 +271,7 @@ def test_partial_save_writes_the_list_only_when_named(r):
     feed.save(update_fields=["title"])
     assert stored(r) == [1]
     feed.save(update_fields=["items"])
-    assert stored(r) == [1, 2]
+    assert stored(r) == [2, 1]
 
 
 def test_list_is_deleted_with_its_instance(r):
@@ -344,17 +346,17 @@ def test_refresh_rereads_and_drops_local_changes(r):
     Feed.query.get(name="a").items.push(2)
     feed.items.append(9)
     feed.items.refresh()
-    assert feed.items == [1, 2]
+    assert feed.items == [2, 1]
     assert not feed.items.has_unsaved_changes
 
 
 def test_two_capped_lists_on_one_model(r):
     """Each capped field has its own LIST and cap."""
-    obj = TwoLists.create(name="x", a=[1, 2, 3], b=[1, 2, 3])
+    obj = TwoLists.create(name="x", a=[3, 2, 1], b=[3, 2, 1])
     obj.a.push(4)
     obj.b.push(4)
-    assert stored(r, obj.pk, "a") == [3, 4]
-    assert stored(r, obj.pk, "b") == [1, 2, 3, 4]
+    assert stored(r, obj.pk, "a") == [4, 3]
+    assert stored(r, obj.pk, "b") == [4, 3, 2, 1]
 
 
 def test_pipeline_push_is_queued(r):
@@ -366,16 +368,16 @@ def test_pipeline_push_is_queued(r):
     feed.items.push(2, pipeline=pipe)
     assert stored(r) == [1]
     pipe.execute()
-    assert stored(r) == [1, 2]
+    assert stored(r) == [2, 1]
 
 
 def test_bulk_paths_keep_the_cap(r):
     """bulk_create and bulk_update write capped lists with the same order and cap."""
-    Feed.bulk_create([Feed(name=f"b{i}", items=list(range(i + 3))) for i in range(3)])
+    Feed.bulk_create([Feed(name=f"b{i}", items=list(range(i + 3))[::-1]) for i in range(3)])
     made = [key_of(Feed, f"b{i}") for i in range(3)]
-    assert [stored(r, k) for k in made] == [[0, 1, 2], [1, 2, 3], [2, 3, 4]]
-    Feed.bulk_update(Feed.query.all(), items=["p", "q", "r", "s"])
-    assert [stored(r, k) for k in made] == [["q", "r", "s"]] * 3
+    assert [stored(r, k) for k in made] == [[2, 1, 0], [3, 2, 1], [4, 3, 2]]  # newest N
+    Feed.bulk_update(Feed.query.all(), items=["s", "r", "q", "p"])
+    assert [stored(r, k) for k in made] == [["s", "r", "q"]] * 3
 
 
 def test_rebuild_indexes_keeps_the_list(r):
@@ -395,7 +397,7 @@ def test_legacy_hash_copy_is_removed_on_save(r):
     feed.items.append(2)
     feed.save()
     assert b"items" not in r.hgetall(feed.pk)
-    assert stored(r) == [1, 2]
+    assert stored(r) == [2, 1]
 
 
 def test_bad_definitions_and_values_raise():

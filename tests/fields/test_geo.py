@@ -332,3 +332,34 @@ def test_get_info_lists_geo_field_and_options():
     assert info["geo_fields"] == ["geo"]
     for option in ("geo", "geo_radius", "geo_radius_unit", "geo_with_distances", "geo_member"):
         assert option in info["query_filters"]
+
+
+def test_latitude_longitude_filter_arguments(r):
+    """filter(geo_latitude=, geo_longitude=, geo_radius=) searches like geo=(lat, lon)."""
+    near = GeoCafe.create(name="near", geo=(48.8566, 2.3522))
+    GeoCafe.create(name="far", geo=(51.5074, -0.1278))
+    GeoCafe.create(name="none")
+    got = GeoCafe.query.filter(geo_latitude=48.86, geo_longitude=2.35, geo_radius=5,
+                               geo_radius_unit="km")
+    assert got == [near]
+    assert GeoCafe.query.filter(geo_latitude=48.86).filter(
+        geo_longitude=2.35, geo_radius=5, geo_radius_unit="km").keys() == [near.pk]
+    with pytest.raises(QueryException, match="geo_latitude and geo_longitude go together"):
+        GeoCafe.query.filter(geo_latitude=48.86).keys()
+    with pytest.raises(QueryException, match="GeoCafe.geo"):
+        GeoCafe.query.filter(geo_latitude=95.0, geo_longitude=0.0).keys()
+
+
+def test_none_none_means_no_location(r):
+    """(None, None) is stored as no location, reads back None and filters like None."""
+    cafe = GeoCafe.create(name="nowhere", geo=(None, None))
+    GeoCafe.create(name="somewhere", geo=(1.0, 2.0))
+    assert cafe.geo is None and GeoCafe.query.get(name="nowhere").geo is None
+    assert r.hget(cafe.pk, "geo") == b"\xc0"  # msgpack nil
+    assert GeoCafe.query.filter(geo=(None, None)).keys() == [cafe.pk]
+    assert GeoCafe.query.filter(geo_latitude=None, geo_longitude=None).keys() == [cafe.pk]
+    cafe.geo = (3.0, 4.0)
+    cafe.save()
+    cafe.geo = (None, None)
+    cafe.save()
+    assert GeoCafe.query.filter(geo=(3.0, 4.0), geo_radius=10).keys() == []

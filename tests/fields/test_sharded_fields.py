@@ -211,7 +211,7 @@ def test_capped_list_is_kept_through_resaves_in_every_group(r: redis.Redis) -> N
     ShardFeed.items.prefetch(feeds)
     for feed in feeds:
         i = names.index(feed.name)
-        assert list(feed.items) == [i + 10, i + 20, i + 30]
+        assert list(feed.items) == [i + 30, i + 20, i + 10]  # newest first
         list_key = f"$List:{feed.pk}:items"
         assert keys.key_slot(list_key) == keys.key_slot(feed.pk) and r.exists(list_key)
     for feed in feeds:

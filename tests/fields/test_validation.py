@@ -128,3 +128,53 @@ def test_is_valid_reports_without_raising():
     assert t.is_valid() is False
     t.req = 1
     assert t.is_valid() is True
+
+
+# --- definition-time refusals and 1.x options (issue 14) ------------------------------
+
+@pytest.mark.parametrize("kind", [list, dict, set])
+def test_key_field_container_types_are_refused_at_definition(kind):
+    """KeyField(type=list|dict|set) raises ModelException naming model and field."""
+    from popoto import KeyField, Model, ModelException
+    with pytest.raises(ModelException, match=rf"BadKey.tags: .*type={kind.__name__}"):
+        class BadKey(Model):
+            tags = KeyField(type=kind)
+
+
+def test_nullable_key_field_is_refused_at_definition():
+    """KeyField(null=True) is refused when the class is defined, never at save time."""
+    from popoto import KeyField, Model, ModelException, UniqueKeyField
+    from popoto.registry import get_model
+    with pytest.raises(ModelException, match=r"NullKey.code: .*null=True"):
+        class NullKey(Model):
+            code = KeyField(null=True)
+    with pytest.raises(ModelException, match=r"NullUnique.code: .*null=True"):
+        class NullUnique(Model):
+            code = UniqueKeyField(null=True)
+    with pytest.raises(ModelException, match="no registered model"):
+        get_model("NullKey")
+
+
+def test_decaying_field_with_zero_rate_is_refused():
+    """DecayingSortedField(decay_rate=0) never decays: refused with ModelException."""
+    from popoto import CyclicDecayField, DecayingSortedField, ModelException
+    with pytest.raises(ModelException, match="decay_rate must be .* > 0"):
+        DecayingSortedField(decay_rate=0)
+    with pytest.raises(ModelException, match="decay_rate"):
+        CyclicDecayField(decay_rate=0.0)
+
+
+def test_auto_key_length(r):
+    """AutoKeyField(auto_uuid_length=n) makes n-hex-digit keys; bad lengths are refused."""
+    from popoto import AutoKeyField, Field, Model, ModelException
+
+    class ShortTicket(Model):
+        id = AutoKeyField(auto_uuid_length=8)
+        note = Field(type=str, null=True)
+
+    ticket = ShortTicket.create(note="x")
+    assert len(ticket.id) == 8 and int(ticket.id, 16) >= 0
+    assert ShortTicket.query.get(id=ticket.id).note == "x"
+    for bad in (0, 33, "8", True):
+        with pytest.raises(ModelException, match="auto_uuid_length"):
+            AutoKeyField(auto_uuid_length=bad)

@@ -89,7 +89,8 @@ def test_bulk_create_writes_every_index_in_batches(r):
     assert Shop.query.filter(rating__gte=3).keys() == ["BulkShop:s3", "BulkShop:s4"]
     assert r.hlen("$UniqueF:BulkShop:email") == 5
     assert index_keys(r) == ["$Class:BulkShop", "$IndexF:BulkShop:city:paris",
-                             "$IndexF:BulkShop:city:rome", "$SortedF:BulkShop:rating",
+                             "$IndexF:BulkShop:city:rome", "$LexF:BulkShop:city",
+                             "$LexF:BulkShop:city:r", "$SortedF:BulkShop:rating",
                              "$UniqueF:BulkShop:email"]
 
 

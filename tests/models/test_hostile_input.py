@@ -230,7 +230,7 @@ def test_separators_and_layout_prefixes_in_keys_round_trip(r, value):
     written = set(fingerprint(r)) - set(before)
     own = set(Target._meta.groups)
     assert all(key.split(":", 1)[0].lstrip("$") in {"Class", "IndexF", "SortedF", "UniqueF",
-                                                    "GeoF", "DecayF"}
+                                                    "GeoF", "DecayF", "LexF"}
                or key.split(":", 1)[0] in own for key in written), written
     assert Target.query.get(k=value).tag == value
     assert Target.query.filter(tag=value).keys() == [obj.pk]

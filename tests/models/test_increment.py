@@ -305,3 +305,21 @@ def test_unscorable_decimal_refused_before_writing(r):
         p.atomic_increment("balance", 1)
     assert r.hget(p.pk, "balance") == encoding.pack(Decimal("1E+400"))
     assert r.zscore(Player.balance.key_for(p), p.pk) == 1
+
+
+def test_increment_errors_are_also_the_builtin_upstream_raises(r):
+    """Unsaved instance, non-numeric field, None delta: TypeError too; unknown field:
+    AttributeError too; all still ModelException, naming model, field and value."""
+    unsaved = Counter(name="fresh")
+    with pytest.raises(TypeError, match=r"Counter.hits: .*not saved yet") as info:
+        unsaved.atomic_increment("hits", 1)
+    assert isinstance(info.value, ModelException)
+    saved = Counter.create(name="c")
+    with pytest.raises(TypeError, match=r"Counter.label: .*int, float or Decimal"):
+        saved.atomic_increment("label", 1)
+    with pytest.raises(TypeError, match=r"Counter.hits: .*delta.*\(value None\)"):
+        saved.atomic_increment("hits", None)
+    with pytest.raises(AttributeError, match="Counter has no field 'nope'") as info:
+        saved.atomic_increment("nope", 1)
+    assert isinstance(info.value, ModelException)
+    assert Counter.query.get(name="c").hits == 0 and not r.exists(Counter(name="fresh").db_key)

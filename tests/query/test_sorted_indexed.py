@@ -180,3 +180,18 @@ def test_order_by_key_field_over_a_range(players):
     got = names(Player.query.filter(score__gte=20, order_by="-name"))
     assert got == ["eve", "dan", "cat", "bob"]
     assert names(Player.query.filter(team="red", order_by="-name")) == ["bob", "ann"]
+
+
+def test_order_by_plain_field_puts_none_first(r):
+    """order_by on a plain (unindexed) field sorts None before every value (desc: last)."""
+    from popoto import Field, KeyField, Model
+
+    class Task(Model):
+        name = KeyField()
+        rank = Field(type=int, null=True)
+
+    for name, rank in (("a", 2), ("b", None), ("c", 1), ("d", None)):
+        Task.create(name=name, rank=rank)
+    assert [t.name for t in Task.query.all().order_by("rank")] == ["b", "d", "c", "a"]
+    assert [t.name for t in Task.query.all().order_by("-rank")] == ["a", "c", "d", "b"]
+    assert [v["rank"] for v in Task.query.values("rank").order_by("rank")] == [None, None, 1, 2]

@@ -293,3 +293,14 @@ def test_invalid_max_deliveries_is_rejected(r: redis.Redis) -> None:
     """max_deliveries below 1 is a configuration error."""
     with pytest.raises(ValueError, match="max_deliveries"):
         consumer(r, HandlerRegistry(), max_deliveries=0)
+
+
+def test_comma_separated_changed_fields_are_a_list() -> None:
+    """Entries in Popoto 1.x's form: "a,b" is ["a", "b"]; "" (create, full save) is None."""
+    partial = Event.from_entry(STREAM, "1-0", {"model": "Order", "pk": "Order:1", "op": "update",
+                                               "ts": "1.0", "changed_fields": "status,total"})
+    assert partial.changed_fields == ["status", "total"]
+    full = Event.from_entry(STREAM, "2-0", {b"model": b"Order", b"pk": b"Order:1",
+                                            b"op": b"create", b"ts": b"1.0",
+                                            b"changed_fields": b""})
+    assert full.changed_fields is None

@@ -68,6 +68,7 @@ from popoto.models.maintenance.keyspace import (
     server_time_ms,
 )
 from popoto.engine.io import chunks
+from popoto.models.maintenance.partial import PartialWritesMixin
 from popoto.models.maintenance.reindex import ReindexMixin
 
 __all__ = ["MaintenanceMixin", "class_set_size", "group_client", "merge_reports",
@@ -76,7 +77,8 @@ __all__ = ["MaintenanceMixin", "class_set_size", "group_client", "merge_reports"
 logger = logging.getLogger("popoto.maintenance")
 
 
-class MaintenanceMixin(KeyspaceMixin, ReindexMixin, CleanMixin, CheckMixin):
+class MaintenanceMixin(KeyspaceMixin, ReindexMixin, CleanMixin, PartialWritesMixin,
+                       CheckMixin):
     """Index health checks and in-place repairs, plus the chunk-level API used by tasks.
 
     Whole-model methods: :meth:`check_indexes` (read only), :meth:`clean_indexes`,

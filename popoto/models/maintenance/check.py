@@ -28,6 +28,7 @@ from popoto.engine.write import (
 )
 from popoto.engine.io import chunks
 from popoto.models.maintenance.keyspace import _ns, _scan_step, group_client, server_time_ms
+from popoto.models.maintenance.partial import missing_key_fields
 from popoto.protocol import text as _s
 from popoto.redis_db import get_client
 
@@ -106,6 +107,9 @@ class _Report:
         self.problems = dict.fromkeys(self.PROBLEMS, 0)
         self.instances = 0
         self.unreadable = 0
+        self.partial_writes = 0
+        for name in self.meta.key_field_names:  # per KeyField: hashes lacking its value
+            self.buckets["key_fields"][name] = 0
         for owner in self.meta.index_owners:
             bucket, name = self.bucket(owner, None)
             self.buckets[bucket].setdefault(name, 0)
@@ -120,19 +124,19 @@ class _Report:
                 # named by its key when unsharded (one key), by its fields when sharded
                 return "composite_indexes", (index.name if meta.sharded
                                              else index.key(meta.groups[0]))
-        field = meta.fields.get(owner)
+        field = meta.fields.get(owner.removesuffix("@lex"))
         if field is None:
             return "other_indexes", owner
         if kind == CLAIM:
-            return "unique_fields", owner
+            return "unique_fields", field.name
         for flag, bucket in (("is_sorted", "sorted_fields"), ("is_geo", "geo_fields"),
                              ("is_indexed", "indexed_fields"),
                              ("is_relationship", "relationship_fields")):
             if getattr(field, flag):
-                return bucket, owner
+                return bucket, field.name
         if field.unique:
-            return "unique_fields", owner
-        return ("key_fields" if field.is_key else "other_indexes"), owner
+            return "unique_fields", field.name
+        return ("key_fields" if field.is_key else "other_indexes"), field.name
 
     def add(self, problem: str, owner: str, kind: str | None) -> None:
         self.problems[problem] += 1
@@ -142,10 +146,17 @@ class _Report:
         bucket, name = self.bucket(owner, kind)
         self.buckets[bucket][name] = self.buckets[bucket].get(name, 0) + 1
 
+    def add_partial(self, missing: list[str]) -> None:
+        """A hash at an instance key lacking the value of the key fields ``missing``."""
+        self.partial_writes += 1
+        for name in missing:
+            self.buckets["key_fields"][name] += 1
+
     def as_dict(self) -> dict[str, Any]:
-        total = sum(self.problems.values())
+        total = sum(self.problems.values()) + self.partial_writes
         return {"class_set": self.class_set, **self.buckets, **self.problems,
-                "instances": self.instances, "unreadable": self.unreadable, "total": total}
+                "partial_writes": self.partial_writes, "instances": self.instances,
+                "unreadable": self.unreadable, "total": total}
 
 
 
@@ -163,7 +174,9 @@ class CheckMixin:
         ``indexed_fields``, ``geo_fields``, ``unique_fields``,
         ``relationship_fields``, ``composite_indexes`` keyed by index key, by
         index name for a sharded model, ``other_indexes``), per problem type
-        (``orphans``, ``missing``, ``wrong``, ``owner_records``), the number of
+        (``orphans``, ``missing``, ``wrong``, ``owner_records``), ``partial_writes``
+        (hashes at instance keys lacking a key field's value, also counted per
+        KeyField under ``key_fields``, which lists every KeyField), the number of
         ``instances`` checked, the number of ``unreadable`` hashes (logged; not
         counted in the total) and ``total``. Point-in-time: concurrent writes
         can show up as transient problems.
@@ -250,6 +263,10 @@ class CheckMixin:
             if not raw or isinstance(raw, Exception):
                 continue  # deleted or expired since the SCAN step
             report.instances += 1
+            missing = missing_key_fields(cls._meta, raw)
+            if missing:
+                report.add_partial(missing)
+                continue
             batch = cls._reindex_batch(key, raw)
             if batch is None:
                 report.unreadable += 1

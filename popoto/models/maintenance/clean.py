@@ -112,11 +112,14 @@ class CleanMixin:
         """Remove orphaned and unowned entries from every index; returns how many were removed.
 
         Covers the class set, sorted/indexed/geo/relationship field indexes,
-        unique claims and composite indexes. Wrong scores and missing entries
-        need :meth:`rebuild_indexes`. ``group``: only that tag group's keys.
+        unique claims and composite indexes, and deletes partial writes (hashes
+        missing a key field's value, see :mod:`~popoto.models.maintenance.partial`).
+        Wrong scores and missing entries need :meth:`rebuild_indexes`. ``group``:
+        only that tag group's keys.
         """
-        return sum(cls.clean_index_key(index_key, batch_size)
-                   for index_key in cls.index_keys(batch_size, group=group))
+        removed = sum(cls.clean_index_key(index_key, batch_size)
+                      for index_key in cls.index_keys(batch_size, group=group))
+        return removed + cls.clean_partial_writes(batch_size, group)  # type: ignore[attr-defined]
 
     @classmethod
     def clean_index_key(cls, index_key: str, batch_size: int = 1000) -> int:

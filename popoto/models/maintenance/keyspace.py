@@ -145,6 +145,8 @@ class KeyspaceMixin:
                 if tuple(rest[:n]) == index.field_names and len(rest) == n + (not index.unique):
                     return index.name
             return None
+        if kind == "LexF":  # an IndexedField's value registry: no entries of an owner
+            return None
         # field indexes are built by keys.field_index_key("<Kind>F", ns, field, *parts)
         if kind.endswith("F") and rest[0] in meta.fields and rest[0] in meta.index_owners:
             return rest[0]
@@ -263,7 +265,7 @@ class KeyspaceMixin:
             if name.startswith(IDX_PREFIX) and name[len(IDX_PREFIX):] not in batch.entries:
                 batch.own(name[len(IDX_PREFIX):])  # an owner the model no longer has
         batch.mapping = {}
-        batch.commands = []
+        batch.commands = list(batch.idempotent_commands)
         batch.ttl = None
         batch.must_exist = True
         batch.must_not_exist = False
