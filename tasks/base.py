@@ -16,7 +16,7 @@ from celery import Task, shared_task
 
 from popoto.exceptions import ConnectionConfigError, PopotoError
 
-from .config import Settings
+from .config import load_settings
 
 #: Errors that mean "Redis is (briefly) unavailable": the task is retried.
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -25,7 +25,7 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.BusyLoadingError,
 )
 
-settings = Settings.from_env()
+settings = load_settings()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
