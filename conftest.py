@@ -11,6 +11,10 @@ the I/O-free engine tests under ``tests/engine``: their conftest overrides
 ``clean_db`` with a no-op, so they run (and pass) with no server at all. They are
 marked ``no_redis`` (``pytest -m no_redis`` selects them).
 
+The docs: sybil collects every Python block of README.md and docs/*.md (pytest's
+``testpaths``) as a test; each block gets the ``doc_env`` fixture (REDIS_URL = the
+emptied test database, nothing configured in code, an empty model registry).
+
 Cluster mode: with ``POPOTO_TEST_CLUSTER=1`` the session runs on a local
 3-master Redis Cluster (``popoto.testing.cluster.EmbeddedCluster``) with
 ``popoto.configure(cluster=True)``; ``r`` is then a ``RedisCluster`` client and
