@@ -6,7 +6,13 @@
 * :func:`spawn_beat` and :func:`spawn_consumer` do the same for ``celery beat`` and
   ``python -m workers consume``;
 * :func:`wait_until` polls a condition with a deadline;
-* :func:`broker_idle` tells whether the broker has no queued or unacked message.
+* :func:`broker_idle` tells whether the broker has no queued or unacked message;
+* :func:`use_test_broker` points an app at a test broker that stores results
+  (public Celery API only: call it before the app first publishes).
+
+In-process workers come from Celery's own ``celery.contrib.testing.worker``
+(pytest-celery 1.x runs its workers in Docker containers only; see
+docs/operations.md).
 """
 
 from __future__ import annotations
