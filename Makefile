@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP) lint-lua
-	$(BIN)/ruff check popoto tasks workers ops tests
+	$(BIN)/ruff check popoto tasks workers ops tests conftest.py
 	$(BIN)/lint-imports --no-cache
 
 # the server-side scripts (popoto/lua), configured by .luacheckrc

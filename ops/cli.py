@@ -5,7 +5,7 @@ Commands (exit codes: see :data:`EXIT_CODES`, also in ``--help``):
 * ``check-indexes [MODEL ...]`` read-only index health report; 1 if any problem;
 * ``clean-indexes [MODEL ...]`` remove index entries nobody owns;
 * ``rebuild-indexes MODEL [--async [--wait [--timeout S]]]`` repair every index in
-  place, here with a progress bar, or as a Celery job (prints the job id); ``--wait``
+  place, or as a Celery job (prints the job id); ``--wait``
   follows the job (or, when a rebuild of the model already runs, that one) for at most
   ``--timeout`` seconds (default 600);
 * ``jobs [JOB_ID]`` progress of background jobs; 1 if the job failed or is unknown;
@@ -19,7 +19,10 @@ are imported: ``--models app.models`` or ``POPOTO_MODEL_MODULES``. Without
 MODEL arguments, every registered model is processed (none loaded is an error).
 A sharded model (tag groups) is processed over all its groups; counts are summed
 over them. Every error is one line on stderr (``popoto-ops: ...``), never a
-traceback.
+traceback. Global options (``--redis-url``, ``--models``, ``--json``) go before or
+after the command. Check, clean and rebuild draw their progress, with rate and ETA,
+on stderr (:mod:`ops.progress`): a live bar on a terminal, plain lines elsewhere.
+Every command is registered in :func:`build_parser`, through its ``command()``.
 """
 
 from __future__ import annotations
@@ -34,16 +37,19 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TextIO
 
 import redis
 
 import popoto
 from popoto.exceptions import PopotoError
+from popoto.extras import DISTRIBUTION
 from popoto.models.base import Model
-from popoto.models.maintenance import class_set_size
 from popoto.registry import all_models, label_of
 from popoto.redis_db import get_client, mask_url
+
+from .progress import Progress, check_with_progress, clean_with_progress, rebuild_with_progress
 
 OK, PROBLEM, USAGE, INTERRUPTED = 0, 1, 2, 130
 #: ``rebuild-indexes --wait`` gives up after this many seconds unless ``--timeout`` says
@@ -83,42 +89,6 @@ def _one_line(exc: BaseException) -> str:
 
 # --- output ---------------------------------------------------------------------
 
-class Progress:
-    """A one-line progress bar on a terminal, periodic plain lines otherwise."""
-
-    def __init__(self, stream: TextIO, label: str, width: int = 30,
-                 every: float = 2.0) -> None:
-        self.stream = stream
-        self.label = label
-        self.width = width
-        self.every = every
-        self.tty = stream.isatty()
-        self._last = 0.0
-        self._started = time.monotonic()
-
-    def update(self, done: int, total: int, note: str = "", force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and not self.tty and now - self._last < self.every:
-            return
-        self._last = now
-        total = max(total, done, 1)
-        filled = int(self.width * done / total)
-        bar = "#" * filled + "." * (self.width - filled)
-        rate = done / max(now - self._started, 1e-9)
-        text = (f"{self.label} [{bar}] {100 * done / total:5.1f}% {done}/{total} "
-                f"{rate:,.0f}/s {note}".rstrip())
-        if self.tty:
-            self.stream.write("\r" + text.ljust(100))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def _models(names: Sequence[str]) -> list[type[Model]]:
     if names:
         return [popoto.get_model(n) for n in names]
@@ -141,7 +111,7 @@ def _emit(out: TextIO, as_json: bool, payload: Any, lines: Iterable[str]) -> Non
 
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     models = _models(args.models)
-    reports = {label_of(m): m.check_indexes(batch_size=args.batch_size) for m in models}
+    reports = {label_of(m): check_with_progress(m, args.batch_size, err) for m in models}
     lines = []
     groups = {label_of(m): len(m._meta.groups) for m in models if m._meta.sharded}
     for label, rep in reports.items():
@@ -158,39 +128,10 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_clean(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     removed = {}
     for model in _models(args.models):
-        removed[label_of(model)] = model.clean_indexes(batch_size=args.batch_size)
+        removed[label_of(model)] = clean_with_progress(model, args.batch_size, err)
     _emit(out, args.json, removed,
           [f"{label}: removed {n} index entries" for label, n in removed.items()])
     return OK
-
-
-def rebuild_with_progress(model: type[Model], batch_size: int, err: TextIO) -> int:
-    """The chunk API driven here: reindex every instance hash, then clean every index key.
-
-    A sharded model's scan covers every tag group (reindex_keys works group by
-    group); every group is reindexed before any index key is cleaned.
-    """
-    total = class_set_size(model)
-    bar = Progress(err, f"{model.__name__} reindex")
-    cursor, done = 0, 0
-    while True:
-        cursor, found = model.scan_instance_keys(cursor, batch_size)
-        if found:
-            done += model.reindex_keys(found)
-            bar.update(done, total)
-        if cursor == 0:
-            break
-    bar.update(done, total, force=True)
-    bar.close()
-    index_keys = model.index_keys()
-    bar = Progress(err, f"{model.__name__} clean")
-    removed = 0
-    for position, index_key in enumerate(index_keys, 1):
-        removed += model.clean_index_key(index_key, batch_size)
-        bar.update(position, len(index_keys), f"removed={removed}")
-    bar.update(len(index_keys), len(index_keys), f"removed={removed}", force=True)
-    bar.close()
-    return done
 
 
 def _job_line(state: dict[str, Any]) -> str:
@@ -398,31 +339,78 @@ def _seconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="popoto-ops", description=__doc__.split("\n")[0],
-                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis-url", default=None,
-                        help="data Redis (default: REDIS_URL)")
-    parser.add_argument("--models", dest="model_modules",
-                        default=os.environ.get("POPOTO_MODEL_MODULES", ""),
+DESCRIPTION = """\
+Operator commands for Popoto: index health and repair, background jobs, event streams.
+
+Models are found by label (app.models.Order, or the bare class name) once the
+modules defining them are imported: --models app.models, or POPOTO_MODEL_MODULES.
+Without MODEL arguments every loaded model is processed. The global options
+(--redis-url, --models, --json) go before or after the command. Progress (rate,
+ETA) is drawn on stderr: a live bar on a terminal, plain lines elsewhere.
+"""
+
+
+def _version() -> str:
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return popoto.__version__
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """--redis-url, --models, --json: on the main parser with their defaults, and on every
+    command with SUPPRESS defaults (so a value given before the command is kept)."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--redis-url", default=default(None), metavar="URL",
+                        help="data Redis (default: REDIS_CLUSTER_URL, else REDIS_URL)")
+    parser.add_argument("--models", dest="model_modules", metavar="MODULES",
+                        default=default(os.environ.get("POPOTO_MODEL_MODULES", "")),
                         help="comma-separated modules defining models "
                              "(default: POPOTO_MODEL_MODULES)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="machine-readable output on stdout")
 
-    p = sub.add_parser("check-indexes", help="read-only index health report")
-    p.add_argument("models", nargs="*", metavar="MODEL")
-    p.add_argument("--batch-size", type=_positive_int, default=1000)
-    p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("clean-indexes", help="remove index entries nobody owns")
-    p.add_argument("models", nargs="*", metavar="MODEL")
-    p.add_argument("--batch-size", type=_positive_int, default=1000)
-    p.set_defaults(func=cmd_clean)
+def _batch_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N",
+                   help="keys per round trip (default 1000)")
 
-    p = sub.add_parser("rebuild-indexes", help="repair every index of a model in place")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--batch-size", type=_positive_int, default=1000)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; every command is registered here, through ``command()``."""
+    parser = _Parser(prog="popoto-ops", description=DESCRIPTION, epilog=EXIT_CODES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"popoto-ops {_version()} ({DISTRIBUTION})",
+                        help="print the version and exit")
+    _global_options(parser, suppress=False)
+    after = _Parser(add_help=False)
+    _global_options(after, suppress=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands")
+
+    def command(name: str, func: Callable[..., int], text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text, parents=[after],
+                           epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("check-indexes", cmd_check, "read-only index health report (exit 1 on problems)")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="model label (app.models.Order or Order); default: every loaded model")
+    _batch_size(p)
+
+    p = command("clean-indexes", cmd_clean, "remove index entries nobody owns")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="model label (app.models.Order or Order); default: every loaded model")
+    _batch_size(p)
+
+    p = command("rebuild-indexes", cmd_rebuild, "repair every index of a model in place")
+    p.add_argument("model", metavar="MODEL", help="model label (app.models.Order or Order)")
+    _batch_size(p)
     p.add_argument("--async", dest="async_", action="store_true",
                    help="enqueue a Celery job instead and print its id")
     p.add_argument("--wait", action="store_true",
@@ -431,26 +419,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_seconds, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
                    help="with --wait: give up after this long, exit code 1 "
                         f"(default {DEFAULT_WAIT_TIMEOUT:g})")
-    p.set_defaults(func=cmd_rebuild)
 
-    p = sub.add_parser("jobs", help="progress of background jobs")
-    p.add_argument("job_id", nargs="?", metavar="JOB_ID")
-    p.add_argument("--limit", type=_positive_int, default=20)
-    p.set_defaults(func=cmd_jobs)
+    p = command("jobs", cmd_jobs, "progress of background jobs (exit 1 if one failed)")
+    p.add_argument("job_id", nargs="?", metavar="JOB_ID",
+                   help="one job (exit 1 if unknown); default: the most recent jobs")
+    p.add_argument("--limit", type=_positive_int, default=20, metavar="N",
+                   help="how many recent jobs (default 20)")
 
-    p = sub.add_parser("streams", help="event streams, consumer groups and dead letters")
-    p.add_argument("--stream", action="append", default=[], help="only this stream")
-    p.add_argument("--max-lag", type=_count, default=None,
+    p = command("streams", cmd_streams, "event streams, consumer groups and dead letters")
+    p.add_argument("--stream", action="append", default=[], metavar="NAME",
+                   help="only this stream (repeatable; default: every stream)")
+    p.add_argument("--max-lag", type=_count, default=None, metavar="N",
                    help="a group further behind than this is a problem")
-    p.add_argument("--max-pending-idle-ms", type=_count, default=300_000,
-                   help="a pending entry idle longer than this is a problem")
-    p.set_defaults(func=cmd_streams)
+    p.add_argument("--max-pending-idle-ms", type=_count, default=300_000, metavar="MS",
+                   help="a pending entry idle longer than this is a problem (default 300000)")
 
-    p = sub.add_parser("replay-dead-letters", help="put dead letters back on their stream")
-    p.add_argument("--stream", required=True)
-    p.add_argument("--count", type=_positive_int, default=None,
-                   help="at most this many (oldest first)")
-    p.set_defaults(func=cmd_replay)
+    p = command("replay-dead-letters", cmd_replay, "put dead letters back on their stream")
+    p.add_argument("--stream", required=True, metavar="NAME", help="the stream to replay into")
+    p.add_argument("--count", type=_positive_int, default=None, metavar="N",
+                   help="at most this many (oldest first; default: all)")
     return parser
 
 

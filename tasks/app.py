@@ -1,11 +1,16 @@
 """The Celery application, configured from the environment (see :mod:`tasks.config`).
 
-``celery -A tasks worker`` / ``celery -A tasks beat`` use :data:`app`. An
-application with its own Celery app can instead import the task modules and
-apply our settings to its app::
+``celery -A tasks worker`` / ``celery -A tasks beat`` use :data:`app`, Popoto's own
+app, with the defaults of :meth:`Settings.celery_config` (broker, serializer, task
+policy, UTC, task events for Flower). An application with its own Celery app adds
+Popoto to it instead, after configuring it::
 
-    from tasks.app import configure_app
-    configure_app(my_app)          # queues, routes, policy, beat schedule
+    from tasks import configure_app
+    configure_app(my_app)     # adds Popoto's tasks, queues, routes and beat entries
+
+:func:`configure_app` leaves everything else as the application set it: broker,
+result backend, default queue, timezone, serializers, events, its own routes and
+beat entries (an entry of the same name as one of Popoto's wins).
 
 The broker (and a result backend, if any) is always a **standalone** Redis,
 also when Popoto's data lives in a Redis Cluster (kombu has no cluster
@@ -26,12 +31,14 @@ and leases (:mod:`tasks.jobs`) stay with the data, next to what they describe.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery, signals
+from kombu import Exchange, Queue
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
@@ -41,7 +48,13 @@ from popoto.redis_db import current_url, is_cluster, mask_url
 
 from . import logconfig
 from .base import settings
-from .config import Settings, default_broker_url
+from .config import (
+    TASK_ROUTES,
+    Settings,
+    SettingsError,
+    default_broker_url,
+    popoto_queues,
+)
 from .schedule import build_schedule
 
 TASK_MODULES = ("tasks.maintenance", "workers.tasks")
@@ -97,8 +110,9 @@ def broker_url(conf: Settings | None = None, env: Mapping[str, str] | None = Non
         "broker: set CELERY_BROKER_URL (or REDIS_URL) to a standalone Redis")
 
 
-def configure_app(app: Celery, conf: Settings | None = None) -> Celery:
-    """Apply the broker, queues, routes, task policy and beat schedule to ``app``."""
+def create_app(conf: Settings | None = None) -> Celery:
+    """Popoto's own Celery app (``celery -A tasks``): :meth:`Settings.celery_config` with
+    the broker of :func:`broker_url`, then :func:`configure_app`."""
     conf = conf or settings
     config = conf.celery_config()
     config["broker_url"] = broker_url(conf)
@@ -106,9 +120,65 @@ def configure_app(app: Celery, conf: Settings | None = None) -> Celery:
         raise ConnectionConfigError(
             f"CELERY_RESULT_BACKEND={mask_url(conf.result_backend)!r} is a Redis Cluster: the "
             "result backend must be a standalone Redis")
+    app = Celery("popoto")
     app.conf.update(config)
-    app.conf.beat_schedule = build_schedule(conf)
-    app.conf.include = tuple(dict.fromkeys((*app.conf.include, *TASK_MODULES)))
+    return configure_app(app, conf)
+
+
+def _with_default_queue(conf: Any) -> list[Queue]:
+    """The app's declared queues; when it declares none, the default queue Celery would
+    have declared for it (so its workers keep consuming it once Popoto's are added)."""
+    if conf.task_queues:
+        return list(conf.task_queues)
+    name = conf.task_default_queue
+    exchange = Exchange(conf.task_default_exchange or name, type=conf.task_default_exchange_type)
+    return [Queue(name, exchange, routing_key=conf.task_default_routing_key or name)]
+
+
+def _with_popoto_routes(routes: Any) -> tuple[Any, ...]:
+    """Popoto's router first (its patterns match only Popoto's task names), then the app's."""
+    ours = dict(TASK_ROUTES)
+    if routes is None:
+        theirs: tuple[Any, ...] = ()
+    elif isinstance(routes, (list, tuple)):
+        theirs = tuple(routes)
+    else:
+        theirs = (routes,)
+    return (ours, *(r for r in theirs if r != ours))
+
+
+def _check_visibility_timeout(app: Celery, conf: Settings) -> None:
+    """A Redis broker redelivers a task still running after its visibility timeout: the
+    host's must exceed Popoto's time limits and retry back-off (as for our own app)."""
+    options = app.conf.broker_transport_options or {}
+    timeout = options.get("visibility_timeout", 3600)  # kombu's Redis default
+    if not conf.time_limit < timeout or not conf.retry_backoff_max < timeout:
+        raise SettingsError(
+            f"broker_transport_options visibility_timeout ({timeout}) of app {app.main!r} must "
+            f"exceed POPOTO_TASK_TIME_LIMIT ({conf.time_limit}) and "
+            f"POPOTO_TASK_RETRY_BACKOFF_MAX ({conf.retry_backoff_max}): otherwise a "
+            "running Popoto task is delivered a second time")
+
+
+def configure_app(app: Celery, conf: Settings | None = None) -> Celery:
+    """Add Popoto's tasks, queues, routes and beat entries to ``app``; nothing else changes.
+
+    Imports Popoto's task modules (``include`` lists them for the worker too). Call it
+    after the app's own configuration (``config_from_object`` replaces what was set
+    before it). Safe to call more than once.
+    """
+    conf = conf or settings
+    _check_visibility_timeout(app, conf)
+    c = app.conf
+    queues = _with_default_queue(c)
+    names = {q.name for q in queues}
+    c.task_queues = (*queues, *(q for q in popoto_queues() if q.name not in names))
+    c.task_routes = _with_popoto_routes(c.task_routes)
+    c.beat_schedule = {**build_schedule(conf), **(c.beat_schedule or {})}
+    c.include = tuple(dict.fromkeys((*c.include, *TASK_MODULES)))
+    for module in TASK_MODULES:  # registers Popoto's tasks: app.tasks lists them at once
+        importlib.import_module(module)
+    c.imports = tuple(dict.fromkeys((*c.imports, *conf.model_modules, *conf.handler_modules)))
     logconfig.connect_signals()
     return app
 
@@ -135,4 +205,4 @@ signals.worker_init.connect(_configure_worker_client, weak=False, dispatch_uid="
 signals.worker_process_init.connect(_configure_worker_client, weak=False,
                                     dispatch_uid="popoto-client-child")
 
-app = configure_app(Celery("popoto"))
+app = create_app()

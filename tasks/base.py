@@ -17,7 +17,7 @@ from celery import Task, shared_task
 from popoto.exceptions import ConnectionConfigError, PopotoError
 
 from . import jobs
-from .config import Settings
+from .config import load_settings
 from .logconfig import scrub_text
 
 #: Errors that mean "Redis is (briefly) unavailable": the task is retried.
@@ -27,7 +27,7 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.BusyLoadingError,
 )
 
-settings = Settings.from_env()
+settings = load_settings()
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -37,6 +37,7 @@ Variables (default in brackets):
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,10 +48,40 @@ from kombu import Exchange, Queue
 from popoto.exceptions import ConnectionConfigError
 from popoto.redis_db import DEFAULT_URL, mask_url
 
+class SettingsError(ConnectionConfigError):
+    """A setting of the background layer is invalid; the message is one line naming the
+    variable (a ConnectionConfigError, as before, for code that catches that)."""
+
+
 MAINTENANCE_QUEUE = "maintenance"
 EVENTS_QUEUE = "events"
 SERIALIZERS = ("json", "msgpack")
 LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+#: where Popoto's tasks go (patterns match Popoto's task names only)
+TASK_ROUTES = {
+    "popoto.maintenance.*": {"queue": MAINTENANCE_QUEUE},
+    "popoto.events.*": {"queue": EVENTS_QUEUE},
+}
+
+
+def popoto_queues() -> tuple[Queue, ...]:
+    """Popoto's queues: one direct exchange per queue, bound by the queue's own name, so a
+    message routed to one queue never lands in the other."""
+    return tuple(Queue(q, Exchange(q, type="direct"), routing_key=q)
+                 for q in (MAINTENANCE_QUEUE, EVENTS_QUEUE))
+
+
+def check_log_settings(fmt: str, level: str) -> None:
+    """SettingsError naming the valid values for a bad log format or level."""
+    if fmt not in LOG_FORMATS:
+        raise SettingsError(f"POPOTO_LOG_FORMAT={fmt!r} is not a log format: use one of "
+                            f"{', '.join(LOG_FORMATS)}")
+    if level not in (*LOG_LEVELS, "WARN", "FATAL"):  # the stdlib's aliases work too
+        raise SettingsError(f"POPOTO_LOG_LEVEL={level!r} is not a log level: use one of "
+                            f"{', '.join(LOG_LEVELS)}")
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -67,7 +98,7 @@ def url_db(url: str) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ConnectionConfigError(
+        raise SettingsError(
             f"Redis URL {mask_url(url)!r} has a non-numeric database {raw!r}"
         ) from None
 
@@ -134,52 +165,48 @@ class Settings:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConnectionConfigError naming the variable when values do not fit together."""
+        """Raise SettingsError (one line, naming the variable) when values do not fit together."""
         if self.serializer not in SERIALIZERS:
-            raise ConnectionConfigError(
-                f"CELERY_SERIALIZER={self.serializer!r}: must be one of {SERIALIZERS}"
-            )
-        if self.log_format not in LOG_FORMATS:
-            raise ConnectionConfigError(
-                f"POPOTO_LOG_FORMAT={self.log_format!r}: must be one of {LOG_FORMATS}"
-            )
+            raise SettingsError(f"CELERY_SERIALIZER={self.serializer!r} is not a serializer: "
+                                f"use one of {', '.join(SERIALIZERS)}")
+        check_log_settings(self.log_format, self.log_level)
         if not 0 < self.soft_time_limit < self.time_limit < self.visibility_timeout:
-            raise ConnectionConfigError(
+            raise SettingsError(
                 "time limits must satisfy 0 < POPOTO_TASK_SOFT_TIME_LIMIT "
                 f"({self.soft_time_limit}) < POPOTO_TASK_TIME_LIMIT ({self.time_limit}) < "
                 f"CELERY_VISIBILITY_TIMEOUT ({self.visibility_timeout}); otherwise a task "
                 "still running is redelivered to a second worker"
             )
         if self.retry_backoff_max >= self.visibility_timeout:
-            raise ConnectionConfigError(
+            raise SettingsError(
                 f"POPOTO_TASK_RETRY_BACKOFF_MAX ({self.retry_backoff_max}) must be below "
                 f"CELERY_VISIBILITY_TIMEOUT ({self.visibility_timeout}): a retry waiting "
                 "longer is redelivered while it waits"
             )
         if self.job_step_seconds >= self.soft_time_limit:
-            raise ConnectionConfigError(
+            raise SettingsError(
                 f"POPOTO_JOB_STEP_SECONDS ({self.job_step_seconds}) must be below "
                 f"POPOTO_TASK_SOFT_TIME_LIMIT ({self.soft_time_limit})"
             )
         if self.stall_seconds <= self.time_limit:
-            raise ConnectionConfigError(
+            raise SettingsError(
                 f"POPOTO_JOB_STALL_SECONDS ({self.stall_seconds}) must exceed "
                 f"POPOTO_TASK_TIME_LIMIT ({self.time_limit}): a running chunk is not a stall"
             )
         if self.lock_ttl <= self.stall_seconds:
-            raise ConnectionConfigError(
+            raise SettingsError(
                 f"POPOTO_LOCK_TTL ({self.lock_ttl}) must exceed POPOTO_JOB_STALL_SECONDS "
                 f"({self.stall_seconds}): a stalled job must keep its lease until repaired"
             )
         if self.drain_max_seconds >= self.soft_time_limit:
-            raise ConnectionConfigError(
+            raise SettingsError(
                 f"POPOTO_DRAIN_MAX_SECONDS ({self.drain_max_seconds}) must be below "
                 f"POPOTO_TASK_SOFT_TIME_LIMIT ({self.soft_time_limit})"
             )
         for name in ("chunk_size", "max_retries", "retry_backoff", "lock_ttl",
                      "drain_max_entries", "job_step_seconds", "restore_interval"):
             if getattr(self, name) <= 0:
-                raise ConnectionConfigError(f"{name} must be positive, got {getattr(self, name)}")
+                raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -193,7 +220,7 @@ class Settings:
             try:
                 return int(raw)
             except ValueError:
-                raise ConnectionConfigError(f"{name}={raw!r}: expected an integer") from None
+                raise SettingsError(f"{name}={raw!r}: expected an integer") from None
 
         def real(name: str, default: float) -> float:
             raw = env.get(name, "").strip()
@@ -202,13 +229,13 @@ class Settings:
             try:
                 return float(raw)
             except ValueError:
-                raise ConnectionConfigError(f"{name}={raw!r}: expected a number") from None
+                raise SettingsError(f"{name}={raw!r}: expected a number") from None
 
         drains = []
         for pair in _split(env.get("POPOTO_DRAIN_STREAMS", "")):
             stream, sep, group = pair.partition(":")
             if not sep or not stream or not group:
-                raise ConnectionConfigError(
+                raise SettingsError(
                     f"POPOTO_DRAIN_STREAMS entry {pair!r}: expected 'stream:group'"
                 )
             drains.append((stream, group))
@@ -244,7 +271,11 @@ class Settings:
         )
 
     def celery_config(self) -> dict[str, Any]:
-        """The Celery settings (lower-case names) that carry the declared task policy."""
+        """The settings of Popoto's own Celery app (``celery -A tasks``; lower-case names).
+
+        An application's own app keeps its settings: :func:`tasks.app.configure_app`
+        adds only Popoto's tasks, queues, routes and beat entries to it.
+        """
         transport = {
             "visibility_timeout": self.visibility_timeout,
             "unacked_restore_interval": self.restore_interval,
@@ -263,12 +294,8 @@ class Settings:
             "task_default_queue": MAINTENANCE_QUEUE,
             # one direct exchange per queue, bound by the queue's own name: a message
             # routed to one queue never lands in the other
-            "task_queues": tuple(Queue(q, Exchange(q, type="direct"), routing_key=q)
-                                 for q in (MAINTENANCE_QUEUE, EVENTS_QUEUE)),
-            "task_routes": {
-                "popoto.maintenance.*": {"queue": MAINTENANCE_QUEUE},
-                "popoto.events.*": {"queue": EVENTS_QUEUE},
-            },
+            "task_queues": popoto_queues(),
+            "task_routes": dict(TASK_ROUTES),
             "task_acks_late": True,
             "task_reject_on_worker_lost": True,
             "task_soft_time_limit": self.soft_time_limit,
@@ -277,7 +304,9 @@ class Settings:
             "task_ignore_result": not self.result_backend,
             "worker_prefetch_multiplier": 1,
             "worker_hijack_root_logger": False,
-            "worker_send_task_events": False,
+            # task events, so Flower (and `celery events`) show Popoto's tasks
+            "worker_send_task_events": True,
+            "task_send_sent_event": True,
             "enable_utc": True,
             "timezone": "UTC",
             "imports": (*self.model_modules, *self.handler_modules),
@@ -301,3 +330,27 @@ class Settings:
             "model_modules": list(self.model_modules),
             "handler_modules": list(self.handler_modules),
         }
+
+
+def _celery_command() -> bool:
+    """True inside the ``celery`` command line (``celery ...`` or ``python -m celery ...``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and (spec.name or "").partition(".")[0] == "celery":
+        return True
+    return bool(sys.argv) and os.path.basename(sys.argv[0]) == "celery"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """:meth:`Settings.from_env`, read once when the background layer is imported.
+
+    A bad value raises SettingsError (one line naming the variable). Inside the
+    ``celery`` command line, which would print the import's traceback, it is printed
+    as that one line instead (``popoto: ...``) and the command exits with status 2.
+    """
+    try:
+        return Settings.from_env(env)
+    except SettingsError as exc:
+        if not _celery_command():
+            raise
+        sys.stderr.write(f"popoto: {exc}\n")
+        raise SystemExit(2) from None

@@ -2,7 +2,9 @@
 
 * ``configure_logging()`` installs one pipeline: context variables, log level,
   logger name, ISO UTC timestamp, then JSON lines (``POPOTO_LOG_FORMAT=json``,
-  the default) or the coloured console renderer (``console``, for development).
+  the default) or the console renderer (``console``, for development; coloured
+  only on a terminal without ``NO_COLOR``). A bad ``POPOTO_LOG_FORMAT`` or
+  ``POPOTO_LOG_LEVEL`` is one line naming the valid values.
   Standard-library records (the ORM core logs through ``logging``, Celery and
   kombu too) go through the same formatter, so every line of a process has the
   same shape.
@@ -29,6 +31,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -37,7 +40,7 @@ from celery import signals
 
 from popoto.redis_db import current_url
 
-from .config import Settings
+from .config import check_log_settings
 
 #: Context variables that travel from the publisher to the task in a header.
 PROPAGATED_KEYS = ("request_id", "correlation_id")
@@ -159,26 +162,50 @@ def shared_processors() -> list[Any]:
     ]
 
 
-def renderer(fmt: str) -> list[Any]:
+def use_colour(stream: Any, env: Mapping[str, str] | None = None) -> bool:
+    """Colours only for a terminal, and never with ``NO_COLOR`` set (https://no-color.org)."""
+    env = os.environ if env is None else env
+    if env.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def renderer(fmt: str, colours: bool = False) -> list[Any]:
     """Final processors: JSON lines (with structured tracebacks) or the console renderer,
     each after :func:`scrub_secrets` (the console gets plain-text tracebacks: its rich ones
-    would print frame locals unscrubbed)."""
+    would print frame locals unscrubbed). ``colours``: ANSI colours in console lines."""
     if fmt == "console":
         return [structlog.processors.format_exc_info, scrub_secrets,
-                structlog.dev.ConsoleRenderer()]
+                structlog.dev.ConsoleRenderer(colors=colours)]
     return [structlog.processors.dict_tracebacks, scrub_secrets,
             structlog.processors.JSONRenderer()]
+
+
+def log_settings(fmt: str | None = None, level: str | None = None,
+                 env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``(format, level)``: the arguments, else ``POPOTO_LOG_FORMAT`` / ``POPOTO_LOG_LEVEL``
+    (json / INFO); SettingsError, one line naming the valid values, for a bad one."""
+    env = os.environ if env is None else env
+    fmt = (fmt or env.get("POPOTO_LOG_FORMAT", "").strip() or "json").lower()
+    level = (level or env.get("POPOTO_LOG_LEVEL", "").strip() or "INFO").upper()
+    check_log_settings(fmt, level)
+    return fmt, level
 
 
 def configure_logging(fmt: str | None = None, level: str | None = None,
                       stream: Any = None) -> None:
     """Configure structlog and the root stdlib logger (idempotent; re-running reconfigures).
 
-    ``fmt`` and ``level`` default to ``POPOTO_LOG_FORMAT`` / ``POPOTO_LOG_LEVEL``.
+    ``fmt`` and ``level`` default to ``POPOTO_LOG_FORMAT`` / ``POPOTO_LOG_LEVEL``; a bad
+    value raises SettingsError before anything changes. Console lines are coloured only
+    on a terminal without ``NO_COLOR``.
     """
-    settings = Settings.from_env() if fmt is None or level is None else None
-    fmt = fmt or (settings.log_format if settings else "json")
-    level = (level or (settings.log_level if settings else "INFO")).upper()
+    fmt, level = log_settings(fmt, level)
+    stream = stream or sys.stderr
     shared = shared_processors()
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -189,13 +216,14 @@ def configure_logging(fmt: str | None = None, level: str | None = None,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer(fmt)],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    *renderer(fmt, colours=use_colour(stream))],
     )
     root = logging.getLogger()
     for handler in list(root.handlers):
         if handler.get_name() == _HANDLER_NAME:
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
     root.addHandler(handler)

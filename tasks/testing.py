@@ -6,7 +6,13 @@
 * :func:`spawn_beat` and :func:`spawn_consumer` do the same for ``celery beat`` and
   ``python -m workers consume``;
 * :func:`wait_until` polls a condition with a deadline;
-* :func:`broker_idle` tells whether the broker has no queued or unacked message.
+* :func:`broker_idle` tells whether the broker has no queued or unacked message;
+* :func:`use_test_broker` points an app at a test broker that stores results
+  (public Celery API only: call it before the app first publishes).
+
+In-process workers come from Celery's own ``celery.contrib.testing.worker``
+(pytest-celery 1.x runs its workers in Docker containers only; see
+docs/operations.md).
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,15 +48,22 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
 def use_test_broker(app: Any, broker_url: str) -> Any:
     """Point ``app`` at a test broker that also stores results (so tests can ``.get()``).
 
-    Safe to call again from several test modules in one session: tasks bound
-    earlier get ``ignore_result=False`` too, and a backend the app cached
-    before (e.g. "disabled") is dropped.
+    Public Celery API only: the settings are updated and every registered task stores
+    its result. Celery builds an app's result backend once, from the settings of the
+    moment, when the app first publishes or reads a result; so call this before that
+    (a test session's first use of the app). Calling it again with the same URL is
+    harmless; a backend already built for other settings raises RuntimeError instead
+    of leaving tests to wait for results that are never stored.
     """
     app.conf.update(broker_url=broker_url, result_backend=broker_url, task_ignore_result=False)
-    app._backend_cache = None  # Celery caches the backend per app (or per thread)
-    app._local = threading.local()
     for task in app.tasks.values():
         task.ignore_result = False
+    backend = app.backend
+    if getattr(backend, "url", None) != broker_url:
+        raise RuntimeError(
+            f"the result backend of app {app.main!r} was built before use_test_broker() "
+            f"({type(backend).__name__}); call use_test_broker() before the app first "
+            "publishes a task")
     return app
 
 

@@ -58,9 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from tasks.logconfig import configure_logging
+    try:
+        from tasks.logconfig import configure_logging
 
-    configure_logging()
+        configure_logging()
+    except PopotoError as exc:  # a bad setting: one line, not the import's traceback
+        sys.stderr.write(f"python -m workers: {exc}\n")
+        return 2
     log = structlog.stdlib.get_logger("popoto.workers")
     for module in (*_modules(args.models), *_modules(args.handlers)):
         importlib.import_module(module)

@@ -1,7 +1,7 @@
 """Popoto on a real local Redis Cluster (3 masters; 3+3 for failover).
 
 The session cluster comes from the ``cluster`` / ``cluster_mode`` fixtures
-(tests/conftest.py); the failover test starts its own 6-node cluster.
+(conftest.py); the failover test starts its own 6-node cluster.
 """
 
 from __future__ import annotations

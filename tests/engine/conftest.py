@@ -1,6 +1,6 @@
 """The engine's I/O-free tests: step generators driven with canned replies, no Redis.
 
-``clean_db`` (autouse in tests/conftest.py) would start the session's Redis server
+``clean_db`` (autouse in the root conftest.py) would start the session's Redis server
 and flush it before every test; here it is overridden with a no-op, so nothing in
 this directory needs or starts a server.
 """

@@ -3,7 +3,7 @@
 The model has a unique field and the cluster default of 16 tag groups, so every
 bulk batch spreads over all masters and its claims live in other slots than
 its instances. The cluster comes from the session ``cluster`` fixture
-(tests/conftest.py); ``cluster_mode`` configures Popoto for it per test.
+(conftest.py); ``cluster_mode`` configures Popoto for it per test.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from ops.cli import Progress, main
+from ops.cli import main
+from ops.progress import Progress
 from popoto import IndexedField, KeyField, Model, SortedField
 from popoto.registry import label_of
 from tasks import app, jobs
@@ -77,8 +78,9 @@ def test_rebuild_indexes_sync_shows_progress_and_repairs(r: redis.Redis) -> None
     assert run("check-indexes", LABEL)[0] == 1
     code, out, err = run("rebuild-indexes", LABEL, "--batch-size", "50")
     assert code == 0 and "rebuilt the indexes of 250 instances" in out
-    assert "CliPart reindex [" in err and "100.0% 250/250" in err
-    assert "CliPart clean [" in err
+    assert "CliPart reindex: 100%|" in err and "| 250/250 [" in err
+    assert "CliPart clean: 100%|" in err and "removed=" in err
+    assert "obj/s, elapsed " in err and ", ETA 00:00" in err
     assert run("check-indexes", LABEL)[0] == 0
     assert CliPart.query.filter(bin="b1").count() == 83
 
@@ -184,7 +186,8 @@ def test_unknown_model_or_module_is_a_usage_error() -> None:
 
 
 def test_progress_bar_on_a_terminal_redraws_one_line() -> None:
-    """On a TTY the bar redraws in place (carriage return); elsewhere it prints lines."""
+    """On a TTY the bar redraws in place (carriage returns, one final newline); elsewhere
+    it prints whole lines, never a carriage return."""
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -193,9 +196,16 @@ def test_progress_bar_on_a_terminal_redraws_one_line() -> None:
     tty = Tty()
     bar = Progress(tty, "job")
     bar.update(5, 10)
-    bar.update(10, 10)
+    bar.update(10, 10, force=True)
     bar.close()
-    assert tty.getvalue().count("\r") == 2 and "100.0% 10/10" in tty.getvalue()
+    text = tty.getvalue()
+    assert text.count("\r") >= 2 and text.count("\n") == 1 and text.endswith("\n")
+    assert "job: 100%|" in text and "| 10/10 [" in text and "ETA 00:00" in text
+    plain = io.StringIO()
+    bar = Progress(plain, "job")
+    bar.update(5, 10)
+    bar.update(10, 10, force=True)
+    assert "\r" not in plain.getvalue() and plain.getvalue().count("\n") == 2
 
 
 def test_python_dash_m_ops_is_the_same_cli(redis_url: str) -> None:

@@ -263,7 +263,7 @@ def test_broker_in_cluster_mode_needs_a_standalone_redis(cluster: Any) -> None:
 
     from popoto.exceptions import ConnectionConfigError
     from popoto.redis_db import get_client, is_cluster
-    from tasks.app import _configure_worker_client, broker_url, configure_app
+    from tasks.app import _configure_worker_client, broker_url, configure_app, create_app
     from tasks.config import Settings
 
     conf = Settings()
@@ -273,7 +273,9 @@ def test_broker_in_cluster_mode_needs_a_standalone_redis(cluster: Any) -> None:
         broker_url(conf, {"REDIS_URL": cluster.url})
     assert broker_url(conf, {"REDIS_URL": "redis://queue:6379/0"}) \
         == "redis://queue:6379/1"
-    own = configure_app(Celery("own"), Settings(broker_url="redis://queue:6379/4"))
+    own = create_app(Settings(broker_url="redis://queue:6379/4"))  # Popoto's own app
     assert own.conf.broker_url == "redis://queue:6379/4"
+    host = Celery("host", broker="redis://hosts:6379/2", set_as_current=False)
+    assert configure_app(host, conf).conf.broker_url == "redis://hosts:6379/2"  # kept
     _configure_worker_client()
     assert is_cluster() and get_client().ping()

@@ -8,6 +8,7 @@ must have; the ``@idx:<owner>`` records of the hash must list exactly those.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -27,7 +28,13 @@ from popoto.engine.write import (
     unpack_record,
 )
 from popoto.engine.io import chunks
-from popoto.models.maintenance.keyspace import _ns, _scan_step, group_client, server_time_ms
+from popoto.models.maintenance.keyspace import (
+    _ns,
+    _scan_step,
+    class_set_size,
+    group_client,
+    server_time_ms,
+)
 from popoto.models.maintenance.partial import missing_key_fields
 from popoto.protocol import text as _s
 from popoto.redis_db import get_client
@@ -36,6 +43,9 @@ if TYPE_CHECKING:
     from popoto.models.base import Model
 
 KINDS_BY_TYPE = {"set": SET, "zset": ZSET + GEO, "hash": CLAIM}
+
+#: ``progress(phase, done, total)``: how far a check is (see ``check_indexes``)
+Progress = Callable[[str, int, int], None]
 
 
 GEO_TOLERANCE = 1e-5
@@ -166,7 +176,8 @@ class CheckMixin:
     _meta: Any
 
     @classmethod
-    def check_indexes(cls, batch_size: int = 1000, group: str | None = None) -> dict[str, Any]:
+    def check_indexes(cls, batch_size: int = 1000, group: str | None = None, *,
+                      progress: Progress | None = None) -> dict[str, Any]:
         """Read-only health report of every index of the model.
 
         Returns a dict with problem counts per index (``class_set`` and one
@@ -184,16 +195,32 @@ class CheckMixin:
         ``group``: only the index keys and instances of that tag group; the
         reports of every group add up (:func:`merge_reports`) to the report of
         the whole model.
+
+        ``progress(phase, done, total)``, if given, is called as the check advances:
+        phase ``"indexes"`` counts index keys, then ``"instances"`` counts instance
+        hashes (its total is the class set's size until the keyspace scan is over,
+        then the number of hashes it found).
         """
         report = _Report(cls)  # type: ignore[arg-type]
         client = get_client()
-        for index_key in cls.index_keys(batch_size, group=group):
+        index_keys = cls.index_keys(batch_size, group=group)
+        if progress is not None:
+            progress("indexes", 0, len(index_keys))
+        for done, index_key in enumerate(index_keys, 1):
             cls._check_index_key(client, index_key, report, batch_size)
-        cursor = 0
+            if progress is not None:
+                progress("indexes", done, len(index_keys))
+        total = class_set_size(cls) if progress is not None else 0  # type: ignore[arg-type]
+        cursor, seen = 0, 0
+        if progress is not None:
+            progress("instances", 0, total)
         while True:
             cursor, found = cls.scan_instance_keys(cursor, batch_size, group=group)
             for part in chunks(found, batch_size):
                 cls._check_instances(client, part, report)
+            seen += len(found)
+            if progress is not None:  # once the scan is over, its count is the total
+                progress("instances", seen, seen if cursor == 0 else max(total, seen))
             if cursor == 0:
                 break
         return report.as_dict()

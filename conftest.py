@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: one real Redis server per test session.
+"""Shared pytest fixtures: one real Redis server per test session, for the suite
+(``tests/``) and for the Python blocks of README.md and docs/*.md (run by sybil).
 
 * ``REDIS_URL`` unset: a private ``EmbeddedRedis`` is started for the session and
   db 0 of it is the test database.
@@ -9,6 +10,10 @@ Every test starts with an empty test database (``clean_db`` is autouse), except
 the I/O-free engine tests under ``tests/engine``: their conftest overrides
 ``clean_db`` with a no-op, so they run (and pass) with no server at all. They are
 marked ``no_redis`` (``pytest -m no_redis`` selects them).
+
+The docs: sybil collects every Python block of README.md and docs/*.md (pytest's
+``testpaths``) as a test; each block gets the ``doc_env`` fixture (REDIS_URL = the
+emptied test database, nothing configured in code, an empty model registry).
 
 Cluster mode: with ``POPOTO_TEST_CLUSTER=1`` the session runs on a local
 3-master Redis Cluster (``popoto.testing.cluster.EmbeddedCluster``) with
@@ -31,13 +36,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 import redis
+from sybil import Sybil
+from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
 
 from popoto.testing.server import EmbeddedRedis
 
 CLUSTER_RUN = os.environ.get("POPOTO_TEST_CLUSTER", "").lower() in ("1", "true", "yes")
 
 
-NO_REDIS_DIR = Path(__file__).parent / "engine"  # I/O-free engine tests: never a server
+NO_REDIS_DIR = Path(__file__).parent / "tests" / "engine"  # I/O-free engine tests: no server
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -206,3 +213,44 @@ def cluster_mode(cluster: Any, redis_server: RedisServerInfo) -> Iterator[Any]:
         yield cluster
     finally:
         popoto.configure(url=redis_server.url, cluster=True if redis_server.cluster else None)
+
+
+# --- the docs: every Python block of README.md and docs/*.md runs (sybil) ------------
+
+@pytest.fixture
+def doc_env(redis_server: RedisServerInfo, clean_db: None,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """What a Python block of the docs runs with, as a reader's program would: REDIS_URL
+    names the (emptied) test database and nothing is configured in code; the model
+    registry starts empty (the docs' Book or Order do not clash with the suite's
+    models) and is restored after, like Popoto's configuration and Celery's current app.
+    """
+    if redis_server.cluster is not None:
+        pytest.skip("the docs run on the standalone test server")
+    import popoto
+    from celery import current_app
+    from popoto import registry
+
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.delenv("REDIS_CLUSTER_URL", raising=False)
+    monkeypatch.setattr(registry, "_models", {})
+    monkeypatch.setattr(registry, "_namespaces", {})
+    celery_app = current_app._get_current_object()
+    popoto.configure()  # from the environment, as in a fresh process
+    try:
+        yield
+    finally:
+        popoto.configure(url=redis_server.url)
+        celery_app.set_current()
+
+
+def _doc_namespace(namespace: dict[str, Any]) -> None:
+    namespace["__name__"] = "docs"  # the module name of the classes a block defines
+
+
+pytest_collect_file = Sybil(
+    parsers=[PythonCodeBlockParser(), SkipParser()],
+    patterns=["README.md", "docs/*.md"],
+    fixtures=["doc_env"],
+    setup=_doc_namespace,
+).pytest()
