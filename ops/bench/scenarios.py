@@ -557,21 +557,25 @@ class Bench:
             if size in scale:
                 self.scale_point(size, data.rows[:size], new_rows)
             if size in range_scale:
-                self.scale_range(size)
+                self.scale_range(size, len(data.rows))
         del data
 
-    def scale_range(self, size: int) -> None:
-        w = self.sizes.range_size
+    def scale_range(self, size: int, total: int) -> None:
+        """The range page at ``size`` stored objects (the first ``size`` rows of a dataset of
+        ``total``, whose scores are a permutation of 0..total-1): a score range ``total /
+        size`` times wider than the page returns about ``range_size`` rows at every size."""
+        page = self.sizes.range_size
+        w = page * total // size
         # fewer queries on the big sizes: a plan that is O(index) takes seconds per query
         count = max(3, min(self.sizes.range_queries, self.sizes.range_queries * 100_000 // size))
-        lows = range_lows(size, w, count)
+        lows = range_lows(total, w, count)
         q = BenchItem.query
         impls = [*self.floors(lambda f: lambda: [f.score_range(lo, lo + w - 1)
                                                  for lo in lows], len(lows)),
                  Impl(POPOTO, lambda: [[read_all(o) for o in q.filter(
                      score__gte=lo, score__lte=lo + w - 1)] for lo in lows], len(lows))]
-        self.record(f"scale-4a/{size}", f"filter(score__gte=a, score__lte=b) returning {w}",
-                    size, impls)
+        self.record(f"scale-4a/{size}", f"filter(score__gte=a, score__lte=b) returning about "
+                    f"{page}", size, impls)
 
     def scale_point(self, size: int, rows: list[Row], new_rows: list[Row]) -> None:
         s = self.sizes
