@@ -66,6 +66,13 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def ratio_text(value: float | None) -> str:
+    """A ratio with two decimals, or three significant digits below 0.1 (never '0.00')."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.3g}"
+
+
 PEER_ORDER = ("walrus", "redis-om", "popoto-1.10.1")
 
 
@@ -79,7 +86,7 @@ def peer_cell(result: dict[str, Any], name: str, status: dict[str, Any]) -> str:
     """A peer's ratio against its own floor, or why there is none."""
     ratio = result.get("peer_ratios", {}).get(name)
     if ratio is not None:
-        return f"{ratio:.2f}"
+        return ratio_text(ratio)
     if status.get("status") != "present":
         return "MISSING" if status.get("status") in ("missing", "failed") else "off"
     if name in result.get("peers_unsupported", {}):
@@ -118,9 +125,9 @@ def markdown(doc: dict[str, Any]) -> str:
         met = r["target_met"]
         cells = [r["scenario"], r["title"], _fmt(t.get(PLAIN, {}).get("per_op_us")),
                  _fmt(t.get(POPOTO, {}).get("per_op_us")),
-                 f"**{_fmt(r['ratio_vs_plain'], '.2f')}**", r["target"] or "-",
+                 f"**{ratio_text(r['ratio_vs_plain'])}**", r["target"] or "-",
                  "-" if met is None else ("yes" if met else "**no**"),
-                 _fmt(r["popoto_overhead"], ".2f"),
+                 ratio_text(r["popoto_overhead"]),
                  *[peer_cell(r, p, statuses.get(p, {})) for p in peers]]
         lines.append("| " + " | ".join(cells) + " |")
     for s in doc.get("skipped", []):
