@@ -84,10 +84,14 @@ class Bench:
 
     def record(self, scenario: str, title: str, stored: int, impls: list[Impl],
                reps: int | None = None, notes: list[str] | None = None,
-               unsupported: dict[str, str] | None = None) -> Result:
+               unsupported: dict[str, str] | None = None) -> Result | None:
         self.log(f"  {scenario}: {title} ...")
-        res = Result(scenario, title, stored, target_of(scenario),
-                     measure(impls, reps or self.sizes.reps), list(notes or []))
+        try:
+            timings = measure(impls, reps or self.sizes.reps)
+        except redis.RedisError as exc:  # e.g. an O(index) query past the socket timeout
+            self.skip(scenario, f"FAILED: {type(exc).__name__}: {exc}")
+            return None
+        res = Result(scenario, title, stored, target_of(scenario), timings, list(notes or []))
         res.unsupported = {k: v for k, v in (unsupported or {}).items()
                            if self.peer(k) is not None or k == popoto1.IMPL}
         self.results.append(res)
