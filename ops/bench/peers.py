@@ -1,10 +1,12 @@
-"""Optional peers: walrus and redis-om (``pip install -e '.[bench]'``).
+"""The in-process peers: walrus and redis-om (the ``bench`` extra, which ``make bench``
+installs). The third peer, popoto 1.10.1, runs in its own virtualenv (``popoto1``).
 
 Each adapter exposes the operations its library supports with plain Redis
 (no RediSearch module): walrus models keep their own sets/sorted sets, so they
 can run most scenarios; redis-om ``HashModel`` without RediSearch can only
-save, get by primary key, update and delete. A missing library yields no
-adapter and the harness prints why.
+save, get by primary key, update and delete. Both are compared with the plain
+floor of this process. A missing library yields no adapter and a "missing" status
+with the reason, which the report prints loudly and writes to the JSON.
 """
 
 from __future__ import annotations
@@ -79,6 +81,23 @@ class WalrusPeer:
     def score_range(self, low: float, high: float) -> list[list[Any]]:
         m = self.model
         return [read_all(o) for o in m.query(m.score.between(low, high))]
+
+    def range_gte_lte(self, low: float, high: float) -> list[list[Any]]:
+        m = self.model
+        return [read_all(o) for o in m.query((m.score >= low) & (m.score <= high))]
+
+    def range_open(self, low: float, high: float) -> list[list[Any]]:
+        m = self.model
+        return [read_all(o) for o in m.query((m.score > low) & (m.score < high))]
+
+    def range_color(self, low: float, high: float, color: str) -> list[list[Any]]:
+        m = self.model
+        return [read_all(o) for o in m.query(m.score.between(low, high) & (m.color == color))]
+
+    def range_page(self, low: float, high: float, n: int) -> list[list[Any]]:
+        m = self.model
+        found = m.query(m.score.between(low, high), order_by=m.score)
+        return [read_all(o) for o in itertools.islice(found, n)]
 
     def top(self, low: float, n: int) -> list[list[Any]]:
         m = self.model
@@ -174,18 +193,33 @@ class RedisOmPeer:
         self.model.delete(obj.sku)
 
 
-def load_peers(url: str, wanted: bool) -> tuple[list[Any], list[str]]:
-    """(available peer adapters, notes on the unavailable ones)."""
-    if not wanted:
-        return [], ["peers disabled (--no-peers)"]
+def _version(dist: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # noqa: BLE001 - informative only
+        return None
+
+
+def load_peers(url: str, wanted: bool) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+    """(available peer adapters, ``{name: {"status": present|missing|disabled, ...}}``)."""
     peers: list[Any] = []
-    notes: list[str] = []
-    for cls in (WalrusPeer, RedisOmPeer):
+    status: dict[str, dict[str, Any]] = {}
+    for cls, dist in ((WalrusPeer, "walrus"), (RedisOmPeer, "redis-om")):
+        if not wanted:
+            status[cls.name] = {"status": "disabled", "reason": "--no-peers"}
+            continue
         try:
             peers.append(cls(url))
         except ImportError as exc:
-            notes.append(f"{cls.name} not installed ({exc}); pip install -e '.[bench]'")
-    return peers, notes
+            status[cls.name] = {"status": "missing",
+                                "reason": f"not installed ({exc}); make bench installs it "
+                                          "(pip install -e '.[bench]')"}
+        else:
+            status[cls.name] = {"status": "present", "version": _version(dist),
+                                "floor": "plain (this process)"}
+    return peers, status
 
 
 __all__ = ["FIELDS", "RedisOmPeer", "WalrusPeer", "load_peers"]
