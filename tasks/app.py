@@ -39,7 +39,7 @@ import popoto
 from popoto.exceptions import ConnectionConfigError
 from popoto.redis_db import current_url, is_cluster, mask_url
 
-from . import logconfig
+from . import logconfig, stats
 from .base import settings
 from .config import Settings, default_broker_url
 from .schedule import build_schedule
@@ -110,6 +110,7 @@ def configure_app(app: Celery, conf: Settings | None = None) -> Celery:
     app.conf.beat_schedule = build_schedule(conf)
     app.conf.include = tuple(dict.fromkeys((*app.conf.include, *TASK_MODULES)))
     logconfig.connect_signals()
+    stats.connect_signals()
     return app
 
 
