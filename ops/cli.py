@@ -12,7 +12,9 @@ Commands (exit codes: see :data:`EXIT_CODES`, also in ``--help``):
 * ``streams [--stream NAME]`` length, groups, pending, lag and dead letters of the
   event streams; 1 if there are dead letters, pending entries idle too long or a
   lag above ``--max-lag``;
-* ``replay-dead-letters --stream NAME [--count N]`` put dead letters back.
+* ``replay-dead-letters --stream NAME [--count N]`` put dead letters back;
+* ``dashboard [--host H] [--port P]`` serve the operations dashboard
+  (:mod:`popoto.dashboard`, on 127.0.0.1:8050 by default) until Ctrl-C / SIGTERM.
 
 Models are found by label (``app.Model`` or the class name) once their modules
 are imported: ``--models app.models`` or ``POPOTO_MODEL_MODULES``. Without
@@ -32,7 +34,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
@@ -44,6 +45,9 @@ from popoto.models.base import Model
 from popoto.models.maintenance import class_set_size
 from popoto.registry import all_models, label_of
 from popoto.redis_db import get_client, mask_url
+
+from .cli_dashboard import add_dashboard_parser
+from .progress import Progress
 
 OK, PROBLEM, USAGE, INTERRUPTED = 0, 1, 2, 130
 #: ``rebuild-indexes --wait`` gives up after this many seconds unless ``--timeout`` says
@@ -83,42 +87,6 @@ def _one_line(exc: BaseException) -> str:
 
 # --- output ---------------------------------------------------------------------
 
-class Progress:
-    """A one-line progress bar on a terminal, periodic plain lines otherwise."""
-
-    def __init__(self, stream: TextIO, label: str, width: int = 30,
-                 every: float = 2.0) -> None:
-        self.stream = stream
-        self.label = label
-        self.width = width
-        self.every = every
-        self.tty = stream.isatty()
-        self._last = 0.0
-        self._started = time.monotonic()
-
-    def update(self, done: int, total: int, note: str = "", force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and not self.tty and now - self._last < self.every:
-            return
-        self._last = now
-        total = max(total, done, 1)
-        filled = int(self.width * done / total)
-        bar = "#" * filled + "." * (self.width - filled)
-        rate = done / max(now - self._started, 1e-9)
-        text = (f"{self.label} [{bar}] {100 * done / total:5.1f}% {done}/{total} "
-                f"{rate:,.0f}/s {note}".rstrip())
-        if self.tty:
-            self.stream.write("\r" + text.ljust(100))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def _models(names: Sequence[str]) -> list[type[Model]]:
     if names:
         return [popoto.get_model(n) for n in names]
@@ -141,7 +109,11 @@ def _emit(out: TextIO, as_json: bool, payload: Any, lines: Iterable[str]) -> Non
 
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     models = _models(args.models)
+    from tasks.health import record_check
+
     reports = {label_of(m): m.check_indexes(batch_size=args.batch_size) for m in models}
+    for label, report in reports.items():
+        record_check(label, report, source="popoto-ops check-indexes")
     lines = []
     groups = {label_of(m): len(m._meta.groups) for m in models if m._meta.sharded}
     for label, rep in reports.items():
@@ -259,17 +231,10 @@ def cmd_rebuild(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(f"{label_of(model)}: rebuilt the indexes of {count} instances in "
                   f"{seconds:.1f}s\n")
         return OK
-    from tasks import app, jobs
+    from tasks.submit import submit_job
 
     label = label_of(model)
-    job_id = str(uuid.uuid4())
-    jobs.create_queued(job_id, "rebuild", label)  # before the task can run: it finds it
-    try:
-        app.send_task("popoto.maintenance.rebuild_indexes", (label,),
-                      {"chunk_size": args.batch_size}, task_id=job_id)
-    except BaseException:
-        jobs.discard_queued(job_id)
-        raise
+    job_id = submit_job("rebuild", label, {"chunk_size": args.batch_size})
     out.write(f"{job_id}\n")
     out.flush()
     if not args.wait:
@@ -451,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=_positive_int, default=None,
                    help="at most this many (oldest first)")
     p.set_defaults(func=cmd_replay)
+
+    add_dashboard_parser(sub)
     return parser
 
 
