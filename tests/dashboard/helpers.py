@@ -29,7 +29,8 @@ def log_in(client: Any, token: str = TOKEN, base: str = "") -> Any:
 
 
 def make_dead_letter(order_id: str = "dl-1") -> str:
-    """An order whose event a failing handler dead-letters at its first delivery; the
+    """Create an order, then let a consumer whose handler fails read one entry of the
+    stream (the oldest unread): it is dead-lettered at its first delivery. Returns the
     dead letter's id."""
     Order.create(order_id=order_id, customer="ann", total="1.00")
 
