@@ -9,7 +9,8 @@ the context).
   header when it is well formed, else a new one), ``method`` and ``path``;
   echoes the id; logs one ``request`` line with the status and the time.
 * :class:`BodyGuardMiddleware`: a request with a body must announce its size
-  (411 without a ``Content-Length``, chunked included; 400 if it is not a byte
+  (411 for a chunked body, and when a route reads the body of a request without
+  a ``Content-Length``; 400 if it is not a byte
   count; 413 above the limit, answered without reading the body); a client
   that stalls mid-body is answered 408 after ``timeout`` s.
 * :class:`StrictRoute`: a body must be sent as JSON (415 for another
@@ -49,6 +50,7 @@ MAX_JSON_DEPTH = 32
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+LENGTH_REQUIRED = "a body needs a Content-Length header (chunked bodies are not accepted)"
 
 
 class HttpError(StarletteHTTPException):
@@ -131,11 +133,9 @@ class BodyGuardMiddleware:
 
     def _refusal(self, scope: Scope) -> tuple[int, str, str] | None:
         raw = _header(scope, b"content-length")
-        chunked = _header(scope, b"transfer-encoding")
         if raw is None:
-            if chunked is not None or scope["method"] in _BODY_METHODS:
-                return 411, "a body needs a Content-Length header (chunked bodies are " \
-                            "not accepted)", "Content-Length"
+            if _header(scope, b"transfer-encoding") is not None:
+                return 411, LENGTH_REQUIRED, "Content-Length"
             return None
         raw = raw.strip()
         if not _DIGITS.match(raw):
@@ -155,9 +155,13 @@ class BodyGuardMiddleware:
             return
         timeout = self.limits.timeout
         complete = False
+        unannounced = scope["method"] in _BODY_METHODS and \
+            _header(scope, b"content-length") is None
 
         async def receive_in_time() -> Message:
             nonlocal complete
+            if unannounced:  # only a route that reads a body needs its length
+                raise HttpError(411, LENGTH_REQUIRED, "Content-Length")
             if complete:
                 return await receive()
             try:

@@ -210,10 +210,14 @@ def test_huge_or_negative_content_length_answers_at_once(server: tuple[str, int]
 
 
 def test_missing_content_length_is_411(server: tuple[str, int]) -> None:
+    """A route that reads a body needs its length (chunked bodies never pass); a POST
+    without a body to a route that reads none is served (``curl -XPOST``)."""
     assert raw_request(server, head(None), b'{"title": "x"}')[0] == 411
     assert raw_request(server, head(None, "Transfer-Encoding: chunked\n"),
                        b'e\r\n{"title": "x"}\r\n0\r\n\r\n')[0] == 411
     assert Note.query.count() == 0
+    status, body = raw_request(server, "POST /jobs/rebuild/NoSuchModel HTTP/1.1\nHost: t\n")
+    assert status == 400 and b"NoSuchModel" in body
 
 
 def test_stalled_body_does_not_hold_the_server(server: tuple[str, int]) -> None:
