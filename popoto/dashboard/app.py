@@ -200,9 +200,9 @@ class Dashboard:
         if not self.auth.enabled:
             reason = "this dashboard is read-only: POPOTO_DASHBOARD_TOKEN is not set"
         elif nonce is None:
-            reason = "actions need the dashboard token: log in first"
+            reason = "actions need the dashboard token (log in first)"
         elif not self.auth.check_csrf(nonce, str(form.get("csrf", ""))):
-            reason = "missing or wrong CSRF token: reload the page and try again"
+            reason = "missing or wrong CSRF token (reload the page and try again)"
         else:
             reason = ""
         if reason:
