@@ -33,6 +33,7 @@ import structlog
 from jinja2 import Environment, FileSystemLoader
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -47,6 +48,8 @@ from .auth import COOKIE, SESSION_SECONDS, Auth
 log = structlog.stdlib.get_logger("popoto.dashboard")
 
 HERE = Path(__file__).parent
+#: the largest form (login, actions) read
+MAX_FORM_BYTES = 16 * 1024
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
                                "img-src 'self'; connect-src 'self'; form-action 'self'; "
@@ -172,8 +175,19 @@ class Dashboard:
 
     # --- login and actions ------------------------------------------------------------
 
+    async def form(self, request: Request) -> FormData | Response:
+        """The posted form, or a refusal: its size must be announced and small."""
+        raw = (request.headers.get("content-length") or "").strip()
+        if not raw.isdigit():
+            return self.refuse(request, 411, "a form needs a Content-Length header")
+        if int(raw) > MAX_FORM_BYTES:
+            return self.refuse(request, 413, f"a form is at most {MAX_FORM_BYTES} bytes")
+        return await request.form(max_files=0, max_fields=20)
+
     async def login(self, request: Request) -> Response:
-        form = await request.form()
+        form = await self.form(request)
+        if isinstance(form, Response):
+            return form
         if not self.auth.enabled:
             return self.refuse(request, 403, "this dashboard is read-only: "
                                              "POPOTO_DASHBOARD_TOKEN is not set")
@@ -195,7 +209,9 @@ class Dashboard:
     async def action(self, request: Request) -> Response:
         kind = request.path_params["kind"]
         target = request.path_params["target"]
-        form = await request.form()
+        form = await self.form(request)
+        if isinstance(form, Response):
+            return form
         nonce = self.auth.session(request.cookies.get(COOKIE))
         if not self.auth.enabled:
             reason = "this dashboard is read-only: POPOTO_DASHBOARD_TOKEN is not set"

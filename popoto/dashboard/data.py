@@ -8,6 +8,7 @@ threadpool. Values are returned as plain data; escaping is the templates' job
 from __future__ import annotations
 
 import datetime
+import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -88,12 +89,30 @@ class Sample:
     rows: list[tuple[str, list[str]]]  # (instance key, one cell per field)
 
 
+def sample_keys(model: type[Model], limit: int) -> list[str]:
+    """Up to ``limit`` instance keys from the class set(s), read with SSCAN: the cost does
+    not grow with the number of instances."""
+    client = get_client()
+    keys: list[str] = []
+    for class_set in model._meta.class_set_keys():
+        cursor, steps = 0, 0
+        while len(keys) < limit and steps < 100:
+            cursor, found = client.sscan(class_set, cursor, count=limit)
+            keys.extend(_text(k) for k in found)
+            steps += 1
+            if int(cursor) == 0:
+                break
+        if len(keys) >= limit:
+            break
+    return sorted(set(keys))[:limit]
+
+
 def sample(model: type[Model], limit: int = 25) -> Sample:
     """Up to ``limit`` instances of ``model``, each field's value as cell text."""
     names = list(model._meta.fields)
-    found = model.query.all(limit=limit)
+    found = [model.load(db_key=key) for key in sample_keys(model, limit)]
     rows = [(cell(obj.pk), [cell(getattr(obj, name, None)) for name in names])
-            for obj in found]
+            for obj in found if obj is not None]
     return Sample(fields=names, rows=rows)
 
 
@@ -150,17 +169,41 @@ class DeadLetter:
     at: float | None = None
 
 
+#: above this many keys in the database, the list of streams (found with SCAN) is
+#: reused for STREAM_LIST_SECONDS instead of scanning the keyspace for every page
+#: and every scrape
+LARGE_KEYSPACE = 100_000
+STREAM_LIST_SECONDS = 60.0
+_stream_list: dict[str, Any] = {"at": 0.0, "keys": []}
+_stream_list_lock = threading.Lock()
+
+
+def stream_keys() -> list[str]:
+    """Keys of the event streams (``stream:*``), rescanned at most once a minute on a
+    large keyspace."""
+    client = get_client()
+    with _stream_list_lock:
+        fresh = time.monotonic() - _stream_list["at"] < STREAM_LIST_SECONDS
+        if fresh and int(client.dbsize()) > LARGE_KEYSPACE:
+            return list(_stream_list["keys"])
+        keys = list(iter_streams(client))
+        _stream_list.update(at=time.monotonic(), keys=keys)
+        return keys
+
+
 def streams() -> list[StreamInfo]:
     client = get_client()
-    return [stream_info(client, key) for key in iter_streams(client)]
+    return [stream_info(client, key) for key in stream_keys()]
 
 
 def stream(key: str) -> StreamInfo | None:
-    """The stream at ``key`` (or None when neither it nor its dead letters exist)."""
+    """The stream at ``key`` (None unless ``key`` is a stream, or a stream's key whose
+    dead letters exist)."""
     client = get_client()
     if not key.startswith("stream:"):
         return None
-    if not client.exists(key) and not client.exists(dead_letter_key(key)):
+    kind = _text(client.type(key))
+    if kind != "stream" and not (kind == "none" and client.exists(dead_letter_key(key))):
         return None
     return stream_info(client, key)
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from ops.example_models import Note, Order
-from popoto.dashboard import create_dashboard
+from popoto.dashboard import create_dashboard, data
 from popoto.redis_db import get_client
 from popoto.dashboard.auth import COOKIE, SESSION_SECONDS, Auth
 from tasks import jobs
@@ -191,3 +191,30 @@ def test_importing_without_the_extra_names_it() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True)
     assert "popoto[dashboard]" in result.stdout and "jinja2" in result.stdout
+
+
+def test_forms_are_bounded_and_stream_pages_only_show_streams(client: TestClient) -> None:
+    big = client.post("/login", content=b"token=" + b"x" * 20_000,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert big.status_code == 413
+    chunked = client.post("/login", content=iter([b"token=x"]),
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert chunked.status_code == 411
+    get_client().set("stream:not-a-stream", "x")
+    assert client.get("/streams/stream:not-a-stream").status_code == 404
+    assert client.get("/streams/Note:1").status_code == 404
+
+
+def test_the_stream_list_is_reused_on_a_large_keyspace(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SCAN walks the whole keyspace: above LARGE_KEYSPACE keys its result is reused for
+    STREAM_LIST_SECONDS; below, every page sees new streams at once."""
+    Order.create(order_id="o1", customer="ann", total="1")
+    assert data.stream_keys() == [STREAM]
+    get_client().xadd("stream:other", {"a": "1"})
+    assert data.stream_keys() == [STREAM, "stream:other"]  # a small keyspace: rescanned
+    monkeypatch.setattr(data, "LARGE_KEYSPACE", 0)
+    get_client().xadd("stream:third", {"a": "1"})
+    assert data.stream_keys() == [STREAM, "stream:other"]  # reused within the minute
+    monkeypatch.setattr(data, "STREAM_LIST_SECONDS", 0.0)
+    assert data.stream_keys() == [STREAM, "stream:other", "stream:third"]
