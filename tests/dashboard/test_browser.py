@@ -21,7 +21,8 @@ from popoto.dashboard import create_dashboard
 from popoto.redis_db import get_client
 from tasks import app, health, jobs
 from tasks.testing import wait_until
-from tests.dashboard.browser import log_in, start_chromium, text_of, wait_for
+from tests.dashboard import browser as chromium
+from tests.dashboard.browser import INSTALL, log_in, start_chromium, text_of, wait_for
 from tests.dashboard.helpers import STREAM, TOKEN, make_dead_letter
 
 pytestmark = [pytest.mark.standalone_only, pytest.mark.slow]
@@ -189,3 +190,11 @@ def test_actions_without_the_token_are_refused(page: webdriver.Chrome, site: str
         assert not page.find_elements(By.CSS_SELECTOR, "button[data-action]")
         shot(page, tmp_path, "read-only")
     assert jobs.recent() == []
+
+
+def test_a_missing_browser_fails_with_the_install_command(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never a silent skip: without Chromium the tests fail, saying how to install it."""
+    monkeypatch.setattr(chromium, "CHROMIUM", "/nonexistent/chromium")
+    with pytest.raises(pytest.fail.Exception, match=INSTALL):
+        chromium.require_browser()
