@@ -19,7 +19,7 @@ from ops.asgi import ServerThread
 from ops.example_models import Note, Order
 from popoto.dashboard import create_dashboard
 from popoto.redis_db import get_client
-from tasks import app, health, jobs
+from tasks import app, health, jobs, stats
 from tasks.testing import wait_until
 from tests.dashboard import browser as chromium
 from tests.dashboard.browser import INSTALL, log_in, start_chromium, text_of, wait_for
@@ -123,6 +123,8 @@ def _fill_for_the_screenshot() -> None:
     labels = {f"ops.example_models.{name}" for name in ("Note", "Order", "Session")}
     wait_until(lambda: labels <= set(health.last_checks()), timeout=60,
                message="models checked")
+    wait_until(lambda: "popoto.maintenance.check_all_indexes" in stats.last_runs(),
+               timeout=30, message="the beat task's run recorded")
 
 
 def test_a_dead_letter_appears_and_is_replayed(page: webdriver.Chrome, site: str,

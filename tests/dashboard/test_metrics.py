@@ -42,20 +42,24 @@ def value(found: dict[Any, float], name: str, **labels: str) -> float | None:
     return found.get((name, frozenset(labels.items())))
 
 
-def check_now(client: TestClient) -> dict[str, Any]:
-    """Click "check now" (as a logged-in operator) and wait for the job to finish."""
+def check_now(client: TestClient, runs: int) -> None:
+    """Click "check now" (as a logged-in operator); wait for the job to finish and for the
+    worker to record its task's run (after the task returned: task_postrun), the
+    ``runs``-th of check_indexes."""
     csrf = csrf_of(client.get("/").text)
     client.post(f"/actions/check/{NOTE}", data={"csrf": csrf})
     job_id = jobs.recent(1)[0]["id"]
-    return wait_until(lambda: (s := jobs.get(job_id)) and s["status"] == "done" and s,
-                      timeout=30, message="check job done")
+    wait_until(lambda: (s := jobs.get(job_id)) and s["status"] == "done",
+               timeout=30, message="check job done")
+    wait_until(lambda: value(samples(client), "popoto_tasks_total", task=CHECK,
+                             state="SUCCESS") == runs, timeout=30, message="run recorded")
 
 
 def test_check_now_records_index_health_and_task_metrics(client: TestClient) -> None:
     for i in range(5):
         Note.create(title=f"n{i}", tag="t", score=i)
     log_in(client)
-    check_now(client)
+    check_now(client, runs=1)
     found = samples(client)
     assert value(found, "popoto_index_problems", model=NOTE, kind="total") == 0
     assert value(found, "popoto_model_instances", model=NOTE) == 5
@@ -70,7 +74,7 @@ def test_check_now_records_index_health_and_task_metrics(client: TestClient) -> 
     assert '<span class="badge ok">ok</span>' in client.get(f"/models/{NOTE}").text
 
     get_client().delete(Note.query.all()[0].db_key)  # behind the ORM's back: orphans
-    check_now(client)
+    check_now(client, runs=2)
     found = samples(client)
     problems = value(found, "popoto_index_problems", model=NOTE, kind="total")
     assert problems and problems > 0
