@@ -63,7 +63,12 @@ $(POPOTO1_STAMP):
 bench: $(STAMP) $(BENCH_STAMP) $(POPOTO1_STAMP)
 	$(SERVER) $(BIN)/python -m ops.bench --popoto1-python $(POPOTO1_VENV)/bin/python $(BENCH_ARGS)
 
+# honcho gives the web process PORT=5000: the app on http://127.0.0.1:5000/, the dashboard
+# on http://127.0.0.1:5000/ops/ (read-only unless POPOTO_DASHBOARD_TOKEN is set)
 run: $(STAMP)
+	@if [ -n "$$POPOTO_DASHBOARD_TOKEN" ]; then mode="actions need the token"; \
+	  else mode="read-only: set POPOTO_DASHBOARD_TOKEN for actions"; fi; \
+	  echo "make run: web app http://127.0.0.1:5000/  dashboard http://127.0.0.1:5000/ops/ ($$mode)"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(SERVER) $(BIN)/honcho start
 
 clean:

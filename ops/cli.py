@@ -12,7 +12,9 @@ Commands (exit codes: see :data:`EXIT_CODES`, also in ``--help``):
 * ``streams [--stream NAME]`` length, groups, pending, lag and dead letters of the
   event streams; 1 if there are dead letters, pending entries idle too long or a
   lag above ``--max-lag``;
-* ``replay-dead-letters --stream NAME [--count N]`` put dead letters back.
+* ``replay-dead-letters --stream NAME [--count N]`` put dead letters back;
+* ``dashboard [--host H] [--port P]`` serve the operations dashboard
+  (:mod:`popoto.dashboard`, on 127.0.0.1:8050 by default) until Ctrl-C / SIGTERM.
 
 Models are found by label (``app.Model`` or the class name) once their modules
 are imported: ``--models app.models`` or ``POPOTO_MODEL_MODULES``. Without
@@ -35,7 +37,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TextIO
@@ -49,6 +50,7 @@ from popoto.models.base import Model
 from popoto.registry import all_models, label_of
 from popoto.redis_db import get_client, mask_url
 
+from .cli_dashboard import add_dashboard_options, cmd_dashboard
 from .progress import Progress, check_with_progress, clean_with_progress, rebuild_with_progress
 
 OK, PROBLEM, USAGE, INTERRUPTED = 0, 1, 2, 130
@@ -111,7 +113,11 @@ def _emit(out: TextIO, as_json: bool, payload: Any, lines: Iterable[str]) -> Non
 
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     models = _models(args.models)
+    from tasks.health import record_check  # tasks: the celery extra, only when used
+
     reports = {label_of(m): check_with_progress(m, args.batch_size, err) for m in models}
+    for label, report in reports.items():
+        record_check(label, report, source="popoto-ops check-indexes")
     lines = []
     groups = {label_of(m): len(m._meta.groups) for m in models if m._meta.sharded}
     for label, rep in reports.items():
@@ -200,17 +206,10 @@ def cmd_rebuild(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(f"{label_of(model)}: rebuilt the indexes of {count} instances in "
                   f"{seconds:.1f}s\n")
         return OK
-    from tasks import app, jobs
+    from tasks.submit import submit_job
 
     label = label_of(model)
-    job_id = str(uuid.uuid4())
-    jobs.create_queued(job_id, "rebuild", label)  # before the task can run: it finds it
-    try:
-        app.send_task("popoto.maintenance.rebuild_indexes", (label,),
-                      {"chunk_size": args.batch_size}, task_id=job_id)
-    except BaseException:
-        jobs.discard_queued(job_id)
-        raise
+    job_id = submit_job("rebuild", label, {"chunk_size": args.batch_size})
     out.write(f"{job_id}\n")
     out.flush()
     if not args.wait:
@@ -438,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", required=True, metavar="NAME", help="the stream to replay into")
     p.add_argument("--count", type=_positive_int, default=None, metavar="N",
                    help="at most this many (oldest first; default: all)")
+
+    p = command("dashboard", cmd_dashboard, "serve the operations dashboard over HTTP")
+    add_dashboard_options(p)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 ``python -m popoto.testing.server run -- python -m ops.demo_background``:
 
-1. a web-style save (the example WSGI app, in-process) with a request_id;
+1. web requests (the example FastAPI app on uvicorn, in a thread) with a request_id;
 2. a task-driven index rebuild with a progress bar, run by a ``celery worker``;
 3. a beat-scheduled clean-up after TTL expiry (``celery beat`` publishes it);
 4. a ``python -m workers consume`` process projecting the demo's order events.
@@ -12,14 +12,13 @@ This is a command-line program, so it prints. It flushes the database.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
 import tempfile
 import time
+import urllib.request
 from typing import Any
-from wsgiref.util import setup_testing_defaults
 
 import redis
 
@@ -36,17 +35,19 @@ def show(label: str, value: object) -> None:
     print(f"  {label:<44} {value}", flush=True)
 
 
-def web(method: str, path: str, body: Any = None, request_id: str = "") -> Any:
-    """Call the example WSGI app in-process, as a web server would."""
-    from ops.web import application
+#: where the example app listens (set by main)
+SITE: list[str] = []
 
-    raw = json.dumps(body).encode() if body is not None else b""
-    environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path,
-                               "CONTENT_LENGTH": str(len(raw)), "wsgi.input": io.BytesIO(raw)}
+
+def web(method: str, path: str, body: Any = None, request_id: str = "") -> Any:
+    """Call the example app over HTTP (uvicorn serving it in a thread of this process)."""
+    headers = {"Content-Type": "application/json"}
     if request_id:
-        environ["HTTP_X_REQUEST_ID"] = request_id
-    setup_testing_defaults(environ)
-    return json.loads(b"".join(application(environ, lambda status, headers: None)))
+        headers["X-Request-ID"] = request_id
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(SITE[0] + path, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
 
 
 def main() -> int:
@@ -58,6 +59,12 @@ def main() -> int:
     section("Starting a worker (2 processes), beat and a stream consumer")
     schedule = os.path.join(tempfile.mkdtemp(prefix="popoto-demo-"), "beat-schedule")
     processes: list[Process] = []
+    from ops.asgi import ServerThread
+    from ops.web import create_app
+
+    site = ServerThread(create_app()).start()
+    SITE[:] = [site.url]
+    show("example app (and the dashboard at /ops/)", site.url)
     try:
         start_processes(env, schedule, processes)
         web_saves()
@@ -68,6 +75,7 @@ def main() -> int:
         section("Stopping (SIGTERM: warm shutdown)")
         for proc in reversed(processes):
             show(f"pid {proc.pid} exit code", proc.terminate())
+        site.stop()
     time.sleep(0.1)
     return 0
 
@@ -108,7 +116,7 @@ def start_processes(env: dict[str, str], schedule: str, processes: list[Process]
 
 
 def web_saves() -> None:
-    section("1. Web-style saves (request id demo-req-1)")
+    section("1. Web requests (request id demo-req-1)")
     order = web("POST", "/orders", {"order_id": "A-1", "customer": "ann", "total": "30"},
                 "demo-req-1")
     show("POST /orders", order)

@@ -46,7 +46,7 @@ import popoto
 from popoto.exceptions import ConnectionConfigError
 from popoto.redis_db import current_url, is_cluster, mask_url
 
-from . import logconfig
+from . import logconfig, stats
 from .base import settings
 from .config import (
     TASK_ROUTES,
@@ -180,6 +180,7 @@ def configure_app(app: Celery, conf: Settings | None = None) -> Celery:
         importlib.import_module(module)
     c.imports = tuple(dict.fromkeys((*c.imports, *conf.model_modules, *conf.handler_modules)))
     logconfig.connect_signals()
+    stats.connect_signals()
     return app
 
 

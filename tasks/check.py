@@ -14,6 +14,7 @@ from popoto.redis_db import get_client
 
 from .base import popoto_task, settings
 from .chunking import _enqueue_chunks, _finish_scan, _groups, _model, _open_job, _settle
+from .health import record_check
 from .jobs import Job
 
 log = structlog.stdlib.get_logger("popoto.tasks")
@@ -50,6 +51,7 @@ def check_indexes(self: Any, label: str, job_id: str | None = None,
     structlog.contextvars.bind_contextvars(model=label, job_id=job.id)
     report = model.check_indexes(batch_size=settings.chunk_size)
     job.set(problems=int(report.get("total", 0)), report=json.dumps(report, default=str))
+    record_check(label, report, job.id)
     job.advance("check", 0, 1, 1)
     _finish_scan(job, "check")
     result = job.complete_chunk("check:0", 1)
@@ -77,6 +79,7 @@ def check_group(self: Any, label: str, job_id: str, group: int) -> dict[str, Any
     if all(parts):
         total = merge_reports(json.loads(p) for p in parts)
         job.set(problems=int(total.get("total", 0)), report=json.dumps(total, default=str))
+        record_check(label, total, job_id)
         log.info("index check", problems=total.get("total", 0), report=total)
     result = job.complete_chunk(f"check:{group}", 1)
     log.info("chunk done", phase="check", problems=report.get("total", 0), done=result.done,

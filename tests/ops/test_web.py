@@ -1,84 +1,93 @@
-"""The example WSGI app: saves and queries per request, request_id into logs and task headers."""
+"""The example app on FastAPI: saves and queries per request (async and sync ORM API),
+request_id into logs and task headers; and the app served by uvicorn in a process."""
 
 from __future__ import annotations
 
-import io
+import inspect
 import json
-import threading
-import urllib.request
+import os
+import signal
 from collections.abc import Iterator
-from typing import Any
-from wsgiref.util import setup_testing_defaults
 
 import pytest
 import redis
 import structlog
+from fastapi.testclient import TestClient
 from structlog.testing import capture_logs
 
+import ops.web.routes as web_app
 from ops.example_models import Note, Order
-from ops.web import application, serve
+from ops.web import create_app
 from tasks import app
 from tasks.config import default_broker_url
-from tasks.testing import use_test_broker
+from tasks.testing import use_test_broker, wait_until
+from tests.ops.web_helpers import http, uvicorn_process
 
 
-def call(method: str, path: str, body: Any = None, query: str = "",
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    raw = json.dumps(body).encode() if body is not None else b""
-    environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path,
-                               "QUERY_STRING": query, "CONTENT_LENGTH": str(len(raw)),
-                               "wsgi.input": io.BytesIO(raw)}
-    for name, value in (headers or {}).items():
-        environ["HTTP_" + name.upper().replace("-", "_")] = value
-    setup_testing_defaults(environ)
-    seen: dict[str, Any] = {}
-
-    def start_response(status: str, response_headers: list[tuple[str, str]]) -> None:
-        seen["status"] = int(status.split()[0])
-        seen["headers"] = dict(response_headers)
-
-    payload = b"".join(application(environ, start_response))
-    return seen["status"], seen["headers"], json.loads(payload)
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app()) as test_client:
+        yield test_client
 
 
-def test_notes_are_saved_and_queried_per_request() -> None:
-    """POST /notes saves; GET /notes filters by tag and score, best first."""
+def test_notes_are_saved_and_queried_per_request(client: TestClient) -> None:
+    """POST /notes saves (async_create); GET /notes filters by tag and score, best first."""
     for title, tag, score in [("a", "x", 1), ("b", "x", 5), ("c", "y", 9)]:
-        status, _, body = call("POST", "/notes", {"title": title, "tag": tag, "score": score})
-        assert status == 201 and body["key"].startswith("Note:")
+        response = client.post("/notes", json={"title": title, "tag": tag, "score": score})
+        assert response.status_code == 201 and response.json()["key"].startswith("Note:")
     assert Note.query.count() == 3
-    status, _, body = call("GET", "/notes", query="tag=x")
-    assert status == 200 and [n["title"] for n in body["notes"]] == ["b", "a"]
-    _, _, body = call("GET", "/notes", query="min_score=4")
+    response = client.get("/notes", params={"tag": "x"})
+    assert response.status_code == 200
+    assert [n["title"] for n in response.json()["notes"]] == ["b", "a"]
+    body = client.get("/notes", params={"min_score": 4}).json()
     assert [n["title"] for n in body["notes"]] == ["c", "b"]
+    body = client.get("/notes", params={"limit": 1}).json()
+    assert [n["title"] for n in body["notes"]] == ["c"]
 
 
-def test_orders_write_events_and_validation_errors_are_400() -> None:
-    """Order saves go to the event stream; a duplicate key is a 400 naming it."""
-    status, _, body = call("POST", "/orders", {"order_id": "o1", "customer": "ann",
-                                               "total": "9.90"})
-    assert status == 201 and body["status"] == "new"
-    status, _, body = call("POST", "/orders/o1/status", {"status": "paid"})
-    assert status == 200 and body["status"] == "paid"
+def test_orders_write_events_and_errors(client: TestClient) -> None:
+    """Order saves go to the event stream (the status change through the sync API in the
+    threadpool); a duplicate key is a 409 naming it; unknown order 404, wrong method 405."""
+    response = client.post("/orders", json={"order_id": "o1", "customer": "ann",
+                                            "total": "9.90"})
+    assert response.status_code == 201 and response.json()["status"] == "new"
+    response = client.post("/orders/o1/status", json={"status": "paid"})
+    assert response.status_code == 200 and response.json()["status"] == "paid"
     assert [e["op"] for _, e in Order.stream_range()] == ["create", "update"]
-    status, _, body = call("POST", "/orders", {"order_id": "o1", "customer": "bob"})
-    assert status == 400 and "o1" in body["error"]
-    assert call("GET", "/orders/nope")[0] == 404
-    assert call("DELETE", "/orders/o1")[0] == 405
-    assert call("POST", "/notes", query="")[0] == 201  # empty body: defaults
-    assert call("GET", "/nowhere")[0] == 404
+    assert client.get("/orders/o1").json()["status"] == "paid"
+    response = client.post("/orders", json={"order_id": "o1", "customer": "bob"})
+    assert response.status_code == 409 and "o1" in response.json()["error"]
+    assert client.get("/orders/nope").status_code == 404
+    assert client.post("/orders/nope/status", json={"status": "x"}).status_code == 404
+    assert client.delete("/orders/o1").status_code == 405
+    assert client.post("/notes").status_code == 201  # empty body: defaults
+    assert client.get("/nowhere").status_code == 404
+    assert client.get("/orders/projection").json() == {"events": {}, "latest_status": {}}
 
 
-def test_request_id_is_bound_for_the_request_and_echoed() -> None:
+def test_async_endpoints_and_one_in_the_threadpool() -> None:
+    """Reads and creates await the async ORM API; the status change is a plain def (the
+    sync API, run in FastAPI's threadpool), like the job endpoints."""
+    for endpoint in (web_app.health, web_app.create_note, web_app.list_notes,
+                     web_app.create_order, web_app.show_order, web_app.order_projection):
+        assert inspect.iscoroutinefunction(endpoint), endpoint.__name__
+    for endpoint in (web_app.set_order_status, web_app.enqueue_rebuild, web_app.show_job):
+        assert not inspect.iscoroutinefunction(endpoint), endpoint.__name__
+
+
+def test_request_id_is_bound_for_the_request_and_echoed(client: TestClient) -> None:
     """Every log line of a request carries its request_id; the response echoes it."""
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        status, headers, _ = call("POST", "/notes", {"title": "t", "tag": "z"},
-                                  headers={"X-Request-ID": "abc-123"})
-        _, other, _ = call("GET", "/health")
-    assert status == 201 and headers["X-Request-ID"] == "abc-123"
+        response = client.post("/notes", json={"title": "t", "tag": "z"},
+                               headers={"X-Request-ID": "abc-123"})
+        other = client.get("/health")
+        bad = client.get("/health", headers={"X-Request-ID": "no spaces <allowed>"})
+    assert response.status_code == 201 and response.headers["X-Request-ID"] == "abc-123"
     mine = [e for e in logs if e.get("request_id") == "abc-123"]
     assert {e["event"] for e in mine} == {"note saved", "request"}
-    assert other["X-Request-ID"] != "abc-123" and len(other["X-Request-ID"]) == 32
+    assert other.headers["X-Request-ID"] != "abc-123"
+    assert len(other.headers["X-Request-ID"]) == 32
+    assert len(bad.headers["X-Request-ID"]) == 32  # a malformed id is replaced
     assert structlog.contextvars.get_contextvars() == {}
 
 
@@ -93,35 +102,45 @@ def broker(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def test_enqueued_task_carries_the_request_id_in_its_headers(broker: redis.Redis) -> None:
-    """POST /jobs/rebuild/<label> publishes the task with request_id in a header."""
-    status, _, body = call("POST", "/jobs/rebuild/ops.example_models.Note",
-                          headers={"X-Request-ID": "req-77"})
-    assert status == 202 and body["model"] == "ops.example_models.Note"
+def test_enqueued_task_carries_the_request_id_in_its_headers(
+        client: TestClient, broker: redis.Redis) -> None:
+    """POST /jobs/rebuild/<label> (a def endpoint: the threadpool copies the request's
+    context) publishes the task with request_id in a header."""
+    response = client.post("/jobs/rebuild/ops.example_models.Note",
+                           headers={"X-Request-ID": "req-77"})
+    body = response.json()
+    assert response.status_code == 202 and body["model"] == "ops.example_models.Note"
     (raw,) = broker.lrange("maintenance", 0, -1)
     headers = json.loads(raw)["headers"]
     assert headers["id"] == body["job_id"]
     assert headers["popoto_log_context"] == {"request_id": "req-77"}
-    status, _, job = call("GET", f"/jobs/{body['job_id']}")
-    assert status == 200 and job["status"] == "queued"
+    response = client.get(f"/jobs/{body['job_id']}")
+    assert response.status_code == 200 and response.json()["status"] == "queued"
 
 
-def test_served_over_http_by_the_threaded_server() -> None:
-    """serve() answers real HTTP requests (the Procfile's web process)."""
-    server = serve("127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}"
-        request = urllib.request.Request(f"{url}/notes", method="POST",
-                                         data=json.dumps({"title": "h", "tag": "w"}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 201
-        with urllib.request.urlopen(f"{url}/notes?tag=w", timeout=10) as response:
-            assert [n["title"] for n in json.load(response)["notes"]] == ["h"]
-        with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
-            assert json.load(response) == {"ok": True}
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_served_by_uvicorn_in_a_process(redis_url: str) -> None:
+    """End to end: ``python -m ops.web`` (the Procfile's web process) is uvicorn; the API,
+    the dashboard at /ops/ and its metrics answer over HTTP; SIGTERM stops it cleanly."""
+    with uvicorn_process(redis_url) as (proc, url):
+        status, headers, body = http("POST", f"{url}/notes", {"title": "h", "tag": "w"},
+                                     headers={"X-Request-ID": "e2e-1"})
+        assert status == 201 and headers["x-request-id"] == "e2e-1"
+        status, _, body = http("GET", f"{url}/notes?tag=w")
+        assert [n["title"] for n in json.loads(body)["notes"]] == ["h"]
+        assert json.loads(http("GET", f"{url}/health")[2]) == {"ok": True}
+        status, _, body = http("POST", f"{url}/notes", {"score": "nan"})
+        assert status == 422 and json.loads(body)["field"] == "score"
+        status, headers, body = http("GET", f"{url}/ops/")
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        assert b"ops.example_models.Note" in body
+        status, _, body = http("GET", f"{url}/ops/metrics")
+        assert status == 200
+        assert b'popoto_model_instances{model="ops.example_models.Note"} 1.0' in body
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.popen.wait(timeout=20) == 0
+    lines = [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
+    events = [e["event"] for e in lines]
+    assert "web app stopped" in events
+    mine = [e for e in lines if e.get("request_id") == "e2e-1"]
+    assert {e["event"] for e in mine} == {"note saved", "request"}
+    wait_until(lambda: not proc.alive(), timeout=5)

@@ -52,7 +52,7 @@ def make_gadgets(n: int) -> list[MaintGadget]:
     )
 
 
-def wait_job(job_id: str, timeout: float = 30.0) -> dict[str, Any]:
+def wait_job(job_id: str, timeout: float = 120.0) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
         state = jobs.get(job_id)
         return state if state and state["status"] != "running" else None

@@ -64,7 +64,7 @@ def damage(r: Any, n: int) -> None:
     r.hset(keys.field_index_key("UniqueF", META.claim_ns(stale), "email"), stale, key(7))
 
 
-def wait_job(job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+def wait_job(job_id: str, timeout: float = 120.0) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
         state = jobs.get(job_id)
         return state if state and state["status"] != "running" else None
