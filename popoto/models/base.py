@@ -82,11 +82,17 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
         if not cls._meta.owns_key(redis_key):
             raise ModelException(f"{cls.__name__}.from_redis: {encoding.short_repr(redis_key)} "
                                  f"is not a {cls.__name__} key")
-        obj = cls.__new__(cls)
         try:
             decoded = {k.decode(): v for k, v in raw.items()}
         except AttributeError:  # str field names (a client with decode_responses)
             decoded = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+        return cls._load(redis_key, decoded)
+
+    @classmethod
+    def _load(cls, redis_key: str, decoded: dict[str, bytes]) -> Model:
+        """``from_redis`` for a key already known to be the model's and str field names
+        (a query's hydration checks a whole page's keys at once)."""
+        obj = cls.__new__(cls)
         state = obj.__dict__
         state["_raw"] = decoded
         state["_redis_key"] = redis_key

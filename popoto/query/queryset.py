@@ -315,14 +315,26 @@ class QuerySet(ResultsMixin):
             return [self._value_dict(text(key), reply)
                     for (key, _score), reply in zip(chunk, got) if reply != 0]
         out = []
-        from_redis = self.model.from_redis  # the common case, kept tight
+        model = self.model
+        meta = model._meta
+        prefixes = tuple(ns + keys.SEP for ns in meta.groups)
+        n_sep = len(meta.key_field_names)
+        load = model._load  # the common case, kept tight: one check per key, no re-decoding
         for (key, score), reply in zip(chunk, got):
-            if reply:
-                if isinstance(reply, list):  # from a script: a flat field/value list
-                    reply = dict(zip(reply[0::2], reply[1::2]))
-                obj = from_redis(text(key), reply)
-                obj.__dict__["_score"] = score
-                out.append(obj)
+            if not reply:
+                continue
+            name = key.decode() if isinstance(key, bytes) else key
+            if not (name.startswith(prefixes) and name.count(keys.SEP) == n_sep):
+                model.from_redis(name, {})  # raises: an index held another model's key
+            pairs = (list(zip(reply[0::2], reply[1::2])) if isinstance(reply, list)
+                     else list(reply.items()))  # a script's flat list, or an HGETALL dict
+            try:
+                decoded = {f.decode(): v for f, v in pairs}
+            except AttributeError:  # str field names (a client with decode_responses)
+                decoded = {text(f): v for f, v in pairs}
+            obj = load(name, decoded)
+            obj.__dict__["_score"] = score
+            out.append(obj)
         return out
 
     def hydrate(self, rows: list[tuple[Any, float]]) -> list[Any]:
