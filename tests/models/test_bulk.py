@@ -258,3 +258,19 @@ def test_raw_update_bad_input_writes_nothing(r, targets, values, match):
     with pytest.raises(ModelException, match=match):
         Shop.raw_update(targets, **values)
     assert Shop.query.get(name="s0").note == "orig"
+
+
+@pytest.mark.standalone_only  # the unsharded layout: one bulk_save script call per chunk
+def test_a_command_error_in_one_save_of_a_chunk_fails_that_instance_only(r):
+    """One bulk_save call writes a chunk; a command error inside one instance's save
+    (its index key holds another type) is reported for that instance, the others are
+    written and reported written."""
+    r.set("$IndexF:BulkShop:city:oslo", "not a set")
+    rows = shops(4)
+    rows[2].city = "oslo"
+    with pytest.raises(BulkWriteError) as caught:
+        Shop.bulk_create(rows)
+    assert [obj.name for obj, _error in caught.value.failures] == ["s2"]
+    assert caught.value.succeeded == 3
+    assert sorted(Shop.query.keys(city="paris") + Shop.query.keys(city="rome")) == \
+        ["BulkShop:s0", "BulkShop:s1", "BulkShop:s3"]
