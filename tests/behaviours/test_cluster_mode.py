@@ -31,6 +31,9 @@ DAY = 86400.0
 NOW = 1_700_000_000.0
 
 
+pytestmark = pytest.mark.slow  # forms a local Redis Cluster (make test-fast skips it)
+
+
 class Item(WriteFilterMixin, EventStreamMixin, AccessTrackerMixin, Model):
     """Every behaviour and special field at once."""
 

@@ -17,7 +17,7 @@ from popoto import Field, GeoField, IndexedField, KeyField, Model, SortedField, 
 from popoto import keys
 from popoto.testing.cluster import EmbeddedCluster
 
-pytestmark = pytest.mark.standalone_only  # these tests bring their own cluster
+pytestmark = [pytest.mark.standalone_only, pytest.mark.slow]  # they bring their own cluster
 
 
 class Parcel(Model):

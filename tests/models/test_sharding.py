@@ -356,6 +356,7 @@ def _touched_keys(r, action) -> set[str]:
 
 
 @pytest.mark.standalone_only  # keyspace notifications of one server
+@pytest.mark.slow
 def test_a_save_and_a_delete_declare_every_key_they_touch(r):
     """The save and delete scripts' KEYS name every key the call writes: the hash, class
     set, old and new index entries of a loaded instance (claims of a sharded model are

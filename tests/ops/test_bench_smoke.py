@@ -350,6 +350,7 @@ def test_cluster_floors_write_and_read_what_popoto_does(cluster_mode):
     client.close()
 
 
+@pytest.mark.slow
 def test_quick_cluster_run_writes_sane_ratios(tmp_path, redis_url, cluster, r, monkeypatch):
     """A --quick --cluster-only run times every layout, writes positive finite ratios under
     "cluster", removes its keys and leaves Popoto configured for the standalone server."""

@@ -220,6 +220,7 @@ def test_missing_content_length_is_411(server: tuple[str, int]) -> None:
     assert status == 400 and b"NoSuchModel" in body
 
 
+@pytest.mark.slow
 def test_stalled_body_does_not_hold_the_server(server: tuple[str, int]) -> None:
     """Fewer bytes than announced, then silence: answered 408 after the server's timeout
     instead of waiting for the client forever; the next request is served."""

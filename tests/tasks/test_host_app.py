@@ -155,6 +155,7 @@ class EventLog:
 
 
 @pytest.mark.usefixtures("worker", "idle_after")
+@pytest.mark.slow
 def test_popoto_workers_send_task_events_for_flower(celery_app: Any, r: redis.Redis) -> None:
     """Popoto's own app: the publisher sends task-sent, the worker task-received,
     task-started and task-succeeded, which is what Flower and ``celery events`` show."""

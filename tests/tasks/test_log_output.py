@@ -129,6 +129,7 @@ def test_any_bad_setting_stops_the_celery_command_with_one_line() -> None:
     assert len(lines) == 1 and lines[0].startswith("popoto: time limits must satisfy")
 
 
+@pytest.mark.slow
 def test_a_worker_logging_to_a_file_writes_no_colour(subprocess_env: dict[str, str]) -> None:
     """A real worker with POPOTO_LOG_FORMAT=console, its output in a file: readable
     console lines, no ANSI escapes (also in Celery's own banner)."""

@@ -213,6 +213,7 @@ def test_web_app_500s_log_no_secret(locked_server: EmbeddedRedis, tmp_path: Path
     assert "HTTP_AUTHORIZATION" not in text and "'API_TOKEN'" not in text
 
 
+@pytest.mark.slow
 def test_worker_task_failures_log_no_secret(locked_server: EmbeddedRedis,
                                             tmp_path: Path) -> None:
     """A celery worker on the password-protected broker: tasks that raise (the data db is

@@ -35,6 +35,9 @@ CLUSTER_CHILD = (
 )
 
 
+pytestmark = pytest.mark.slow  # forms a local Redis Cluster (make test-fast skips it)
+
+
 def _start_or_skip(cluster: EmbeddedCluster) -> EmbeddedCluster:
     try:
         return cluster.start()

@@ -151,6 +151,7 @@ def test_run_cli_reports_missing_command() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_password_option_requires_auth() -> None:
     """`EmbeddedRedis(password=...)`: the server wants it; url, client() and stop() use it."""
     with EmbeddedRedis(password="p@ss:w/rd") as server:

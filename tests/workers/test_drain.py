@@ -44,6 +44,7 @@ def test_drain_handles_at_most_n_entries(r: redis.Redis) -> None:
     assert r.xlen(STREAM) <= 25  # acknowledged entries may be trimmed, never others
 
 
+@pytest.mark.slow
 def test_drain_stops_after_t_seconds(r: redis.Redis) -> None:
     """max_seconds bounds one run even mid-batch; what it read is finished by the next run."""
     project(r, delay=0.02)
