@@ -337,19 +337,23 @@ class Bench:
                            "every field of every object is read"],
                     unsupported={"redis-om": OM_NO_INDEX})
 
-    def get_by_key(self, rows: list[Row], walrus: Any | None, om: Any | None) -> None:
-        """Scenario 3: get() by key."""
-        s = self.sizes
-        n = len(rows)
-        get_rows = rows[::max(1, n // s.gets)][:s.gets]
+    def get_impls(self, get_rows: list[Row]) -> list[Impl]:
+        """The floors and Popoto reading every row of ``get_rows`` by key, one get() each."""
 
         def popoto_get() -> None:
             get = BenchItem.query.get
             for r in get_rows:
                 read_all(get(sku=r.sku))
 
-        impls = [*self.floors(lambda f: lambda: [f.get(r) for r in get_rows], len(get_rows)),
-                 Impl(POPOTO, popoto_get, len(get_rows))]
+        return [*self.floors(lambda f: lambda: [f.get(r) for r in get_rows], len(get_rows)),
+                Impl(POPOTO, popoto_get, len(get_rows))]
+
+    def get_by_key(self, rows: list[Row], walrus: Any | None, om: Any | None) -> None:
+        """Scenario 3: get() by key."""
+        s = self.sizes
+        n = len(rows)
+        get_rows = rows[::max(1, n // s.gets)][:s.gets]
+        impls = self.get_impls(get_rows)
         if om is not None:
             om_rows = rows[:s.gets]
             impls.append(Impl(om.name, lambda: [om.get(r) for r in om_rows], len(om_rows)))
@@ -595,14 +599,7 @@ class Bench:
         self.raw.unload(new_rows)
         self.plain.unload(new_rows)
         get_rows = rows[::max(1, size // s.gets)][:s.gets]
-
-        def popoto_get() -> None:
-            get = BenchItem.query.get
-            for r in get_rows:
-                read_all(get(sku=r.sku))
-
-        impls = [*self.floors(lambda f: lambda: [f.get(r) for r in get_rows], len(get_rows)),
-                 Impl(POPOTO, popoto_get, len(get_rows))]
+        impls = self.get_impls(get_rows)
         self.record(f"scale-3/{size}", "get() by key", size, impls)
         tops = top_lows(size, s.top_queries)
 

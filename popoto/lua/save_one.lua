@@ -38,26 +38,21 @@ local function save_one(kb, ab)
       return redis.error_reply(ERR_UNIQUE .. ' ' .. i .. ' ' .. owner)
     end
   end
-  local n_replaced = tonumber(ARGV[pos]); pos = pos + 1
   local src = key
   if old_key ~= '' and old_key ~= key then src = old_key end
   local kept = {}
   -- a create checked above that no hash exists at key: it has no entries to remove
   local fresh = src == key and string.find(flags, FLAG_NEW, 1, true)
-  for _ = 1, n_replaced do
-    if not fresh then
-      remove_entries(redis.call('HGET', src, IDX_PREFIX .. ARGV[pos]), src, ARGV[pos + 1],
-        kept, released)
+  -- two groups, replaced owners then migrated ones: both drop their entries from src
+  for _ = 1, 2 do
+    local n_owners = tonumber(ARGV[pos]); pos = pos + 1
+    for _ = 1, n_owners do
+      if not fresh then
+        remove_entries(redis.call('HGET', src, IDX_PREFIX .. ARGV[pos]), src, ARGV[pos + 1],
+          kept, released)
+      end
+      pos = pos + 2
     end
-    pos = pos + 2
-  end
-  local n_migrated = tonumber(ARGV[pos]); pos = pos + 1
-  for _ = 1, n_migrated do
-    if not fresh then
-      remove_entries(redis.call('HGET', src, IDX_PREFIX .. ARGV[pos]), src, ARGV[pos + 1],
-        kept, released)
-    end
-    pos = pos + 2
   end
   if src ~= key then
     redis.call('DEL', src)
