@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -16,9 +15,7 @@ from ops.cli import main
 from ops.progress import Progress
 from popoto import IndexedField, KeyField, Model, SortedField
 from popoto.registry import label_of
-from tasks import app, jobs
-from tasks.config import default_broker_url
-from tasks.testing import use_test_broker
+from tasks import jobs
 
 
 class CliPart(Model):
@@ -84,17 +81,6 @@ def test_rebuild_indexes_sync_shows_progress_and_repairs(r: redis.Redis) -> None
     assert run("check-indexes", LABEL)[0] == 0
     assert CliPart.query.filter(bin="b1").count() == 83
 
-
-@pytest.fixture
-def broker(redis_url: str) -> Iterator[redis.Redis]:
-    """The Celery app pointed at the test broker (the next db), emptied around the test."""
-    url = default_broker_url(redis_url)
-    use_test_broker(app, url)
-    client = redis.Redis.from_url(url)
-    client.delete("maintenance", "events")
-    yield client
-    client.delete("maintenance", "events")
-    client.close()
 
 
 def test_rebuild_indexes_async_enqueues_a_job(broker: redis.Redis) -> None:

@@ -18,9 +18,9 @@ import popoto
 from ops.cli import build_parser, main
 from popoto import IndexedField, KeyField, Model
 from popoto.registry import label_of
-from tasks import app, jobs
+from tasks import jobs
 from tasks.config import default_broker_url
-from tasks.testing import use_test_broker, wait_until
+from tasks.testing import wait_until
 
 pytestmark = pytest.mark.standalone_only  # broker on the data server
 
@@ -52,16 +52,6 @@ def restore_config(redis_url: str) -> Iterator[None]:
     yield
     popoto.configure(url=redis_url)
 
-
-@pytest.fixture
-def broker(redis_url: str) -> Iterator[redis.Redis]:
-    url = default_broker_url(redis_url)
-    use_test_broker(app, url)
-    client = redis.Redis.from_url(url)
-    client.delete("maintenance", "events")
-    yield client
-    client.delete("maintenance", "events")
-    client.close()
 
 
 def cli(*argv: str, env: dict[str, str] | None = None,

@@ -18,9 +18,7 @@ from structlog.testing import capture_logs
 import ops.web.routes as web_app
 from ops.example_models import Note, Order
 from ops.web import create_app
-from tasks import app
-from tasks.config import default_broker_url
-from tasks.testing import use_test_broker, wait_until
+from tasks.testing import wait_until
 from tests.ops.web_helpers import http, uvicorn_process
 
 
@@ -90,16 +88,6 @@ def test_request_id_is_bound_for_the_request_and_echoed(client: TestClient) -> N
     assert len(bad.headers["X-Request-ID"]) == 32  # a malformed id is replaced
     assert structlog.contextvars.get_contextvars() == {}
 
-
-@pytest.fixture
-def broker(redis_url: str) -> Iterator[redis.Redis]:
-    url = default_broker_url(redis_url)
-    use_test_broker(app, url)
-    client = redis.Redis.from_url(url)
-    client.delete("maintenance")
-    yield client
-    client.delete("maintenance")
-    client.close()
 
 
 def test_enqueued_task_carries_the_request_id_in_its_headers(

@@ -22,9 +22,6 @@ from structlog.testing import capture_logs
 from ops.example_models import Note, Order
 from ops.web import create_app
 from ops.web.settings import MAX_BODY_BYTES
-from tasks import app
-from tasks.config import default_broker_url
-from tasks.testing import use_test_broker
 from tests.ops.web_helpers import raw_request, uvicorn_process
 
 JSON = {"Content-Type": "application/json"}
@@ -229,16 +226,6 @@ def test_stalled_body_does_not_hold_the_server(server: tuple[str, int]) -> None:
     status, body = raw_request(server, head("16"), b'{"title": "ok"} ')
     assert status == 201, body
 
-
-@pytest.fixture
-def broker(redis_url: str) -> Iterator[redis.Redis]:
-    url = default_broker_url(redis_url)
-    use_test_broker(app, url)
-    client = redis.Redis.from_url(url)
-    client.delete("maintenance")
-    yield client
-    client.delete("maintenance")
-    client.close()
 
 
 def test_unknown_job_is_404_and_enqueued_job_is_queued(client: TestClient,
