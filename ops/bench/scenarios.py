@@ -449,18 +449,22 @@ class Bench:
                            "sorts the whole match (SORT BY) before the page"],
                     unsupported={"redis-om": OM_NO_INDEX})
 
-    def top_query(self, n: int, walrus: Any | None) -> None:
-        """Scenario 5: filter(score__gte=...).order_by('-score').limit(10)."""
-        s = self.sizes
-        tops = top_lows(n, s.top_queries)
+    def top_impls(self, tops: list[float]) -> list[Impl]:
+        """The floors and Popoto reading the 10 highest scores above each of ``tops``."""
 
         def pop_top() -> None:
             for lo in tops:
                 [read_all(o) for o in BenchItem.query.filter(score__gte=lo)
                  .order_by("-score").limit(10)]
 
-        impls = [*self.floors(lambda f: lambda: [f.top(lo, 10) for lo in tops], len(tops)),
-                 Impl(POPOTO, pop_top, len(tops))]
+        return [*self.floors(lambda f: lambda: [f.top(lo, 10) for lo in tops], len(tops)),
+                Impl(POPOTO, pop_top, len(tops))]
+
+    def top_query(self, n: int, walrus: Any | None) -> None:
+        """Scenario 5: filter(score__gte=...).order_by('-score').limit(10)."""
+        s = self.sizes
+        tops = top_lows(n, s.top_queries)
+        impls = self.top_impls(tops)
         if walrus is not None:
             wt = tops[:max(1, min(5, len(tops) // s.peer_divisor))]
             impls.append(Impl(walrus.name, lambda: [walrus.top(lo, 10) for lo in wt],
@@ -602,14 +606,7 @@ class Bench:
         impls = self.get_impls(get_rows)
         self.record(f"scale-3/{size}", "get() by key", size, impls)
         tops = top_lows(size, s.top_queries)
-
-        def pop_top() -> None:
-            for lo in tops:
-                [read_all(o) for o in BenchItem.query.filter(score__gte=lo)
-                 .order_by("-score").limit(10)]
-
-        impls = [*self.floors(lambda f: lambda: [f.top(lo, 10) for lo in tops], len(tops)),
-                 Impl(POPOTO, pop_top, len(tops))]
+        impls = self.top_impls(tops)
         self.record(f"scale-5/{size}", "filter(score__gte=a).order_by('-score').limit(10)",
                     size, impls)
 
