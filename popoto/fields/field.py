@@ -18,7 +18,7 @@ import difflib
 import uuid
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from msgpack import unpackb as _unpackb
 
@@ -154,7 +154,11 @@ class FieldHooks(Protocol):
     def check_lookup_value(self, value: Any) -> None: ...
 
 
-class Field:
+#: the Python type a field gives on an instance (``str``, ``float | None``...)
+_T = TypeVar("_T")
+
+
+class Field(Generic[_T]):
     """A persisted attribute of a model: one field of the instance's Redis hash.
 
     Args:

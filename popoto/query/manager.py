@@ -9,7 +9,7 @@ registered them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from popoto.engine.io import Steps, run, run_async
 from popoto.exceptions import QueryException
@@ -19,8 +19,11 @@ from popoto.query.queryset import QuerySet
 if TYPE_CHECKING:
     from popoto.models.base import Model
 
+#: the model class a manager serves
+_M = TypeVar("_M", bound="Model")
 
-class Query:
+
+class Query(Generic[_M]):
     """``Model.query`` / ``Model.objects``: entry point that builds QuerySets."""
 
     def __init__(self, model: type[Model]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from popoto import keys
 from popoto.encoding import decode_field
@@ -44,7 +44,11 @@ INLINE_MAX = 1000
 Plans = list[tuple[str, "Source | None"]]  # (tag group, its source; None = the class set)
 
 
-class QuerySet(ResultsMixin):
+#: the model class a queryset reads
+_M = TypeVar("_M", bound="Model")
+
+
+class QuerySet(ResultsMixin, Generic[_M]):
     """A lazy query: nothing touches Redis until it is iterated, counted or sliced."""
 
     def __init__(self, model: type[Model], where: Q | None = None) -> None:
