@@ -18,8 +18,8 @@ from popoto.models.base import Model
 from popoto.models.maintenance import class_set_size
 from popoto.redis_db import get_client
 from popoto.registry import all_models, label_of
-from tasks import health, jobs, stats
-from workers.streams import StreamInfo, dead_letter_key, iter_streams, stream_info
+from popoto.tasks import health, jobs, stats
+from popoto.workers.streams import StreamInfo, dead_letter_key, iter_streams, stream_info
 
 #: the longest text of a value shown in a table cell (the rest is cut, with "…")
 MAX_CELL = 200
