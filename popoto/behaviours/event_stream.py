@@ -56,7 +56,7 @@ import heapq
 import itertools
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from popoto import keys
 from popoto.engine.io import Steps, run
@@ -66,6 +66,7 @@ from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
     from popoto.engine.write import WriteBatch
+    from popoto.models.options import ModelOptions
 
 #: Entry fields every event has (metadata field names must differ from these).
 STANDARD_FIELDS = ("model", "pk", "op", "ts", "changed_fields", "old_pk")
@@ -108,12 +109,22 @@ class EventStreamMixin:
     _stream_partition_field: str | None = None
     _stream_max_length: int | None = 10000
     _stream_metadata_fields: tuple[str, ...] = ()
-    _meta: Any
+    #: set on a model class once its stream fields are checked (read from its own __dict__)
+    _stream_fields_ok: ClassVar[bool]
+    # provided by the host Model
+    _meta: ClassVar[ModelOptions]
+
+    if TYPE_CHECKING:
+        @property
+        def pk(self) -> str: ...
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        name, cap = cls._stream_name, cls._stream_max_length
-        part, meta = cls._stream_partition_field, cls._stream_metadata_fields
+        # what the class set, any object until checked here
+        name: object = cls._stream_name
+        cap: object = cls._stream_max_length
+        part: object = cls._stream_partition_field
+        meta: object = cls._stream_metadata_fields
         problem = None
         if not isinstance(name, str) or not name:
             problem = f"_stream_name must be a non-empty str, got {name!r}"
@@ -205,7 +216,7 @@ class EventStreamMixin:
         if not isinstance(op, str) or not op:
             raise ModelException(f"{type(self).__name__}._xadd_event: op must be a non-empty "
                                  f"str, got {op!r}")
-        key = self.pk  # type: ignore[attr-defined]
+        key = self.pk
         args = self._event_args(key, keys.ns_of(key), op, [])
         for name, value in (extra_fields or {}).items():
             if not isinstance(name, str) or name in STANDARD_FIELDS:
