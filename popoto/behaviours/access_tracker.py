@@ -192,10 +192,10 @@ class AccessTrackerMixin:
         return bool(self.__dict__.pop("_staged_access", None))
 
     @classmethod
-    def confirm_accesses(cls, objs: Iterable[Any]) -> int:
+    def confirm_accesses(cls, objs: Iterable[object]) -> int:
         """Record the staged reads of many instances in one round trip per staging time;
         returns how many were recorded."""
-        staged: dict[float, list[Any]] = {}
+        staged: dict[float, list[object]] = {}
         for obj in objs:
             for when in _staged_times(obj):
                 staged.setdefault(when, []).append(obj)

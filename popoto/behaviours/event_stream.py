@@ -56,7 +56,8 @@ import heapq
 import itertools
 import json
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, overload
 
 from popoto import keys
 from popoto.engine.io import Steps, run
@@ -70,6 +71,15 @@ if TYPE_CHECKING:
 
 #: Entry fields every event has (metadata field names must differ from these).
 STANDARD_FIELDS = ("model", "pk", "op", "ts", "changed_fields", "old_pk")
+
+
+class _CommandQueue(Protocol):
+    """What ``_xadd_event`` can queue its XADD on (a redis pipeline)."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any: ...
+
+
+_Q = TypeVar("_Q", bound=_CommandQueue)
 
 
 def split_changed_fields(value: str) -> list[str]:
@@ -190,13 +200,13 @@ class EventStreamMixin:
 
     # --- entries ------------------------------------------------------------
     def _event_args(self, key: str, ns: str, op: str, changed: list[str],
-                    old_key: str | None = None) -> list[Any]:
+                    old_key: str | None = None) -> list[str | int]:
         """The XADD command of one event (see the module docstring for its fields)."""
         cls = type(self)
         cls._check_stream_fields()
         partition = getattr(self, cls._stream_partition_field) \
             if cls._stream_partition_field else None
-        args: list[Any] = ["XADD", keys.stream_key(cls._stream_name, partition, ns)]
+        args: list[str | int] = ["XADD", keys.stream_key(cls._stream_name, partition, ns)]
         if cls._stream_max_length is not None:
             args += ["MAXLEN", "~", cls._stream_max_length]
         args += ["*", "model", self._meta.model_name, "pk", key, "op", op,
@@ -208,8 +218,20 @@ class EventStreamMixin:
             args += [name, "" if value is None else str(value)]
         return args
 
+    @overload
     def _xadd_event(self, op: str, extra_fields: dict[str, Any] | None = None,
-                    pipeline: Any = None) -> Any:
+                    pipeline: None = None) -> str: ...
+
+    @overload
+    def _xadd_event(self, op: str, extra_fields: dict[str, Any] | None = None, *,
+                    pipeline: _Q) -> _Q: ...
+
+    @overload
+    def _xadd_event(self, op: str, extra_fields: dict[str, Any] | None,
+                    pipeline: _Q) -> _Q: ...
+
+    def _xadd_event(self, op: str, extra_fields: dict[str, Any] | None = None,
+                    pipeline: _Q | None = None) -> str | _Q:
         """Append a custom event for this instance (``op`` as given, ``changed_fields``
         ""), plus ``extra_fields`` (values as str, None as ""). Returns the entry id,
         or ``pipeline`` when the XADD was only queued on it."""
@@ -259,7 +281,8 @@ def _range_steps(stream_keys: list[str], start: str, end: str, count: int | None
                  ) -> Steps[list[tuple[str, dict[str, Any]]]]:
     replies = yield [("xrange", (key, start, end, count)) for key in stream_keys]
     # a k-way merge keeps each stream's own order (exact) and interleaves the streams
-    rows: Any = heapq.merge(*replies, key=_merge_key) if len(replies) > 1 else replies[0]
+    rows: Iterable[tuple[Any, dict[Any, Any]]] = (
+        heapq.merge(*replies, key=_merge_key) if len(replies) > 1 else replies[0])
     if count is not None:
         rows = itertools.islice(rows, count)
     return [(_s(entry_id), parse_event(fields)) for entry_id, fields in rows]
