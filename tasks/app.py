@@ -38,8 +38,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery, signals
-from kombu import Exchange, Queue
-from redis.backoff import ExponentialWithJitterBackoff
+from kombu.entity import Queue
+
+# types-redis 4.6 predates ExponentialWithJitterBackoff (redis-py >= 5.0 has it)
+from redis.backoff import ExponentialWithJitterBackoff  # type: ignore[attr-defined]
 from redis.retry import Retry
 
 import popoto
@@ -53,6 +55,7 @@ from .config import (
     Settings,
     SettingsError,
     default_broker_url,
+    kombu_queue,
     popoto_queues,
 )
 from .schedule import build_schedule
@@ -131,8 +134,8 @@ def _with_default_queue(conf: Any) -> list[Queue]:
     if conf.task_queues:
         return list(conf.task_queues)
     name = conf.task_default_queue
-    exchange = Exchange(conf.task_default_exchange or name, type=conf.task_default_exchange_type)
-    return [Queue(name, exchange, routing_key=conf.task_default_routing_key or name)]
+    return [kombu_queue(name, conf.task_default_exchange or name,
+                        conf.task_default_exchange_type, conf.task_default_routing_key or name)]
 
 
 def _with_popoto_routes(routes: Any) -> tuple[Any, ...]:

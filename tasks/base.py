@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import redis
 from celery import Task, shared_task
+from celery.result import AsyncResult
 
 from popoto.exceptions import ConnectionConfigError, PopotoError
 
@@ -29,10 +30,12 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 
 settings = load_settings()
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 
-class PopotoTask(Task):
+class PopotoTask(Task):  # type: ignore[misc]  # celery is untyped: its Task is Any
     """Base class: idempotent tasks, acked after they finish, retried on Redis outages."""
 
     autoretry_for = RETRYABLE
@@ -55,7 +58,7 @@ class PopotoTask(Task):
             pass  # the data Redis is what failed: nothing to record it in
 
 
-def _unwrap_unreachable(fn: F) -> F:
+def _unwrap_unreachable(fn: Callable[P, R]) -> Callable[P, R]:
     """Popoto reports "cannot reach Redis" on first connect as ConnectionConfigError.
 
     Inside a task that is an outage like any other, so the underlying redis
@@ -64,7 +67,7 @@ def _unwrap_unreachable(fn: F) -> F:
     """
 
     @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except ConnectionConfigError as exc:
@@ -72,19 +75,38 @@ def _unwrap_unreachable(fn: F) -> F:
                 raise exc.__cause__ from exc
             raise
 
-    return run  # type: ignore[return-value]
+    return run
 
 
-def popoto_task(name: str, **options: Any) -> Callable[[F], Any]:
+class BoundTask(Protocol[P, R_co]):
+    """What :func:`popoto_task` makes of ``fn(self, *args, **kwargs) -> R``: a Celery task
+    (a :class:`PopotoTask`) called, sent or delayed with the arguments after ``self``."""
+
+    name: str
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Run the task body here, in this process."""
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
+        """Send the task with these arguments."""
+
+    def apply_async(self, args: tuple[Any, ...] | list[Any] | None = None,
+                    kwargs: dict[str, Any] | None = None, **options: Any) -> AsyncResult:
+        """Send the task with Celery's options (``task_id``, ``countdown``, ...)."""
+
+
+def popoto_task(name: str, **options: Any
+                ) -> Callable[[Callable[Concatenate[PopotoTask, P], R]], BoundTask[P, R]]:
     """``@popoto_task("popoto.maintenance.x")``: a bound shared task with the policy above.
 
     Shared, so an application's own Celery app picks the tasks up too once the
     module is imported (``include=["popoto.tasks.maintenance", "popoto.workers.tasks"]``).
     """
 
-    def decorate(fn: F) -> Any:
-        return shared_task(name=name, bind=True, base=PopotoTask, **options)(
+    def decorate(fn: Callable[Concatenate[PopotoTask, P], R]) -> BoundTask[P, R]:
+        task: BoundTask[P, R] = shared_task(name=name, bind=True, base=PopotoTask, **options)(
             _unwrap_unreachable(fn)
         )
+        return task
 
     return decorate

@@ -76,8 +76,9 @@ def check_group(self: Any, label: str, job_id: str, group: int) -> dict[str, Any
     client = get_client()
     client.hset(job.key, f"report:g{group}", json.dumps(report, default=str))
     parts = client.hmget(job.key, [f"report:g{i}" for i in range(len(groups))])
-    if all(parts):
-        total = merge_reports(json.loads(p) for p in parts)
+    reports = [p for p in parts if p]
+    if len(reports) == len(parts):
+        total = merge_reports(json.loads(p) for p in reports)
         job.set(problems=int(total.get("total", 0)), report=json.dumps(total, default=str))
         record_check(label, total, job_id)
         log.info("index check", problems=total.get("total", 0), report=total)

@@ -22,7 +22,7 @@ from popoto.engine.scripts import LuaScript
 from popoto.redis_db import get_client
 
 from . import jobs
-from .base import settings
+from .base import BoundTask, settings
 from .jobs import ChunkResult, Job
 
 log = structlog.stdlib.get_logger("popoto.tasks")
@@ -37,7 +37,7 @@ PHASES = {
 #: The coordinator task of each phase, enqueued by :func:`_settle` when the phase begins.
 #: Filled in by the modules defining them (:mod:`popoto.tasks.rebuild`: ``reindex``,
 #: :mod:`popoto.tasks.clean`: ``clean``), which import this one.
-PHASE_COORDINATORS: dict[str, Any] = {}
+PHASE_COORDINATORS: dict[str, BoundTask[..., Any]] = {}
 
 
 def _model(label: str) -> type[Model]:

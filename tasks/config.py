@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from popoto.exceptions import ConnectionConfigError
 from popoto.redis_db import DEFAULT_URL, mask_url
@@ -67,11 +67,18 @@ TASK_ROUTES = {
 }
 
 
+def kombu_queue(name: str, exchange: str, exchange_type: str, routing_key: str) -> Queue:
+    """``Queue(name, Exchange(exchange, type=exchange_type), routing_key=routing_key)``."""
+    # kombu ships py.typed but leaves both constructors unannotated: typed views of them
+    new_exchange: Callable[..., Exchange] = Exchange
+    new_queue: Callable[..., Queue] = Queue
+    return new_queue(name, new_exchange(exchange, type=exchange_type), routing_key=routing_key)
+
+
 def popoto_queues() -> tuple[Queue, ...]:
     """Popoto's queues: one direct exchange per queue, bound by the queue's own name, so a
     message routed to one queue never lands in the other."""
-    return tuple(Queue(q, Exchange(q, type="direct"), routing_key=q)
-                 for q in (MAINTENANCE_QUEUE, EVENTS_QUEUE))
+    return tuple(kombu_queue(q, q, "direct", q) for q in (MAINTENANCE_QUEUE, EVENTS_QUEUE))
 
 
 def check_log_settings(fmt: str, level: str) -> None:

@@ -172,8 +172,10 @@ class Job:
         """Extend the lease; False when another job took it (this one must stop)."""
         return bool(_RENEW(get_client(), [self.lock], [self.id, self.lock_ttl * 1000]))
 
-    def set(self, **fields: Any) -> None:
-        get_client().hset(self.key, mapping={**fields, "updated": time.time()})
+    def set(self, **fields: bytes | float | int | str) -> None:
+        mapping: dict[str | bytes, bytes | float | int | str] = dict(fields.items())
+        mapping["updated"] = time.time()
+        get_client().hset(self.key, mapping=mapping)
 
     def position(self, phase: str) -> tuple[str, int]:
         """Where the coordinator of ``phase`` stopped: ``(cursor, next chunk number)``."""

@@ -13,7 +13,7 @@ from popoto.registry import all_models, label_of
 from popoto.redis_db import get_client
 
 from . import jobs
-from .base import popoto_task, settings
+from .base import BoundTask, popoto_task, settings
 from .bulk_update import bulk_update
 from .check import check_indexes
 from .clean import clean_indexes
@@ -97,7 +97,7 @@ def _labels() -> list[str]:
     return sorted(label_of(m) for m in all_models())
 
 
-def _fan_out(task: Any, job: str) -> list[str]:
+def _fan_out(task: BoundTask[[str], Any], job: str) -> list[str]:
     """Enqueue ``task`` for every registered model; returns their labels."""
     labels = _labels()
     for label in labels:

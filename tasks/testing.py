@@ -67,7 +67,7 @@ def use_test_broker(app: Any, broker_url: str) -> Any:
     return app
 
 
-def broker_idle(broker: redis.Redis) -> bool:
+def broker_idle(broker: redis.Redis[bytes] | redis.Redis[str]) -> bool:
     """True when no task is queued, reserved or waiting for an ack."""
     pipe = broker.pipeline(transaction=False)
     for queue in (MAINTENANCE_QUEUE, EVENTS_QUEUE):

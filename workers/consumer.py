@@ -43,7 +43,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,7 +57,7 @@ from popoto.redis_db import get_client
 from .events import Event, MalformedEntry
 from .registry import HandlerRegistry
 from .registry import registry as default_registry
-from .streams import dead_letter, stream_keys, trim_acknowledged
+from .streams import Client, dead_letter, stream_keys, trim_acknowledged
 
 log = structlog.stdlib.get_logger("popoto.workers")
 
@@ -103,7 +103,7 @@ class StreamConsumer:
         consumer: str | None = None,
         *,
         registry: HandlerRegistry | None = None,
-        client: redis.Redis | None = None,
+        client: Client | None = None,
         batch_size: int = 100,
         block_ms: int = 1000,
         claim_idle_ms: int = 60_000,
@@ -124,7 +124,7 @@ class StreamConsumer:
         self.group = group
         self.consumer = consumer or default_consumer_name()
         self.registry = registry if registry is not None else default_registry
-        self.client = client if client is not None else get_client()
+        self.client: Client = client if client is not None else get_client()
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
@@ -367,7 +367,9 @@ class StreamConsumer:
             ack.append(entry_id)
             self.stats.handled += 1
         if ack:
-            self.client.xack(stream, self.group, *ack)
+            # types-redis leaves XACK unannotated (it replies how many were acknowledged)
+            xack: Callable[..., int] = self.client.xack
+            xack(stream, self.group, *ack)
         self.log.debug("batch done", entries=len(entries), acked=len(ack), key=stream)
 
     def _dead_letter(self, stream: str, entry_id: str, fields: dict[Any, Any],

@@ -23,11 +23,12 @@ key the commands write must share a hash tag (e.g. ``{proj}:seen`` and
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from popoto.engine.scripts import LuaScript
+
+if TYPE_CHECKING:
+    from .streams import Client
 
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
 
@@ -45,7 +46,7 @@ def event_ms(event_id: str) -> int:
     return int(event_id.split("-", 1)[0])
 
 
-def apply_once(client: redis.Redis, marker_key: str, event_id: str,
+def apply_once(client: Client, marker_key: str, event_id: str,
                commands: Iterable[Sequence[Any]],
                retention_ms: int = DEFAULT_RETENTION_MS) -> bool:
     """Run ``commands`` (e.g. ``[("HINCRBY", "totals", "orders", 1)]``) once per event id.
@@ -61,7 +62,7 @@ def apply_once(client: redis.Redis, marker_key: str, event_id: str,
     return bool(_APPLY_ONCE(client, [marker_key], argv))
 
 
-def apply_if_newer(client: redis.Redis, versions_key: str, member: str, version: float,
+def apply_if_newer(client: Client, versions_key: str, member: str, version: float,
                    commands: Iterable[Sequence[Any]]) -> bool:
     """Run ``commands`` only if ``version`` is newer than the one recorded for ``member``.
 

@@ -14,9 +14,9 @@ imported models write under it. A stream and its dead letters share a cluster sl
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import redis
 import structlog
@@ -34,6 +34,10 @@ STREAM_PREFIX = "stream:"
 DEAD_PREFIX = "dead:"
 #: Lag is counted exactly up to this many entries, then reported as "at least".
 LAG_LIMIT = 10_000
+
+#: the data client as ``popoto.redis_db.get_client()`` declares it (bytes replies; in
+#: cluster mode a ``redis.cluster.RedisCluster`` with the same command API)
+Client: TypeAlias = "redis.Redis[bytes]"
 
 
 def stream_key(name: str, partition: Any = None) -> str:
@@ -90,7 +94,7 @@ def dead_letter_key(stream: str) -> str:
 _TRIM = LuaScript("workers_stream_trim_acked")
 
 
-def trim_acknowledged(client: redis.Redis, stream: str, approximate: bool = True) -> int:
+def trim_acknowledged(client: Client, stream: str, approximate: bool = True) -> int:
     """Drop entries every consumer group has acknowledged; never an unacknowledged one.
 
     Atomic (one script). ``approximate`` lets Redis drop only whole internal
@@ -121,14 +125,14 @@ class StreamInfo:
     groups: list[GroupInfo] = field(default_factory=list)
 
 
-def _lag(client: redis.Redis, key: str, last_delivered: str) -> tuple[int, bool]:
+def _lag(client: Client, key: str, last_delivered: str) -> tuple[int, bool]:
     """Entries after ``last_delivered`` (exact up to LAG_LIMIT; Redis 6.2 has no lag field)."""
     start = "-" if last_delivered in ("0-0", "") else f"({last_delivered}"
     rows = client.xrange(key, min=start, max="+", count=LAG_LIMIT + 1)
     return min(len(rows), LAG_LIMIT), len(rows) <= LAG_LIMIT
 
 
-def stream_info(client: redis.Redis, stream: str) -> StreamInfo:
+def stream_info(client: Client, stream: str) -> StreamInfo:
     """Length, groups (consumers, pending, lag, oldest pending idle time), dead letters."""
     key = stream_key(stream)
     length = client.xlen(key)
@@ -140,7 +144,9 @@ def stream_info(client: redis.Redis, stream: str) -> StreamInfo:
                       dead_letters=client.xlen(dead_letter_key(key)))
     if not client.exists(key):
         return info
-    for group in client.xinfo_groups(key):
+    # types-redis leaves XINFO GROUPS unannotated; redis-py replies one dict per group
+    xinfo_groups: Callable[[str], list[dict[str, Any]]] = client.xinfo_groups
+    for group in xinfo_groups(key):
         name = _text(group["name"])
         last_delivered = _text(group["last-delivered-id"])
         lag, exact = _lag(client, key, last_delivered)
@@ -155,14 +161,14 @@ def stream_info(client: redis.Redis, stream: str) -> StreamInfo:
     return info
 
 
-def iter_streams(client: redis.Redis) -> Iterator[str]:
+def iter_streams(client: Client) -> Iterator[str]:
     """Keys of every event stream (``stream:*`` keys of type stream), sorted."""
     found = {_text(k) for k in client.scan_iter(match=STREAM_PREFIX + "*", count=1000,
                                                 _type="stream")}
     yield from sorted(found)
 
 
-def dead_letter(client: redis.Redis, stream: str, group: str, consumer: str,
+def dead_letter(client: Client, stream: str, group: str, consumer: str,
                 entry_id: str, fields: dict[str, Any], deliveries: int, error: str) -> str:
     """Move one entry to the dead-letter stream: XADD there + XACK here, in one MULTI."""
     key = stream_key(stream)
@@ -176,7 +182,7 @@ def dead_letter(client: redis.Redis, stream: str, group: str, consumer: str,
     return _text(new_id)
 
 
-def replay_dead_letters(client: redis.Redis, stream: str, count: int | None = None) -> int:
+def replay_dead_letters(client: Client, stream: str, count: int | None = None) -> int:
     """Put dead letters back on their stream (oldest first) and remove them from the DLQ.
 
     Each replay is one MULTI: XADD of the original fields (plus ``origin_id``,
