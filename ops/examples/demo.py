@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import time
 from decimal import Decimal
-
-import redis
+from typing import TYPE_CHECKING
 
 import popoto
 from popoto import (
@@ -33,16 +32,19 @@ from popoto import (
 )
 from popoto.redis_db import POPOTO_REDIS_DB
 
+if TYPE_CHECKING:
+    from popoto.workers.streams import Client
+
 
 class Author(Model):
     handle = KeyField()
-    name = Field(type=str)
-    email = Field(type=str, unique=True)
+    name: Field[str | None] = Field(type=str)
+    email: Field[str | None] = Field(type=str, unique=True)
 
 
 class Book(Model):
     isbn = KeyField()
-    title = Field(type=str)
+    title: Field[str | None] = Field(type=str)
     genre = IndexedField(null=True)
     rating = SortedField(type=float, null=True)
     price = DecimalField(null=True)
@@ -66,7 +68,8 @@ class Headline(WriteFilterMixin, EventStreamMixin, Model):
     _wf_priority_threshold = 0.7
 
     def compute_filter_score(self) -> float:
-        return min(self.votes / 10, 1.0)
+        score: float = min(self.votes / 10, 1.0)
+        return score
 
 
 def section(title: str) -> None:
@@ -91,7 +94,7 @@ def main() -> int:
     return 0
 
 
-def connect() -> redis.Redis:
+def connect() -> Client:
     popoto.configure(url=os.environ.get("REDIS_URL"))
     client = popoto.get_redis()
     client.flushdb()
@@ -127,7 +130,7 @@ def create_and_save() -> None:
 def load_and_query() -> Book:
     """The Load, Filter and Relationships sections; returns the loaded book."""
     section("Load")
-    book = Book.query.get(isbn="978-0441478125")
+    book: Book = Book.query.get(isbn="978-0441478125")
     show("get(isbn=...)", f"{book.title!r} rating={book.rating} price={book.price!r}")
 
     section("Filter")
@@ -185,7 +188,7 @@ def update_and_delete(book: Book) -> None:
     show("fantasy index now holds", Book.query.count(genre="fantasy"))
 
 
-def index_health(client: redis.Redis) -> None:
+def index_health(client: Client) -> None:
     section("Index health: check, break, repair")
     show("check_indexes()['total'] (healthy)", Book.check_indexes()["total"])
     client.srem("$IndexF:Book:genre:scifi", "Book:978-0061054884")   # lose an entry

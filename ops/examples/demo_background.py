@@ -18,13 +18,16 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 import popoto
 from popoto.tasks.config import default_broker_url
 from popoto.tasks.testing import Process, spawn_beat, spawn_consumer, spawn_worker, wait_until
+
+if TYPE_CHECKING:
+    from popoto.workers.streams import Client
 
 
 def section(title: str) -> None:
@@ -81,7 +84,7 @@ def main() -> int:
     return 0
 
 
-def prepare(url: str) -> tuple[redis.Redis, dict[str, str]]:
+def prepare(url: str) -> tuple[Client, dict[str, str]]:
     """Configure Popoto, logging and the Celery app; flush both databases.
 
     Returns the client and the environment of the worker, beat and consumer processes.
@@ -127,7 +130,7 @@ def web_saves() -> None:
     show("POST /notes", web("POST", "/notes", {"title": "hello", "tag": "demo"})["key"])
 
 
-def task_driven_rebuild(client: redis.Redis) -> None:
+def task_driven_rebuild(client: Client) -> None:
     from popoto.ops.cli import wait_for_job
     from popoto.ops.examples.models import Note
 
@@ -146,7 +149,7 @@ def task_driven_rebuild(client: redis.Redis) -> None:
     show("check_indexes()['total']", Note.check_indexes()["total"])
 
 
-def beat_cleanup(client: redis.Redis) -> None:
+def beat_cleanup(client: Client) -> None:
     from popoto.ops.examples.models import Session
 
     section("3. Beat-scheduled clean-up after TTL expiry")

@@ -22,7 +22,7 @@ class Parcel(Model):
     code = KeyField()
     weight = SortedField(type=int)
     depot = IndexedField()
-    tracking = Field(unique=True, null=True)
+    tracking: Field[str | None] = Field(unique=True, null=True)
 
     class Meta:
         shards = 16

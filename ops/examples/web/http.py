@@ -30,7 +30,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import structlog
@@ -78,7 +78,8 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any],
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
+    headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())  # the ASGI spec's
+    for key, value in headers:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
@@ -288,7 +289,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     detail = [{"loc": list(e.get("loc", ())), "field": _field_of(e.get("loc", ())),
                "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
-    first = detail[0] if detail else {"field": None, "msg": "invalid request"}
+    first: dict[str, Any] = detail[0] if detail else {"field": None, "msg": "invalid request"}
     message = f"{first['field']}: {first['msg']}" if first["field"] else first["msg"]
     return JSONResponse(error_body(message, first["field"], detail=detail), status_code=422)
 

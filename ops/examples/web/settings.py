@@ -4,9 +4,10 @@ of ``python -m popoto.ops.examples.web`` override them)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 
-def _number(name: str, default: float, kind: type = int) -> float:
+def _number(name: str, default: float, kind: Callable[[str], float] = int) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
