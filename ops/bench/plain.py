@@ -21,18 +21,32 @@ from __future__ import annotations
 
 import datetime as _dt
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import msgpack
 import redis
+
+if TYPE_CHECKING:
+    import redis.cluster
 
 FIELDS = ("sku", "score", "color", "name", "qty", "price", "created")
 PER_COLOR = 500  # objects per IndexedField value
 _BASE_TIME = _dt.datetime(2024, 1, 1, 12, 0, 0)
 _DATETIME_EXT = 2  # the msgpack extension code of a datetime (Popoto's storage format)
 FLUSH = 1000  # objects per pipeline of the bulk floor
+
+#: a redis-py client with bytes replies, standalone or cluster (the same command API)
+AnyClient: TypeAlias = "redis.Redis[bytes] | redis.cluster.RedisCluster[bytes]"
+#: ``client.script_load``: the script's SHA1 (types-redis leaves it unannotated)
+ScriptLoad = Callable[[str], str]
+
+
+class EvalSha(Protocol):
+    """``client.evalsha``: the script's reply (types-redis leaves it unannotated)."""
+
+    def __call__(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -158,7 +172,7 @@ return tostring(v)
 class Plain:
     """The hand-written floor over one :class:`Layout` (see the module docstring)."""
 
-    def __init__(self, client: redis.Redis, layout: Layout) -> None:
+    def __init__(self, client: redis.Redis[bytes], layout: Layout) -> None:
         self.r = client
         self.layout = layout
         self.increment_sha: str | None = None
@@ -220,10 +234,12 @@ class Plain:
     def increment(self, row: Row, field: str, delta: Any) -> Any:
         """One EVALSHA of the user's own increment script (re-indexes ``score``)."""
         if self.increment_sha is None:
-            self.increment_sha = self.r.script_load(INCREMENT_LUA)
+            script_load: ScriptLoad = self.r.script_load
+            self.increment_sha = script_load(INCREMENT_LUA)
         key = self.layout.key(row.sku)
-        return self.r.evalsha(self.increment_sha, 2, key, self.layout.score_key, field,
-                              repr(delta), "1" if field == "score" else "0")
+        evalsha: EvalSha = self.r.evalsha
+        return evalsha(self.increment_sha, 2, key, self.layout.score_key, field,
+                       repr(delta), "1" if field == "score" else "0")
 
     # --- reads --------------------------------------------------------
     def get(self, row: Row) -> list[Any]:
@@ -273,7 +289,7 @@ class Plain:
         return self.r.zcount(self.layout.score_key, low, high)
 
 
-def delete_namespace(client: redis.Redis, patterns: Iterable[str]) -> int:
+def delete_namespace(client: AnyClient, patterns: Iterable[str]) -> int:
     """UNLINK every key matching ``patterns`` (the harness only removes keys it made)."""
     removed = 0
     for pattern in patterns:
@@ -288,7 +304,7 @@ def delete_namespace(client: redis.Redis, patterns: Iterable[str]) -> int:
     return removed
 
 
-def memory_usage(client: redis.Redis, patterns: Iterable[str]) -> dict[str, int]:
+def memory_usage(client: redis.Redis[bytes], patterns: Iterable[str]) -> dict[str, int]:
     """``MEMORY USAGE ... SAMPLES 0`` of every key matching ``patterns``, hashes apart."""
     out = {"hash_bytes": 0, "index_bytes": 0, "hashes": 0, "index_keys": 0}
     for pattern in patterns:

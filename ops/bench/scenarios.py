@@ -1,3 +1,6 @@
+# mypy: disable-error-code="func-returns-value"
+# (the timed lambdas run None-returning calls inside list comprehensions: the list is built
+# and dropped on purpose, the same way for every impl, as part of the timed work)
 """The standalone scenarios (1-9 and the scaling runs): ``Bench`` times the plain floor,
 the same-script floor, Popoto and the installed peers on the same operations.
 
@@ -9,12 +12,13 @@ reads the other's bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 
 import popoto
+from popoto import Model
 
 from . import popoto1
 from .peers import load_peers
@@ -168,10 +172,14 @@ class Bench:
                             lambda f: self.clean)
         impls.append(Impl(POPOTO, lambda: [BenchItem(**r.kwargs()).save() for r in rows], n,
                           self.clean))
+        # the timed callables binding a loop value are defs with a default argument, not
+        # lambdas with one (mypy cannot infer their type)
         for peer in peers:
             if peer is not None:
-                impls.append(Impl(peer.name, lambda p=peer: [p.save(r) for r in rows], n,
-                                  self.clean))
+                def peer_saves(p: Any = peer) -> list[Any]:
+                    return [p.save(r) for r in rows]
+
+                impls.append(Impl(peer.name, peer_saves, n, self.clean))
         self.record("1", "save() one object at a time", 0, impls,
                     notes=["plain = MULTI/HSET/SADD/ZADD/SADD/EXEC; same-script = the "
                            "EVALSHA of Popoto's save script; redis-om save() = one HSET, "
@@ -203,9 +211,10 @@ class Bench:
         impls.append(Impl(POPOTO, lambda: [bump(o) for o in objs], n))
         for peer in peers:
             if peer is not None:
-                impls.append(Impl(
-                    peer.name, lambda p=peer: [p.update_qty(o, next(counter) % 1000)
-                                               for o in peer_objs[p.name]], n))
+                def peer_updates(p: Any = peer) -> list[Any]:
+                    return [p.update_qty(o, next(counter) % 1000) for o in peer_objs[p.name]]
+
+                impls.append(Impl(peer.name, peer_updates, n))
         self.record("8a", "save(update_fields=['qty'])", n, impls,
                     notes=["plain = HSET of the one field; walrus has no partial update "
                            "(save() rewrites the object); redis-om update(qty=...)"])
@@ -233,9 +242,10 @@ class Bench:
         impls.append(Impl(POPOTO, lambda: [o.delete() for o in victims], n, restore_popoto))
         for peer in peers:
             if peer is not None:
-                impls.append(Impl(peer.name, lambda p=peer: [p.delete(o)
-                                                             for o in peer_objs[p.name]],
-                                  n, restore_peer(peer)))
+                def peer_deletes(p: Any = peer) -> list[Any]:
+                    return [p.delete(o) for o in peer_objs[p.name]]
+
+                impls.append(Impl(peer.name, peer_deletes, n, restore_peer(peer)))
         self.record("8b", "delete()", n, impls,
                     notes=["instances are in memory before the timer starts (not loaded); "
                            "plain = MULTI/DEL/SREM/ZREM/SREM/EXEC; same-script = the "
@@ -257,17 +267,27 @@ class Bench:
                                                   ("8d", "score", "f", 0.5,
                                                    self.raw.layout.score_key)):
             text = repr(delta) if isinstance(delta, float) else str(delta)
+
+            def plain_increments(f: str = name, d: float = delta) -> list[Any]:
+                return [self.plain.increment(r, f, d) for r in rows]
+
+            def script_increments(f: str = name, k: str = kind, t: str = text,
+                                  z: str = zkey) -> list[bytes]:
+                return [self.raw.script_increment(r, f, k, t, z) for r in rows]
+
+            def popoto_increments(f: str = name, d: float = delta) -> list[Any]:
+                return [o.atomic_increment(f, d) for o in objs]
+
             impls = [
-                Impl(PLAIN, lambda f=name, d=delta: [self.plain.increment(r, f, d)
-                                                     for r in rows], n),
-                Impl(SCRIPT, lambda f=name, k=kind, t=text, z=zkey: [
-                    self.raw.script_increment(r, f, k, t, z) for r in rows], n),
-                Impl(POPOTO, lambda f=name, d=delta: [o.atomic_increment(f, d) for o in objs],
-                     n),
+                Impl(PLAIN, plain_increments, n),
+                Impl(SCRIPT, script_increments, n),
+                Impl(POPOTO, popoto_increments, n),
             ]
             if walrus is not None:
-                impls.append(Impl(walrus.name, lambda f=name, d=delta: [
-                    walrus.increment(o, f, d) for o in wobjs], n))
+                def walrus_increments(f: str = name, d: float = delta) -> list[Any]:
+                    return [walrus.increment(o, f, d) for o in wobjs]
+
+                impls.append(Impl(walrus.name, walrus_increments, n))
             note = ("moves the sorted-set entry in the same script" if zkey
                     else "plain int field")
             self.record(scenario, f"atomic_increment('{name}', {delta!r})", n, impls,
@@ -283,12 +303,20 @@ class Bench:
         om = self.peer("redis-om")
         for n in self.sizes.bulk:
             rows = Dataset(n, prefix="b").rows
-            impls = self.floors(lambda f, rs=rows: lambda: f.bulk_create(rs), n,
-                                lambda f: self.clean)
-            impls.append(Impl(POPOTO, lambda rs=rows: BenchItem.bulk_create(
-                [BenchItem(**r.kwargs()) for r in rs]), n, self.clean))
+
+            def floor_bulk(f: Plain, rs: list[Row] = rows) -> Callable[[], None]:
+                return lambda: f.bulk_create(rs)
+
+            def popoto_bulk(rs: list[Row] = rows) -> Sequence[Model]:
+                return BenchItem.bulk_create([BenchItem(**r.kwargs()) for r in rs])
+
+            impls = self.floors(floor_bulk, n, lambda f: self.clean)
+            impls.append(Impl(POPOTO, popoto_bulk, n, self.clean))
             if om is not None:
-                impls.append(Impl(om.name, lambda rs=rows: om.bulk_create(rs), n, self.clean))
+                def om_bulk(rs: list[Row] = rows) -> Any:
+                    return om.bulk_create(rs)
+
+                impls.append(Impl(om.name, om_bulk, n, self.clean))
             self.record(f"2/{n}", f"bulk_create of {n}", 0, impls,
                         reps=min(self.sizes.reps, 3),
                         notes=["3 repetitions; one op = one object; plain = "
@@ -390,20 +418,28 @@ class Bench:
              lambda lo: q.filter(score__between=(lo, lo + w - 1)), "score_range"),
         ]
         for scenario, title, floor_op, pop_op, walrus_op in forms:
-            impls = [
-                *self.floors(lambda f, op=floor_op: lambda: [check(op(f, lo), w)
-                                                             for lo in lows], len(lows)),
-                Impl(POPOTO, lambda op=pop_op: [check([read_all(o) for o in op(lo)], w)
-                                                for lo in lows], len(lows)),
-            ]
+            # defs with a default argument binding the loop value, not lambdas with one
+            # (mypy cannot infer their type)
+            def floor_reads(f: Plain, op: Callable[[Plain, float], Any] = floor_op
+                            ) -> Callable[[], list[Any]]:
+                return lambda: [check(op(f, lo), w) for lo in lows]
+
+            def popoto_reads(op: Callable[[float], Any] = pop_op) -> list[Any]:
+                return [check([read_all(o) for o in op(lo)], w) for lo in lows]
+
+            impls = [*self.floors(floor_reads, len(lows)), Impl(POPOTO, popoto_reads, len(lows))]
             if walrus is not None and walrus_op:
                 wop = getattr(walrus, walrus_op)
                 if scenario == "4b":
-                    impls.append(Impl(walrus.name, lambda wop=wop: [
-                        wop(lo - 1, lo + w) for lo in wl], len(wl)))
+                    def walrus_open_reads(wop: Any = wop) -> list[Any]:
+                        return [wop(lo - 1, lo + w) for lo in wl]
+
+                    impls.append(Impl(walrus.name, walrus_open_reads, len(wl)))
                 else:
-                    impls.append(Impl(walrus.name, lambda wop=wop: [
-                        wop(lo, lo + w - 1) for lo in wl], len(wl)))
+                    def walrus_reads(wop: Any = wop) -> list[Any]:
+                        return [wop(lo, lo + w - 1) for lo in wl]
+
+                    impls.append(Impl(walrus.name, walrus_reads, len(wl)))
             self.record(scenario, title, n, impls,
                         notes=["one op = one query, all fields of all results read; plain = "
                                "ZRANGEBYSCORE (open bounds as '(x') + pipelined HGETALL"],

@@ -122,6 +122,7 @@ class Result:
     def as_dict(self) -> dict[str, Any]:
         ratio = self.ratio_vs_plain
         peers = self.peer_ratios()
+        plain_op, popoto_op = self.per_op(PLAIN), self.per_op(POPOTO)
         return {
             "scenario": self.scenario,
             "title": self.title,
@@ -129,8 +130,8 @@ class Result:
             "timings": self.timings,
             "floors": {POPOTO: PLAIN, **self.floors},
             "ratio_vs_plain": ratio,
-            "ratio_of_medians_vs_plain": None if not self.per_op(POPOTO) or not self.per_op(
-                PLAIN) else self.per_op(PLAIN) / self.per_op(POPOTO),
+            "ratio_of_medians_vs_plain": None if not popoto_op or not plain_op
+            else plain_op / popoto_op,
             "popoto_overhead": self.popoto_overhead,
             "peer_ratios": peers,
             "peers_unsupported": self.unsupported,
@@ -175,8 +176,9 @@ def paired_ratio(timings: dict[str, dict[str, Any]], a: str, b: str) -> float | 
     ta, tb = timings.get(a), timings.get(b)
     if ta is None or tb is None or not ta["samples_s"] or not tb["samples_s"]:
         return None
-    return statistics.median((x / ta["ops"]) / (y / tb["ops"])
-                             for x, y in zip(ta["samples_s"], tb["samples_s"]))
+    ratio: float = statistics.median((x / ta["ops"]) / (y / tb["ops"])
+                                     for x, y in zip(ta["samples_s"], tb["samples_s"]))
+    return ratio
 
 
 def throughput_ratio(timings: dict[str, dict[str, Any]], impl: str, floor: str

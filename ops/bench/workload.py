@@ -29,9 +29,11 @@ from .plain import (
     FIELDS,
     PER_COLOR,
     Dataset,
+    EvalSha,
     Layout,
     Plain,
     Row,
+    ScriptLoad,
     decode_row,
     delete_namespace,
     pack,
@@ -61,10 +63,10 @@ class BenchItem(Model):
     sku = KeyField()
     score = SortedField(type=float)
     color = IndexedField()
-    name = Field(type=str)
-    qty = Field(type=int)
-    price = Field(type=float)
-    created = Field(type=_dt.datetime)
+    name: Field[str | None] = Field(type=str)
+    qty: Field[int | None] = Field(type=int)
+    price: Field[float | None] = Field(type=float)
+    created: Field[_dt.datetime | None] = Field(type=_dt.datetime)
 
 
 read_all = attrgetter(*FIELDS)
@@ -75,10 +77,11 @@ class Raw(Plain):
     """The same-script floor: Popoto's exact script calls for writes; for reads, the plain
     floor's commands over Popoto's layout (inherited from :class:`Plain`)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis[bytes]) -> None:
         super().__init__(client, LAYOUT)
-        self.save_sha = client.script_load(SAVE.body)
-        self.delete_sha = client.script_load(DELETE.body)
+        script_load: ScriptLoad = client.script_load
+        self.save_sha = script_load(SAVE.body)
+        self.delete_sha = script_load(DELETE.body)
         self.script_increment_sha: str | None = None
 
     # --- writes -------------------------------------------------------
@@ -105,7 +108,8 @@ class Raw(Plain):
         ]
 
     def save(self, row: Row) -> None:
-        self.r.evalsha(self.save_sha, *self.save_argv(row))
+        evalsha: EvalSha = self.r.evalsha
+        evalsha(self.save_sha, *self.save_argv(row))
 
     def load(self, rows: Iterable[Row], chunk: int = 2000) -> None:
         """Store ``rows`` in Popoto's layout with pipelined save-script calls (setup only)."""
@@ -129,19 +133,23 @@ class Raw(Plain):
                          ) -> bytes:
         """The increment script call of ``atomic_increment`` (``zkey``: the sorted set to move)."""
         if self.script_increment_sha is None:
-            self.script_increment_sha = self.r.script_load(scripts.script_body("increment"))
+            script_load: ScriptLoad = self.r.script_load
+            self.script_increment_sha = script_load(scripts.script_body("increment"))
         key = row_key(row)
-        return self.r.evalsha(self.script_increment_sha, 2, key, zkey or key, field, kind,
-                              delta, "1" if zkey else "0")
+        evalsha: EvalSha = self.r.evalsha
+        reply: bytes = evalsha(self.script_increment_sha, 2, key, zkey or key, field, kind,
+                               delta, "1" if zkey else "0")
+        return reply
 
     def update_qty(self, row: Row, qty: int) -> None:
         """The save script call of ``save(update_fields=["qty"])`` (qty owns no index)."""
-        self.r.evalsha(self.save_sha, 3, row_key(row), CLASS_SET, row_key(row),
-                       "-", "-", 0, 0, 0, 0, 1, "qty", pack(qty), 0, 0, 0)
+        evalsha: EvalSha = self.r.evalsha
+        evalsha(self.save_sha, 3, row_key(row), CLASS_SET, row_key(row),
+                "-", "-", 0, 0, 0, 0, 1, "qty", pack(qty), 0, 0, 0)
 
     def delete(self, row: Row) -> None:
-        self.r.evalsha(self.delete_sha, 4, row_key(row), CLASS_SET, LEX_KEY, LEX_KEY_R,
-                       *DELETE_ARGV)
+        evalsha: EvalSha = self.r.evalsha
+        evalsha(self.delete_sha, 4, row_key(row), CLASS_SET, LEX_KEY, LEX_KEY_R, *DELETE_ARGV)
 
     def unload(self, rows: Iterable[Row], chunk: int = 2000) -> None:
         """Delete ``rows`` and their index entries (setup only)."""
