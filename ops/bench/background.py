@@ -22,6 +22,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -111,7 +112,9 @@ def bench_consumer(url: str, events: int, handlers: str, label: str,
     with spawn_consumer({**env, "POPOTO_LOG_LEVEL": "INFO"}, args) as proc:
         proc.popen.wait(timeout=1800)
     seconds = time.perf_counter() - started
-    pending = client.xpending(stream, group)["pending"]
+    # types-redis leaves XPENDING unannotated; redis-py replies a summary dict
+    xpending: Callable[[str, str], dict[str, Any]] = client.xpending
+    pending = xpending(stream, group)["pending"]
     return {"events": events, "handlers": handlers, "seconds": round(seconds, 2),
             "events_per_second": round(events / seconds), "pending_after": pending,
             "exit_code": proc.popen.returncode}

@@ -21,17 +21,19 @@ import binascii
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.cluster import RedisCluster
 
 import popoto
+from popoto import Model
 from popoto.engine.scripts import SAVE
 from popoto.redis_db import get_client
 
+from .plain import Scripting
 from .timing import Impl, measure, paired_ratio
 from .workload import (
     POPOTO_PATTERNS,
@@ -87,9 +89,10 @@ class ShardedRaw:
     is one round trip per node.
     """
 
-    def __init__(self, client: redis.Redis | RedisCluster) -> None:
+    def __init__(self, client: redis.Redis[bytes] | RedisCluster[bytes]) -> None:
         self.r = client
-        self.save_sha = client.script_load(SAVE.body)
+        # both have SCRIPT LOAD (a cluster loads it on every primary): see Scripting
+        self.save_sha = cast(Scripting, client).script_load(SAVE.body)
         self.groups = group_tags()
 
     def ns(self, row: Row) -> str:
@@ -139,7 +142,8 @@ class ShardedRaw:
 
     def _create(self, rows: list[Row], chunk: int, routed: bool) -> None:
         sha = self.save_sha
-        node_of = self.r.get_node_from_key if routed else None
+        r = self.r
+        node_of = r.get_node_from_key if routed and isinstance(r, RedisCluster) else None
         for start in range(0, len(rows), chunk):
             pipe = self.r.pipeline(transaction=False)
             execute_command = pipe.execute_command  # a cluster pipeline blocks .evalsha()
@@ -196,7 +200,7 @@ class ClusterBench:
         self.sizes = sizes
         self.log = log
         self.standalone = redis.Redis.from_url(standalone_url)
-        self.cluster = RedisCluster.from_url(cluster_url)
+        self.cluster: RedisCluster[bytes] = RedisCluster.from_url(cluster_url)
         self.raw = Raw(self.standalone)
         self.sraw = {SHARDED: ShardedRaw(self.standalone), CLUSTER: ShardedRaw(self.cluster)}
         self.scenarios: list[dict[str, Any]] = []
@@ -267,7 +271,7 @@ class ClusterBench:
                 self.use(layout)
             return prepare
 
-        def pop(layout: str) -> Callable[[], None]:
+        def pop(layout: str) -> Callable[[], Sequence[Model]]:
             model = self.model(layout)
             return lambda: model.bulk_create([model(**r.kwargs()) for r in rows])
 
@@ -319,7 +323,7 @@ class ClusterBench:
                 list(model.query.filter(score__gte=0).order_by("-score").limit(TOP))
             return prepare
 
-        def raw(layout: str) -> Callable[[], None]:
+        def raw(layout: str) -> Callable[[], list[list[list[Any]]]]:
             if layout == STANDALONE:
                 return lambda: [self.raw.top(lo, TOP) for lo in lows]
             return lambda: [self.sraw[layout].top(lo, TOP) for lo in lows]
@@ -337,7 +341,7 @@ class ClusterBench:
                         "WITHSCORES (one per group), merge, one pipeline of 20 HGETALL"])
 
 
-def environment(client: RedisCluster, origin: str) -> dict[str, Any]:
+def environment(client: RedisCluster[bytes], origin: str) -> dict[str, Any]:
     nodes = client.get_primaries()
     info = client.info("server", target_nodes=nodes[0])
     return {

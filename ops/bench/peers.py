@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -30,8 +30,8 @@ class WalrusPeer:
 
         self.db = Database.from_url(url)
 
-        def model_on(database: Any) -> type:
-            class BenchWalrus(Model):
+        def model_on(database: Any) -> type[Any]:
+            class BenchWalrus(Model):  # type: ignore[misc]  # walrus is untyped: Model is Any
                 __database__ = database
                 sku = TextField(primary_key=True)
                 score = FloatField(index=True)
@@ -62,7 +62,7 @@ class WalrusPeer:
     def save(self, row: Row) -> None:
         self.model.create(**row.kwargs())
 
-    def get(self, row: Row) -> list[Any]:
+    def get(self, row: Row) -> tuple[Any, ...]:
         return read_all(self.model.load(row.sku))
 
     def update_qty(self, obj: Any, qty: int) -> None:
@@ -78,41 +78,42 @@ class WalrusPeer:
     def instances(self, rows: Iterable[Row]) -> list[Any]:
         return [self.model(**row.kwargs()) for row in rows]
 
-    def score_range(self, low: float, high: float) -> list[list[Any]]:
+    def score_range(self, low: float, high: float) -> list[tuple[Any, ...]]:
         m = self.model
         return [read_all(o) for o in m.query(m.score.between(low, high))]
 
-    def range_gte_lte(self, low: float, high: float) -> list[list[Any]]:
+    def range_gte_lte(self, low: float, high: float) -> list[tuple[Any, ...]]:
         m = self.model
         return [read_all(o) for o in m.query((m.score >= low) & (m.score <= high))]
 
-    def range_open(self, low: float, high: float) -> list[list[Any]]:
+    def range_open(self, low: float, high: float) -> list[tuple[Any, ...]]:
         m = self.model
         return [read_all(o) for o in m.query((m.score > low) & (m.score < high))]
 
-    def range_color(self, low: float, high: float, color: str) -> list[list[Any]]:
+    def range_color(self, low: float, high: float, color: str) -> list[tuple[Any, ...]]:
         m = self.model
         return [read_all(o) for o in m.query(m.score.between(low, high) & (m.color == color))]
 
-    def range_page(self, low: float, high: float, n: int) -> list[list[Any]]:
+    def range_page(self, low: float, high: float, n: int) -> list[tuple[Any, ...]]:
         m = self.model
         found = m.query(m.score.between(low, high), order_by=m.score)
         return [read_all(o) for o in itertools.islice(found, n)]
 
-    def top(self, low: float, n: int) -> list[list[Any]]:
+    def top(self, low: float, n: int) -> list[tuple[Any, ...]]:
         m = self.model
         found = m.query(m.score >= low, order_by=m.score.desc())
         return [read_all(o) for o in itertools.islice(found, n)]
 
-    def by_color(self, color: str) -> list[list[Any]]:
+    def by_color(self, color: str) -> list[tuple[Any, ...]]:
         m = self.model
         return [read_all(o) for o in m.query(m.color == color)]
 
-    def all(self) -> list[list[Any]]:
+    def all(self) -> list[tuple[Any, ...]]:
         return [read_all(o) for o in self.model.all()]
 
     def count(self) -> int:
-        return self.model.count()
+        found: int = self.model.count()
+        return found
 
 
 class _BufferedWalrusDatabase:
@@ -120,15 +121,20 @@ class _BufferedWalrusDatabase:
 
     @staticmethod
     def make(database_cls: type, url: str) -> Any:
-        class Buffered(database_cls):  # type: ignore[misc, valid-type]
+        class Buffered(database_cls):  # type: ignore[misc]  # walrus is untyped
+            pending: list[tuple[Any, ...]]  # commands queued, sent by flush()
+            target: redis.Redis[bytes]
+
             def execute_command(self, *args: Any, **options: Any) -> Any:
                 self.pending.append(args)
                 return 0
 
             def flush(self) -> None:
                 pipe = self.target.pipeline(transaction=False)
+                # types-redis leaves Pipeline.execute_command unannotated (it queues)
+                queue: Callable[..., object] = pipe.execute_command
                 for args in self.pending:
-                    pipe.execute_command(*args)
+                    queue(*args)
                 pipe.execute()
                 self.pending = []
 
@@ -147,7 +153,8 @@ class RedisOmPeer:
 
         client = redis.Redis.from_url(url, decode_responses=True)
 
-        class BenchOm(HashModel, index=True):
+        # redis-om is untyped: HashModel is Any (and its class keywords unknown to mypy)
+        class BenchOm(HashModel, index=True):  # type: ignore[misc, call-arg]
             sku: str = Field(primary_key=True)
             score: float
             color: str
@@ -180,7 +187,7 @@ class RedisOmPeer:
     def bulk_create(self, rows: list[Row]) -> None:
         self.model.add([self.model(**row.kwargs()) for row in rows])
 
-    def get(self, row: Row) -> list[Any]:
+    def get(self, row: Row) -> tuple[Any, ...]:
         return read_all(self.model.get(row.sku))
 
     def instances(self, rows: Iterable[Row]) -> list[Any]:

@@ -37,10 +37,20 @@ _BASE_TIME = _dt.datetime(2024, 1, 1, 12, 0, 0)
 _DATETIME_EXT = 2  # the msgpack extension code of a datetime (Popoto's storage format)
 FLUSH = 1000  # objects per pipeline of the bulk floor
 
-#: a redis-py client with bytes replies, standalone or cluster (the same command API)
-AnyClient: TypeAlias = "redis.Redis[bytes] | redis.cluster.RedisCluster[bytes]"
+#: a redis-py client: standalone (bytes or, for redis-om, str replies) or cluster
+AnyClient: TypeAlias = ("redis.Redis[bytes] | redis.Redis[str] "
+                        "| redis.cluster.RedisCluster[bytes]")
 #: ``client.script_load``: the script's SHA1 (types-redis leaves it unannotated)
 ScriptLoad = Callable[[str], str]
+
+
+class Scripting(Protocol):
+    """The script commands of a client: ``redis.Redis`` and ``RedisCluster`` both have
+    them; types-redis leaves them unannotated (and out of ``RedisCluster``)."""
+
+    def script_load(self, script: str) -> str: ...
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any: ...
 
 
 class EvalSha(Protocol):
@@ -293,7 +303,7 @@ def delete_namespace(client: AnyClient, patterns: Iterable[str]) -> int:
     """UNLINK every key matching ``patterns`` (the harness only removes keys it made)."""
     removed = 0
     for pattern in patterns:
-        batch: list[bytes] = []
+        batch: list[bytes | str] = []
         for key in client.scan_iter(match=pattern, count=2000):
             batch.append(key)
             if len(batch) >= 2000:

@@ -15,7 +15,7 @@ import popoto
 from .timing import PLAIN, POPOTO, Sizes
 
 
-def environment(client: redis.Redis, sizes: Sizes, mode: str) -> dict[str, Any]:
+def environment(client: redis.Redis[bytes], sizes: Sizes, mode: str) -> dict[str, Any]:
     info = client.info("server")
     try:
         from redis.utils import HIREDIS_AVAILABLE
