@@ -10,9 +10,10 @@ migration and bulk operations.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import logging
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import redis
 
@@ -35,7 +36,11 @@ from popoto.models.maintenance import MaintenanceMixin
 from popoto.models.metaclass import ModelBase
 from popoto.models.options import ModelOptions
 from popoto.protocol import TTL_AT, TTL_SECONDS
-from popoto.query.manager import Query
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from popoto.query.manager import QueryDescriptor
 
 logger = logging.getLogger("popoto.models")
 
@@ -45,8 +50,14 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
     """Base class of every Popoto model: an instance is a Redis hash at ``Name:k1:k2``."""
 
     _meta: ClassVar[ModelOptions]
-    query: ClassVar[Query]
-    objects: ClassVar[Query]
+    #: ``Book.query`` is a ``Query[Book]`` (the metaclass sets one per class)
+    query: ClassVar[QueryDescriptor]
+    objects: ClassVar[QueryDescriptor]
+    # per-instance state, set in __init__ / _load straight into __dict__
+    _raw: dict[str, bytes] | None
+    _redis_key: str | None
+    _ttl: float | None
+    _expire_at: _dt.datetime | None
 
     def __init__(self, **kwargs: Any) -> None:
         meta = self._meta
@@ -73,7 +84,7 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
             hook(self)
 
     @classmethod
-    def from_redis(cls, redis_key: str, raw: dict[bytes | str, bytes]) -> Model:
+    def from_redis(cls, redis_key: str, raw: dict[bytes, bytes] | dict[str, bytes]) -> Self:
         """Build an instance from a stored hash; field values decode on first access.
 
         ``redis_key`` must be an instance key of this model (ModelException otherwise):
@@ -89,7 +100,7 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
         return cls._load(redis_key, decoded)
 
     @classmethod
-    def _load(cls, redis_key: str, decoded: dict[str, bytes]) -> Model:
+    def _load(cls, redis_key: str, decoded: dict[str, bytes]) -> Self:
         """``from_redis`` for a key already known to be the model's and str field names
         (a query's hydration checks a whole page's keys at once)."""
         obj = cls.__new__(cls)
