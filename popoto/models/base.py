@@ -94,7 +94,8 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
             raise ModelException(f"{cls.__name__}.from_redis: {encoding.short_repr(redis_key)} "
                                  f"is not a {cls.__name__} key")
         try:
-            decoded = {k.decode(): v for k, v in raw.items()}
+            # str keys raise AttributeError, handled below (EAFP: bytes is the fast path)
+            decoded = {k.decode(): v for k, v in raw.items()}  # type: ignore[union-attr]
         except AttributeError:  # str field names (a client with decode_responses)
             decoded = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
         return cls._load(redis_key, decoded)
@@ -215,10 +216,13 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
         sharded = meta.sharded
         # a sharded instance whose new key falls in another tag group (another slot) is
         # written there first and its old copy deleted after (see _sharded_save_steps)
-        relocating = migrating and sharded and keys.ns_of(old_key) != ns
+        # (old_key is not None: implied by migrating, spelled out for the type checker)
+        relocating = (migrating and sharded and old_key is not None
+                      and keys.ns_of(old_key) != ns)
         batch = WriteBatch(key=key, class_set=keys.class_set_key(ns), ns=ns,
                            external_claims=sharded,
-                           old_key=old_key if migrating and not relocating else "",
+                           old_key=old_key if old_key is not None and migrating
+                           and not relocating else "",
                            is_create=is_create, must_not_exist=must_not_exist or migrating,
                            update_fields=None if update_fields is None else frozenset(names),
                            bases=meta.record_bases(ns))
@@ -361,7 +365,7 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
             return
         yield from claims.claimed_save_steps(type(self), batch, old_key or batch.key,
                                              translate_error)
-        if relocating:
+        if relocating and old_key is not None:  # (implied by relocating)
             old_ns = keys.ns_of(old_key)
             old = WriteBatch(key=old_key, class_set=keys.class_set_key(old_ns), ns=old_ns,
                              external_claims=True, bases=self._meta.record_bases(old_ns))

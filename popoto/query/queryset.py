@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from popoto import keys
 from popoto.encoding import decode_field
@@ -35,6 +35,7 @@ from popoto.query.expressions import Q
 from popoto.query.results import ResultsMixin
 
 if TYPE_CHECKING:
+    from popoto.fields.sorted import SortedField
     from popoto.models.base import Model
 
 BATCH = 1000
@@ -161,8 +162,9 @@ class QuerySet(ResultsMixin[_M], Generic[_M]):
             source = keep_scores(source)
         if order is not None:
             field = self.model._meta.fields[order.lstrip("-")]
-            if field.is_sorted:
-                zkey = field.key_from_context({**compiled.exact, NS_CONTEXT: ns})
+            if field.is_sorted:  # a SortedField
+                zkey = cast("SortedField[Any]", field).key_from_context(
+                    {**compiled.exact, NS_CONTEXT: ns})
                 source = set_score_source(source, SetSource(zkey))
             elif (not field.is_key or len(self.model._meta.key_field_names) != 1
                   or (source is not None and source.scored)):
