@@ -30,6 +30,7 @@ from popoto.protocol import text as _s
 from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
+    from popoto.models.options import ModelOptions
     from popoto.redis_db import Client
 
 logger = logging.getLogger("popoto.maintenance")
@@ -37,7 +38,7 @@ logger = logging.getLogger("popoto.maintenance")
 _NIL = b"\xc0"  # msgpack nil
 
 
-def missing_key_fields(meta: Any, raw: dict[Any, Any]) -> list[str]:
+def missing_key_fields(meta: ModelOptions, raw: dict[Any, Any]) -> list[str]:
     """The key fields a stored hash has no value for (empty: a complete instance)."""
     values = {_s(k): v for k, v in raw.items()}
     return [n for n in meta.key_field_names if values.get(n) in (None, _NIL, "\xc0")]
