@@ -59,6 +59,7 @@ async def load_script_async(client: AsyncClient, body: str) -> None:
     """SCRIPT LOAD ``body`` with an asyncio client (on every primary of a cluster)."""
     await cast(AsyncScripting, client).script_load(body)
 
+
 #: every script defined anywhere; reloaded together when a server lost its cache
 REGISTRY: list[LuaScript] = []
 
