@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(SERVER) sh -c '$(BIN)/python -m ops.demo && $(BIN)/python -m ops.demo_background && $(BIN)/python -m ops.demo_cluster'
+	$(SERVER) sh -c '$(BIN)/python -m popoto.ops.examples.demo && $(BIN)/python -m popoto.ops.examples.demo_background && $(BIN)/python -m popoto.ops.examples.demo_cluster'
 
 test: $(STAMP) $(POPOTO1_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -61,7 +61,7 @@ $(POPOTO1_STAMP):
 
 # BENCH_ARGS, e.g. --million (1M stored objects, 2M for the range page) or --no-cluster
 bench: $(STAMP) $(BENCH_STAMP) $(POPOTO1_STAMP)
-	$(SERVER) $(BIN)/python -m ops.bench --popoto1-python $(CURDIR)/$(POPOTO1_VENV)/bin/python $(BENCH_ARGS)
+	$(SERVER) $(BIN)/python -m popoto.ops.bench --popoto1-python $(CURDIR)/$(POPOTO1_VENV)/bin/python $(BENCH_ARGS)
 
 # honcho gives the web process PORT=5000: the app on http://127.0.0.1:5000/, the dashboard
 # on http://127.0.0.1:5000/ops/ (read-only unless POPOTO_DASHBOARD_TOKEN is set)

@@ -1,4 +1,4 @@
-"""``python -m ops``: the operator CLI (same as ``popoto-ops``)."""
+"""``python -m popoto.ops``: the operator CLI (same as ``popoto-ops``)."""
 
 import sys
 

@@ -2,7 +2,7 @@
 
 The socket is bound here (so ``--port 0`` works and a busy port is an error before
 uvicorn starts), uvicorn logs through the process's logging set-up (structlog, see
-:mod:`tasks.logconfig`: ``log_config=None``, no access log of its own: the apps log
+:mod:`popoto.tasks.logconfig`: ``log_config=None``, no access log of its own: the apps log
 their requests), and one ``<name> listening`` line with the URL is logged once the
 server accepts connections.
 """

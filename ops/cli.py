@@ -1,4 +1,4 @@
-"""``popoto-ops`` / ``python -m ops``: the operator's command line.
+"""``popoto-ops`` / ``python -m popoto.ops``: the operator's command line.
 
 Commands (exit codes: see :data:`EXIT_CODES`, also in ``--help``):
 
@@ -23,7 +23,7 @@ A sharded model (tag groups) is processed over all its groups; counts are summed
 over them. Every error is one line on stderr (``popoto-ops: ...``), never a
 traceback. Global options (``--redis-url``, ``--models``, ``--json``) go before or
 after the command. Check, clean and rebuild draw their progress, with rate and ETA,
-on stderr (:mod:`ops.progress`): a live bar on a terminal, plain lines elsewhere.
+on stderr (:mod:`popoto.ops.progress`): a live bar on a terminal, plain lines elsewhere.
 Every command is registered in :func:`build_parser`, through its ``command()``.
 """
 
@@ -113,7 +113,7 @@ def _emit(out: TextIO, as_json: bool, payload: Any, lines: Iterable[str]) -> Non
 
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     models = _models(args.models)
-    from tasks.health import record_check  # tasks: the celery extra, only when used
+    from popoto.tasks.health import record_check  # tasks: the celery extra, only when used
 
     reports = {label_of(m): check_with_progress(m, args.batch_size, err) for m in models}
     for label, report in reports.items():
@@ -167,7 +167,7 @@ def wait_for_job(job_id: str, err: TextIO, timeout: float | None = DEFAULT_WAIT_
     (``running_job_id``), which is followed instead. Returns the last state seen
     (empty if none): still ``queued`` or ``running`` means the time ran out.
     """
-    from tasks import jobs
+    from popoto.tasks import jobs
 
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = Progress(err, f"job {job_id[:8]}")
@@ -206,7 +206,7 @@ def cmd_rebuild(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(f"{label_of(model)}: rebuilt the indexes of {count} instances in "
                   f"{seconds:.1f}s\n")
         return OK
-    from tasks.submit import submit_job
+    from popoto.tasks.submit import submit_job
 
     label = label_of(model)
     job_id = submit_job("rebuild", label, {"chunk_size": args.batch_size})
@@ -233,7 +233,7 @@ def cmd_rebuild(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from tasks import jobs
+    from popoto.tasks import jobs
 
     if args.job_id:
         state = jobs.get(args.job_id)
@@ -250,7 +250,7 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # --- stream commands --------------------------------------------------------------
 
 def cmd_streams(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from workers.streams import iter_streams, stream_info
+    from popoto.workers.streams import iter_streams, stream_info
 
     client = get_client()
     names = [_existing_stream(client, s) for s in args.stream] if args.stream \
@@ -284,7 +284,7 @@ def cmd_streams(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _existing_stream(client: Any, name: str) -> str:
     """The key of stream ``name``; UsageError when neither it nor its dead letters exist."""
-    from workers.streams import dead_letter_key, stream_key
+    from popoto.workers.streams import dead_letter_key, stream_key
 
     key = stream_key(name)
     kind = client.type(key)
@@ -297,7 +297,7 @@ def _existing_stream(client: Any, name: str) -> str:
 
 
 def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from workers.streams import dead_letter_key, replay_dead_letters
+    from popoto.workers.streams import dead_letter_key, replay_dead_letters
 
     key = _existing_stream(get_client(), args.stream)
     replayed = replay_dead_letters(get_client(), key, args.count)

@@ -33,7 +33,7 @@ def _positive(text: str) -> int:
 
 
 def add_dashboard_options(p: argparse.ArgumentParser) -> None:
-    """The options of ``popoto-ops dashboard`` (registered by ``ops.cli.build_parser``)."""
+    """The options of ``popoto-ops dashboard`` (registered by ``popoto.ops.cli.build_parser``)."""
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=DEFAULT_PORT,
@@ -54,7 +54,7 @@ def cmd_dashboard(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         from .asgi import bind, serve, url_of
     except ImportError as exc:
         raise UsageError(str(exc)) from exc
-    from tasks.logconfig import configure_logging
+    from popoto.tasks.logconfig import configure_logging
 
     get_client().ping()  # an unreachable Redis is a configuration error, now
     try:

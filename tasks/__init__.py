@@ -1,6 +1,6 @@
 """Celery side of Popoto: the app, maintenance tasks, beat schedule and structlog wiring.
 
-``celery -A tasks worker`` and ``celery -A tasks beat`` find :data:`app` here.
+``celery -A popoto.tasks worker`` and ``celery -A popoto.tasks beat`` find :data:`app` here.
 Needs the ``celery`` extra (``pip install 'popoto-redis[celery]'``): without it,
 importing this package raises ModuleNotFoundError naming that command.
 """

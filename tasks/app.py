@@ -1,11 +1,11 @@
-"""The Celery application, configured from the environment (see :mod:`tasks.config`).
+"""The Celery application, configured from the environment (see :mod:`popoto.tasks.config`).
 
-``celery -A tasks worker`` / ``celery -A tasks beat`` use :data:`app`, Popoto's own
+``celery -A popoto.tasks worker`` / ``celery -A popoto.tasks beat`` use :data:`app`, Popoto's own
 app, with the defaults of :meth:`Settings.celery_config` (broker, serializer, task
 policy, UTC, task events for Flower). An application with its own Celery app adds
 Popoto to it instead, after configuring it::
 
-    from tasks import configure_app
+    from popoto.tasks import configure_app
     configure_app(my_app)     # adds Popoto's tasks, queues, routes and beat entries
 
 :func:`configure_app` leaves everything else as the application set it: broker,
@@ -26,7 +26,7 @@ With only a cluster available (e.g. just ``REDIS_CLUSTER_URL``) it raises
 ``ConnectionConfigError`` asking for ``CELERY_BROKER_URL``. A URL counts as a
 cluster URL when it has ``?cluster=true``, or names the host and port of
 ``REDIS_CLUSTER_URL`` or of the cluster Popoto is configured for. Job progress
-and leases (:mod:`tasks.jobs`) stay with the data, next to what they describe.
+and leases (:mod:`popoto.tasks.jobs`) stay with the data, next to what they describe.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from .config import (
 )
 from .schedule import build_schedule
 
-TASK_MODULES = ("tasks.maintenance", "workers.tasks")
+TASK_MODULES = ("popoto.tasks.maintenance", "popoto.workers.tasks")
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -111,7 +111,7 @@ def broker_url(conf: Settings | None = None, env: Mapping[str, str] | None = Non
 
 
 def create_app(conf: Settings | None = None) -> Celery:
-    """Popoto's own Celery app (``celery -A tasks``): :meth:`Settings.celery_config` with
+    """Popoto's own Celery app (``celery -A popoto.tasks``): :meth:`Settings.celery_config` with
     the broker of :func:`broker_url`, then :func:`configure_app`."""
     conf = conf or settings
     config = conf.celery_config()

@@ -2,7 +2,7 @@
 
 Retry, acknowledgement and time-limit behaviour are class attributes of
 :class:`PopotoTask` (Celery reads them; nothing is decided inside task
-bodies). Values come from :class:`~tasks.config.Settings` read at import.
+bodies). Values come from :class:`~popoto.tasks.config.Settings` read at import.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def popoto_task(name: str, **options: Any) -> Callable[[F], Any]:
     """``@popoto_task("popoto.maintenance.x")``: a bound shared task with the policy above.
 
     Shared, so an application's own Celery app picks the tasks up too once the
-    module is imported (``include=["tasks.maintenance", "workers.tasks"]``).
+    module is imported (``include=["popoto.tasks.maintenance", "popoto.workers.tasks"]``).
     """
 
     def decorate(fn: F) -> Any:

@@ -1,4 +1,4 @@
-"""The plumbing shared by every maintenance job family (see :mod:`tasks.maintenance`).
+"""The plumbing shared by every maintenance job family (see :mod:`popoto.tasks.maintenance`).
 
 Opening a job (or picking it up again), settling after a chunk or a scan end
 (end of the job, or the next phase's coordinator), the SCAN-server checks that
@@ -35,8 +35,8 @@ PHASES = {
 }
 
 #: The coordinator task of each phase, enqueued by :func:`_settle` when the phase begins.
-#: Filled in by the modules defining them (:mod:`tasks.rebuild`: ``reindex``,
-#: :mod:`tasks.clean`: ``clean``), which import this one.
+#: Filled in by the modules defining them (:mod:`popoto.tasks.rebuild`: ``reindex``,
+#: :mod:`popoto.tasks.clean`: ``clean``), which import this one.
 PHASE_COORDINATORS: dict[str, Any] = {}
 
 

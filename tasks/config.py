@@ -271,9 +271,9 @@ class Settings:
         )
 
     def celery_config(self) -> dict[str, Any]:
-        """The settings of Popoto's own Celery app (``celery -A tasks``; lower-case names).
+        """The settings of Popoto's own Celery app (``celery -A popoto.tasks``; lower-case names).
 
-        An application's own app keeps its settings: :func:`tasks.app.configure_app`
+        An application's own app keeps its settings: :func:`popoto.tasks.app.configure_app`
         adds only Popoto's tasks, queues, routes and beat entries to it.
         """
         transport = {

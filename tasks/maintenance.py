@@ -17,7 +17,7 @@ Large jobs are split in two kinds of task:
   is counted once in the job's progress, however often it is delivered.
 
 The job id is the coordinator's Celery task id, so whoever enqueued the job
-can follow it (``tasks.jobs.get(job_id)``, ``popoto-ops jobs``), and a
+can follow it (``popoto.tasks.jobs.get(job_id)``, ``popoto-ops jobs``), and a
 redelivered first message recognises its own lease instead of reporting
 "already running".
 
@@ -42,17 +42,17 @@ scan records the ``run_id`` of the server holding its group, and a change
 (restart, failover) restarts the reindex scan of every group in a new epoch.
 
 Where the code lives (this module only re-exports the tasks, so
-``tasks.maintenance.rebuild_indexes`` and ``include=["tasks.maintenance"]`` keep
+``popoto.tasks.maintenance.rebuild_indexes`` and ``include=["popoto.tasks.maintenance"]`` keep
 working; importing it registers every maintenance task):
 
-* :mod:`tasks.chunking`: the job plumbing shared by every family (opening and
+* :mod:`popoto.tasks.chunking`: the job plumbing shared by every family (opening and
   settling jobs, scan-server checks, tag groups, chunks cut up front);
-* :mod:`tasks.rebuild`, :mod:`tasks.clean`, :mod:`tasks.check`,
-  :mod:`tasks.bulk_update`: one module per job family, coordinator and chunks;
-* :mod:`tasks.periodic`: the beat tasks (stalled jobs, fan-outs, TTL clean-up).
+* :mod:`popoto.tasks.rebuild`, :mod:`popoto.tasks.clean`, :mod:`popoto.tasks.check`,
+  :mod:`popoto.tasks.bulk_update`: one module per job family, coordinator and chunks;
+* :mod:`popoto.tasks.periodic`: the beat tasks (stalled jobs, fan-outs, TTL clean-up).
 
 To change a setting in a test, patch ``settings`` in the module that reads it
-(e.g. ``tasks.rebuild.settings``), not the name re-exported here.
+(e.g. ``popoto.tasks.rebuild.settings``), not the name re-exported here.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Rebuild jobs: ``rebuild_indexes`` (reindex phase, then clean), its chunks and,
-for a sharded model, one ``rebuild_group`` scan per tag group (see :mod:`tasks.maintenance`)."""
+for a sharded model, one ``rebuild_group`` scan per tag group (see
+:mod:`popoto.tasks.maintenance`)."""
 
 from __future__ import annotations
 

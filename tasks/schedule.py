@@ -1,4 +1,4 @@
-"""Celery beat schedule, built from :class:`~tasks.config.Settings`.
+"""Celery beat schedule, built from :class:`~popoto.tasks.config.Settings`.
 
 Beat only publishes: every tick is a fan-out task that enqueues one job per
 registered model (models are looked up when the tick runs, in the worker).

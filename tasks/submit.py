@@ -1,7 +1,7 @@
 """Enqueueing a maintenance job from outside a worker (the CLI, the web app, the dashboard).
 
 The job's record is created first (status ``queued``, see
-:func:`tasks.jobs.create_queued`), then its task is sent with the job id as its
+:func:`popoto.tasks.jobs.create_queued`), then its task is sent with the job id as its
 task id, so ``GET /jobs/<id>``, ``popoto-ops jobs ID`` and the dashboard find it at
 once; a send that fails forgets the record again.
 """

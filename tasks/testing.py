@@ -1,10 +1,10 @@
 """Helpers for tests and benchmarks that run real workers (no eager mode).
 
-* :func:`spawn_worker` starts ``celery -A tasks worker`` as its own process
+* :func:`spawn_worker` starts ``celery -A popoto.tasks worker`` as its own process
   group (so ``kill -9`` can take the whole worker, pool children included)
   and waits until it reports ready;
 * :func:`spawn_beat` and :func:`spawn_consumer` do the same for ``celery beat`` and
-  ``python -m workers consume``;
+  ``python -m popoto.workers consume``;
 * :func:`wait_until` polls a condition with a deadline;
 * :func:`broker_idle` tells whether the broker has no queued or unacked message;
 * :func:`use_test_broker` points an app at a test broker that stores results
@@ -146,8 +146,8 @@ def spawn_worker(env: Mapping[str, str], *, concurrency: int = 1, pool: str = "p
                  queues: Sequence[str] = (MAINTENANCE_QUEUE, EVENTS_QUEUE),
                  name: str = "worker", extra: Sequence[str] = (),
                  timeout: float = 60.0) -> Process:
-    """``celery -A tasks worker`` with ``env`` (REDIS_URL, CELERY_BROKER_URL, ...)."""
-    cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker",
+    """``celery -A popoto.tasks worker`` with ``env`` (REDIS_URL, CELERY_BROKER_URL, ...)."""
+    cmd = [sys.executable, "-m", "celery", "-A", "popoto.tasks", "worker",
            "--loglevel", "INFO", "--pool", pool, "--concurrency", str(concurrency),
            "--queues", ",".join(queues), "--hostname", f"{name}@%h",
            "--without-gossip", "--without-mingle", "--without-heartbeat", *extra]
@@ -155,14 +155,14 @@ def spawn_worker(env: Mapping[str, str], *, concurrency: int = 1, pool: str = "p
 
 
 def spawn_beat(env: Mapping[str, str], schedule_file: str, timeout: float = 60.0) -> Process:
-    """``celery -A tasks beat`` with its schedule state in ``schedule_file``."""
-    cmd = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO",
+    """``celery -A popoto.tasks beat`` with its schedule state in ``schedule_file``."""
+    cmd = [sys.executable, "-m", "celery", "-A", "popoto.tasks", "beat", "--loglevel", "INFO",
            "--schedule", schedule_file]
     return spawn(cmd, env, ready="beat: Starting", timeout=timeout)
 
 
 def spawn_consumer(env: Mapping[str, str], args: Sequence[str],
                    timeout: float = 30.0) -> Process:
-    """``python -m workers consume ARGS`` with ``env``; waits for "consumer running"."""
-    cmd = [sys.executable, "-m", "workers", "consume", *args]
+    """``python -m popoto.workers consume ARGS`` with ``env``; waits for "consumer running"."""
+    cmd = [sys.executable, "-m", "popoto.workers", "consume", *args]
     return spawn(cmd, env, ready="consumer running", timeout=timeout)

@@ -14,9 +14,9 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 
-from tasks import app
-from tasks.config import default_broker_url
-from tasks.testing import broker_idle, use_test_broker, wait_until
+from popoto.tasks import app
+from popoto.tasks.config import default_broker_url
+from popoto.tasks.testing import broker_idle, use_test_broker, wait_until
 
 
 @pytest.fixture(scope="session")

@@ -27,11 +27,12 @@ def test_the_hint_names_the_installed_distribution() -> None:
     assert install_hint("celery") == HINT
 
 
-@pytest.mark.parametrize("package", ["tasks", "workers", "tasks.jobs", "workers.consumer"])
+@pytest.mark.parametrize(
+    "package", ["popoto.tasks", "popoto.workers", "popoto.tasks.jobs", "popoto.workers.consumer"])
 @pytest.mark.parametrize("missing", [("celery",), ("structlog",)])
 def test_background_layer_without_the_extra_names_the_install_command(
         package: str, missing: tuple[str, ...]) -> None:
-    """``import tasks`` / ``import workers`` without celery or structlog: a
+    """``import popoto.tasks`` / ``popoto.workers`` without celery or structlog: a
     ModuleNotFoundError whose message says ``pip install 'popoto-redis[celery]'``."""
     proc = run_without(missing, f"import {package}")
     assert proc.returncode == 1
@@ -50,7 +51,7 @@ def test_the_orm_imports_without_the_extra() -> None:
 
 def test_cli_background_command_without_the_extra_is_one_line() -> None:
     """``popoto-ops jobs`` without the extra: exit 2, one line naming the install command."""
-    proc = run_without(("celery",), "from ops.cli import main; sys.exit(main(['jobs']))")
+    proc = run_without(("celery",), "from popoto.ops.cli import main; sys.exit(main(['jobs']))")
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("popoto-ops: ") and HINT in lines[0], \

@@ -17,8 +17,9 @@ SCRIPT_MODULES = (
     "popoto", "popoto.engine.claims", "popoto.models.bulk", "popoto.models.counters",
     "popoto.fields.decaying",
     "popoto.behaviours.access_tracker", "popoto.behaviours.write_filter",
-    "popoto.models.maintenance.clean", "tasks.jobs", "tasks.rebuild", "tasks.chunking",
-    "workers.streams", "workers.idempotency",
+    "popoto.models.maintenance.clean", "popoto.tasks.jobs", "popoto.tasks.rebuild",
+    "popoto.tasks.chunking",
+    "popoto.workers.streams", "popoto.workers.idempotency",
 )
 LUA_DIR = resources.files("popoto").joinpath("lua")
 LUA_FILES = {p.name[:-4]: p.read_text(encoding="utf-8") for p in LUA_DIR.iterdir()

@@ -1,8 +1,8 @@
 """Event-stream consumers: consumer groups, handler registry, dead letters, drain task.
 
-``python -m workers consume --stream mutations --group projections --consumer c1``
+``python -m popoto.workers consume --stream mutations --group projections --consumer c1``
 runs a long-lived consumer; ``popoto.events.drain_stream`` (see
-:mod:`workers.tasks`) drains a bounded amount from Celery beat. Needs the
+:mod:`popoto.workers.tasks`) drains a bounded amount from Celery beat. Needs the
 ``celery`` extra (``pip install 'popoto-redis[celery]'``): without it, importing
 this package raises ModuleNotFoundError naming that command.
 """

@@ -1,4 +1,4 @@
-"""``python -m workers consume --stream NAME --group GROUP --consumer NAME``.
+"""``python -m popoto.workers consume --stream NAME --group GROUP --consumer NAME``.
 
 Imports the handler modules (``--handlers`` or ``POPOTO_HANDLER_MODULES``) and
 model modules (``--models`` or ``POPOTO_MODEL_MODULES``), then consumes until
@@ -27,7 +27,7 @@ def _modules(value: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workers",
+    parser = argparse.ArgumentParser(prog="python -m popoto.workers",
                                      description="Popoto event-stream consumers")
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("consume", help="consume a stream with a consumer group")
@@ -59,11 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from tasks.logconfig import configure_logging
+        from popoto.tasks.logconfig import configure_logging
 
         configure_logging()
     except PopotoError as exc:  # a bad setting: one line, not the import's traceback
-        sys.stderr.write(f"python -m workers: {exc}\n")
+        sys.stderr.write(f"python -m popoto.workers: {exc}\n")
         return 2
     log = structlog.stdlib.get_logger("popoto.workers")
     for module in (*_modules(args.models), *_modules(args.handlers)):

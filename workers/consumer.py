@@ -15,11 +15,11 @@ Each entry goes to the handlers registered for its model and op; entries whose
 handlers all succeeded are acknowledged with one ``XACK`` per batch. An entry
 that failed ``max_deliveries`` times, or cannot be decoded, is moved to the
 dead-letter stream (``XADD`` there + ``XACK`` here in one MULTI). Trimming
-(:func:`workers.streams.trim_acknowledged`) only drops entries every group
+(:func:`popoto.workers.streams.trim_acknowledged`) only drops entries every group
 acknowledged.
 
 Several streams: a consumer reads every stream its name resolves to
-(:func:`workers.streams.stream_keys`: one per tag group of a sharded model) or
+(:func:`popoto.workers.streams.stream_keys`: one per tag group of a sharded model) or
 every key of a given list, each with its own group, pending list and reclaim
 cursor. Every command names one stream (one cluster slot), except the read of
 new entries on a standalone server: one ``XREADGROUP ... STREAMS`` over all of
@@ -93,7 +93,7 @@ class StreamConsumer:
     dispatches to handlers.
 
     ``stream`` is a stream name, a full ``stream:...`` key, or a list of them
-    (e.g. ``Model.stream_keys()``); see :func:`workers.streams.stream_keys`.
+    (e.g. ``Model.stream_keys()``); see :func:`popoto.workers.streams.stream_keys`.
     """
 
     def __init__(

@@ -2,7 +2,7 @@
 
 ::
 
-    from workers import handler
+    from popoto.workers import handler
 
     @handler("Order", "create")          # model label or class name, op
     def project_order(event): ...
@@ -13,7 +13,7 @@
 Handlers run in registration order. A handler that raises leaves the entry
 unacknowledged: it is delivered again (to this or another consumer) until it
 succeeds or is dead-lettered after ``max_deliveries``. Delivery is therefore
-at-least-once; write handlers idempotently (see :mod:`workers.idempotency`).
+at-least-once; write handlers idempotently (see :mod:`popoto.workers.idempotency`).
 """
 
 from __future__ import annotations
@@ -67,6 +67,6 @@ class HandlerRegistry:
         return len(self._handlers)
 
 
-#: The process-wide registry used by ``python -m workers consume`` and the drain task.
+#: The process-wide registry used by ``python -m popoto.workers consume`` and the drain task.
 registry = HandlerRegistry()
 handler = registry.handler

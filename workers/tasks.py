@@ -1,6 +1,6 @@
 """The beat-driven way to consume a stream: a Celery task that drains a bounded amount.
 
-``drain_stream(stream, group)`` runs a :class:`~workers.consumer.StreamConsumer`
+``drain_stream(stream, group)`` runs a :class:`~popoto.workers.consumer.StreamConsumer`
 for at most ``max_entries`` entries or ``max_seconds`` seconds (below the
 task's soft time limit), returning early once the stream is caught up, then
 trims what every group acknowledged. The
@@ -9,7 +9,7 @@ are resumed by the next drain on that host (or reclaimed by any other after
 ``claim_idle_ms``). Two drains of the same stream and group never overlap: a
 Redis lease makes the second one return at once. A stream name written by a
 sharded model is drained from all its tag groups' streams (the worker must
-import the model's module; see :func:`workers.streams.stream_keys`).
+import the model's module; see :func:`popoto.workers.streams.stream_keys`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 import structlog
 
-from tasks.base import popoto_task, settings
-from tasks.jobs import lease
+from popoto.tasks.base import popoto_task, settings
+from popoto.tasks.jobs import lease
 
 from .consumer import StreamConsumer
 from .streams import stream_key

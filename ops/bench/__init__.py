@@ -8,5 +8,5 @@ popoto1_child} -> {timing, plain}; ``timing`` and ``plain`` import no popoto, so
 popoto 1.10.1 runner (``popoto1_child``, started by ``popoto1`` in another interpreter)
 can use them.
 
-Run ``make bench`` (or ``python -m ops.bench --help``). See docs/performance.md.
+Run ``make bench`` (or ``python -m popoto.ops.bench --help``). See docs/performance.md.
 """

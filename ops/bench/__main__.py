@@ -1,4 +1,4 @@
-"""``python -m ops.bench``: run the benchmark and write bench/results.json."""
+"""``python -m popoto.ops.bench``: run the benchmark and write bench/results.json."""
 
 from .runner import main
 

@@ -12,7 +12,7 @@ divided by this code's, doing the fewest commands for the same user-visible resu
 * ``all()``: ``SMEMBERS``, then pipelines of 1,000 ``HGETALL``;
 * ``count()``: ``SCARD`` / ``ZCOUNT``.
 
-The bottom of ``ops.bench`` with ``timing``: it imports **no popoto** (and no sibling), so
+The bottom of ``popoto.ops.bench`` with ``timing``: it imports **no popoto** (and no sibling), so
 the popoto 1.10.1 runner (``popoto1_child``), which runs in another virtualenv where
 ``popoto`` is the upstream library, times the very same floor in its own process.
 """

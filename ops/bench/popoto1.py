@@ -2,7 +2,9 @@
 
 It cannot share this project's virtualenv (both import as ``popoto``), so ``make bench``
 creates ``.venv-popoto1`` on first use (``pip install popoto==1.10.1 hiredis``) and the
-harness runs ``ops.bench.popoto1_child`` with that interpreter.
+harness runs ``popoto1_child`` with that interpreter. There the checkout's ``ops/``
+folder is imported as the top-level package ``ops`` (``popoto`` being 1.10.1), which is
+why ``popoto1_child``, ``plain`` and ``timing`` use relative imports only.
 
 Protocol (version 1):
 

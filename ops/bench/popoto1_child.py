@@ -1,7 +1,7 @@
 """The popoto 1.10.1 runner: runs in ``.venv-popoto1``, where ``popoto`` is the upstream
 library from PyPI, never in this project's virtualenv (both import as ``popoto``).
 
-``ops.bench.popoto1`` starts it as a subprocess (see that module for the protocol): the
+``popoto.ops.bench.popoto1`` starts it as a subprocess (see that module for the protocol): the
 request (JSON on stdin) gives the Redis URL, the run's ``Sizes`` and the path to write
 the reply to. The runner times popoto 1.10.1 and, interleaved with it in every
 repetition, the plain floor (``plain.Plain``, the same hand-written redis-py code the

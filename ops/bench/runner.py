@@ -53,7 +53,7 @@ def redis_url() -> Iterator[tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ops.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m popoto.ops.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="tiny counts (smoke run); writes to a temporary directory unless "
                              "--output is given, never to bench/results.json")

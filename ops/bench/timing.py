@@ -1,7 +1,7 @@
 """Timing machinery shared by every scenario: run sizes, impls, interleaved repetitions,
 medians and paired per-repetition ratios.
 
-The bottom of ``ops.bench``: imports nothing from the package.
+The bottom of ``popoto.ops.bench``: imports nothing from the package.
 """
 
 from __future__ import annotations

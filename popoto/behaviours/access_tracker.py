@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from popoto import keys
 from popoto.engine import scripts
@@ -45,7 +45,10 @@ from popoto.exceptions import FieldUsageError, ModelException
 from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
+    import datetime
+
     from popoto.engine.write import WriteBatch
+    from popoto.models.options import ModelOptions
 
 OWNER = "@access"
 COUNT_FIELD = "@access:count"
@@ -57,42 +60,45 @@ CHUNK = 500
 ACCESS = scripts.LuaScript("access_tracker")
 
 
-def record_accesses(objs: Iterable[Any], when: float | None = None) -> list[int]:
+def record_accesses(objs: Iterable[object], when: float | None = None) -> list[int]:
     """Record one access for each saved instance in ``objs`` (one round trip).
 
     Returns the new access counts (0 for an instance whose hash is gone) and
     updates ``access_count``/``last_accessed`` on the objects.
     """
-    found = [o for o in objs if isinstance(o, AccessTrackerMixin) and o._redis_key]
+    # (instance, its key) of each saved tracked instance
+    found = [(o, o._redis_key) for o in objs
+             if isinstance(o, AccessTrackerMixin) and o._redis_key]
     if not found:
         return []
     now = time.time() if when is None else when
     by_group: dict[str, list[int]] = {}  # one script call touches one tag group (slot)
-    for i, obj in enumerate(found):
-        by_group.setdefault(keys.ns_of(obj._redis_key), []).append(i)
+    for i, (_obj, key) in enumerate(found):
+        by_group.setdefault(keys.ns_of(key), []).append(i)
     order: list[int] = []
     commands = []
     for positions in by_group.values():
         for start in range(0, len(positions), CHUNK):
             part = positions[start:start + CHUNK]
-            cap = min(type(found[i])._max_access_log for i in part)
+            cap = min(type(found[i][0])._max_access_log for i in part)
             keys_: list[str] = []
             for i in part:
-                keys_ += [found[i]._redis_key, found[i].access_log_key()]
+                obj, key = found[i]
+                keys_ += [key, obj.access_log_key(key)]
             commands.append(ACCESS.command(keys_, [repr(now), cap, COUNT_FIELD, LAST_FIELD]))
             order += part
     counts = [0] * len(found)
     replies = execute(get_client(), commands)
     for i, count in zip(order, (c for reply in replies for c in reply)):
         counts[i] = int(count)
-    for obj, count in zip(found, counts):
+    for (obj, _key), count in zip(found, counts):
         if count:
             obj.__dict__["_access_count"] = count
             obj.__dict__["_last_accessed"] = now
     return counts
 
 
-def _staged_times(obj: Any) -> list[float]:
+def _staged_times(obj: object) -> list[float]:
     """Pop the times of the reads staged on ``obj`` (a list; one time is one read)."""
     staged = obj.__dict__.pop("_staged_access", None)
     if staged is None:
@@ -112,7 +118,8 @@ class AccessTrackerMixin:
     _max_access_log: int = 100
     _record_on_read: bool = False
     _access_staging: bool = True
-    _meta: Any
+    # provided by the host Model
+    _meta: ClassVar[ModelOptions]
     _redis_key: str | None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -126,7 +133,8 @@ class AccessTrackerMixin:
     @property
     def access_count(self) -> int:
         """Recorded accesses (as of the last load or access recorded by this process)."""
-        return self.__dict__.get("_access_count", 0)
+        count: int = self.__dict__.get("_access_count", 0)
+        return count
 
     @property
     def last_accessed(self) -> float | None:
@@ -134,7 +142,8 @@ class AccessTrackerMixin:
         return self.__dict__.get("_last_accessed")
 
     def access_log_key(self, instance_key: str | None = None) -> str:
-        return keys.companion_key("AccessLog", instance_key or self._redis_key, "log")
+        key = instance_key or self._access_needs_key("access_log_key")
+        return keys.companion_key("AccessLog", key, "log")
 
     def access_log(self) -> list[float]:
         """The recorded access times, oldest first (at most ``_max_access_log``)."""
@@ -148,10 +157,12 @@ class AccessTrackerMixin:
         self._access_needs_key("record_access")
         return record_accesses([self])[0]
 
-    def _access_needs_key(self, action: str) -> None:
+    def _access_needs_key(self, action: str) -> str:
+        """The instance key; FieldUsageError (a TypeError) when the instance is unsaved."""
         if self._redis_key is None:
             raise FieldUsageError(f"Cannot call {action}() on an unsaved "
                                   f"{type(self).__name__} instance; save it first")
+        return self._redis_key
 
     @classmethod
     def _records_on_read(cls) -> bool:
@@ -181,10 +192,10 @@ class AccessTrackerMixin:
         return bool(self.__dict__.pop("_staged_access", None))
 
     @classmethod
-    def confirm_accesses(cls, objs: Iterable[Any]) -> int:
+    def confirm_accesses(cls, objs: Iterable[object]) -> int:
         """Record the staged reads of many instances in one round trip per staging time;
         returns how many were recorded."""
-        staged: dict[float, list[Any]] = {}
+        staged: dict[float, list[object]] = {}
         for obj in objs:
             for when in _staged_times(obj):
                 staged.setdefault(when, []).append(obj)
@@ -223,14 +234,18 @@ class AccessTrackerMixin:
         batch.add(OWNER, LINKED_KEY, log_key, "log")
         if batch.old_key:  # the hash is rewritten at its new key: carry the counters
             state = self.__dict__
+            # encoded like the field values (ASCII: the same bytes reach Redis as for str)
             if "_access_count" in state:
-                batch.mapping[COUNT_FIELD] = str(state["_access_count"])
+                batch.mapping[COUNT_FIELD] = str(state["_access_count"]).encode()
             if state.get("_last_accessed") is not None:
-                batch.mapping[LAST_FIELD] = repr(state["_last_accessed"])
-        if getattr(self, "_ttl", None):
-            batch.command("EXPIRE", log_key, int(self._ttl))
-        elif getattr(self, "_expire_at", None):
-            batch.command("EXPIREAT", log_key, int(self._expire_at.timestamp()))
+                batch.mapping[LAST_FIELD] = repr(state["_last_accessed"]).encode()
+        ttl: float | None = getattr(self, "_ttl", None)
+        if ttl:
+            batch.command("EXPIRE", log_key, int(ttl))
+            return
+        expire_at: datetime.datetime | None = getattr(self, "_expire_at", None)
+        if expire_at:
+            batch.command("EXPIREAT", log_key, int(expire_at.timestamp()))
 
     def behaviour_on_delete(self, batch: WriteBatch) -> None:
         batch.own(OWNER)

@@ -72,7 +72,8 @@ class CompiledHooks:
 def _resolve(model: type, root: type, name: str) -> Callable[..., Any] | None:
     for klass in model.__mro__:
         if issubclass(klass, root) and name in klass.__dict__:
-            return getattr(klass, name)  # type: ignore[no-any-return]
+            hook: Callable[..., Any] = getattr(klass, name)
+            return hook
     return None
 
 

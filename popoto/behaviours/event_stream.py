@@ -56,7 +56,8 @@ import heapq
 import itertools
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, overload
 
 from popoto import keys
 from popoto.engine.io import Steps, run
@@ -66,9 +67,19 @@ from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
     from popoto.engine.write import WriteBatch
+    from popoto.models.options import ModelOptions
 
 #: Entry fields every event has (metadata field names must differ from these).
 STANDARD_FIELDS = ("model", "pk", "op", "ts", "changed_fields", "old_pk")
+
+
+class _CommandQueue(Protocol):
+    """What ``_xadd_event`` can queue its XADD on (a redis pipeline)."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any: ...
+
+
+_Q = TypeVar("_Q", bound=_CommandQueue)
 
 
 def split_changed_fields(value: str) -> list[str]:
@@ -108,12 +119,22 @@ class EventStreamMixin:
     _stream_partition_field: str | None = None
     _stream_max_length: int | None = 10000
     _stream_metadata_fields: tuple[str, ...] = ()
-    _meta: Any
+    #: set on a model class once its stream fields are checked (read from its own __dict__)
+    _stream_fields_ok: ClassVar[bool]
+    # provided by the host Model
+    _meta: ClassVar[ModelOptions]
+
+    if TYPE_CHECKING:
+        @property
+        def pk(self) -> str: ...
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        name, cap = cls._stream_name, cls._stream_max_length
-        part, meta = cls._stream_partition_field, cls._stream_metadata_fields
+        # what the class set, any object until checked here
+        name: object = cls._stream_name
+        cap: object = cls._stream_max_length
+        part: object = cls._stream_partition_field
+        meta: object = cls._stream_metadata_fields
         problem = None
         if not isinstance(name, str) or not name:
             problem = f"_stream_name must be a non-empty str, got {name!r}"
@@ -179,13 +200,13 @@ class EventStreamMixin:
 
     # --- entries ------------------------------------------------------------
     def _event_args(self, key: str, ns: str, op: str, changed: list[str],
-                    old_key: str | None = None) -> list[Any]:
+                    old_key: str | None = None) -> list[str | int]:
         """The XADD command of one event (see the module docstring for its fields)."""
         cls = type(self)
         cls._check_stream_fields()
         partition = getattr(self, cls._stream_partition_field) \
             if cls._stream_partition_field else None
-        args: list[Any] = ["XADD", keys.stream_key(cls._stream_name, partition, ns)]
+        args: list[str | int] = ["XADD", keys.stream_key(cls._stream_name, partition, ns)]
         if cls._stream_max_length is not None:
             args += ["MAXLEN", "~", cls._stream_max_length]
         args += ["*", "model", self._meta.model_name, "pk", key, "op", op,
@@ -197,15 +218,27 @@ class EventStreamMixin:
             args += [name, "" if value is None else str(value)]
         return args
 
+    @overload
     def _xadd_event(self, op: str, extra_fields: dict[str, Any] | None = None,
-                    pipeline: Any = None) -> Any:
+                    pipeline: None = None) -> str: ...
+
+    @overload
+    def _xadd_event(self, op: str, extra_fields: dict[str, Any] | None = None, *,
+                    pipeline: _Q) -> _Q: ...
+
+    @overload
+    def _xadd_event(self, op: str, extra_fields: dict[str, Any] | None,
+                    pipeline: _Q) -> _Q: ...
+
+    def _xadd_event(self, op: str, extra_fields: dict[str, Any] | None = None,
+                    pipeline: _Q | None = None) -> str | _Q:
         """Append a custom event for this instance (``op`` as given, ``changed_fields``
         ""), plus ``extra_fields`` (values as str, None as ""). Returns the entry id,
         or ``pipeline`` when the XADD was only queued on it."""
         if not isinstance(op, str) or not op:
             raise ModelException(f"{type(self).__name__}._xadd_event: op must be a non-empty "
                                  f"str, got {op!r}")
-        key = self.pk  # type: ignore[attr-defined]
+        key = self.pk
         args = self._event_args(key, keys.ns_of(key), op, [])
         for name, value in (extra_fields or {}).items():
             if not isinstance(name, str) or name in STANDARD_FIELDS:
@@ -248,7 +281,8 @@ def _range_steps(stream_keys: list[str], start: str, end: str, count: int | None
                  ) -> Steps[list[tuple[str, dict[str, Any]]]]:
     replies = yield [("xrange", (key, start, end, count)) for key in stream_keys]
     # a k-way merge keeps each stream's own order (exact) and interleaves the streams
-    rows: Any = heapq.merge(*replies, key=_merge_key) if len(replies) > 1 else replies[0]
+    rows: Iterable[tuple[Any, dict[Any, Any]]] = (
+        heapq.merge(*replies, key=_merge_key) if len(replies) > 1 else replies[0])
     if count is not None:
         rows = itertools.islice(rows, count)
     return [(_s(entry_id), parse_event(fields)) for entry_id, fields in rows]

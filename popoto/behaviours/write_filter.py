@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from popoto import keys
 from popoto.encoding import is_finite_number as _finite
@@ -50,6 +51,7 @@ from popoto.query.queryset import QuerySet
 if TYPE_CHECKING:
     from popoto.engine.write import WriteBatch
     from popoto.models.base import Model
+    from popoto.models.options import ModelOptions
 
 logger = logging.getLogger("popoto.behaviours")
 
@@ -89,7 +91,10 @@ class WriteFilterMixin:
     _wf_priority_threshold: float = 0.7
     _min_threshold: float = 0.1  # deprecated name of _wf_min_threshold
     _priority_threshold: float = 0.7  # deprecated name of _wf_priority_threshold
-    _meta: Any
+    #: query methods of the models (set below: ``priority``)
+    popoto_query_features: ClassVar[dict[str, Callable[..., Any]]]
+    # provided by the host Model
+    _meta: ClassVar[ModelOptions]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -165,7 +170,8 @@ class WriteFilterMixin:
         batch.own(OWNER)
 
 
-def priority(model: type[Model], n: int = 10, _within: Any = None) -> list[Model]:
+def priority(model: type[Model], n: int = 10,
+             _within: QuerySet[Any] | None = None) -> list[Model]:
     """The ``n`` instances with the highest filter score (>= the priority threshold).
 
     ``_within`` (a QuerySet: ``Model.query.filter(...).priority(n)``) ranks only its
@@ -180,30 +186,33 @@ def priority(model: type[Model], n: int = 10, _within: Any = None) -> list[Model
     if n == 0:
         return []
     if _within is not None:
-        return run(_priority_within_steps(_within, n))
-    return run(_priority_steps(QuerySet(model), n))
+        return run(_priority_within_steps(model, _within, n))
+    return run(_priority_steps(model, QuerySet(model), n))
 
 
 #: ``Model.query.priority(n)`` (registered in ``_meta.query_features`` by compile_hooks)
 WriteFilterMixin.popoto_query_features = {"priority": priority}
 
 
-def _priority_steps(qs: Any, n: int) -> Steps[list[Any]]:
+def _priority_steps(model: type[WriteFilterMixin], qs: QuerySet[Any], n: int
+                    ) -> Steps[list[Any]]:
     """Each group's n best in one round trip (one script call per group, each in its own
-    slot), merged; then the winners' hashes."""
-    replies = yield [PRIORITY.command([key], [n]) for key in qs.model.priority_keys()]
+    slot), merged; then the winners' hashes (``qs``: a QuerySet of ``model``)."""
+    replies = yield [PRIORITY.command([key], [n]) for key in model.priority_keys()]
     return (yield from qs._hydrate_steps(best_rows(replies, n)))
 
 
-def _priority_within_steps(qs: Any, n: int) -> Steps[list[Any]]:
-    """The n best of a filter's matches: their scores in each group's priority set
-    (ZMSCORE), best first with ties by key; then hashes until n live instances."""
+def _priority_within_steps(model: type[WriteFilterMixin], qs: QuerySet[Any], n: int
+                           ) -> Steps[list[Any]]:
+    """The n best of a filter's matches (``qs``, a QuerySet of ``model``): their scores in
+    each group's priority set (ZMSCORE), best first with ties by key; then hashes until n
+    live instances."""
     matches: list[str] = yield from qs._keys_steps()
     by_group: dict[str, list[str]] = {}
     for key in matches:
         by_group.setdefault(keys.ns_of(key), []).append(key)
     groups = list(by_group.items())
-    replies = yield [("zmscore", (qs.model.priority_key(ns), members)) for ns, members in groups]
+    replies = yield [("zmscore", (model.priority_key(ns), members)) for ns, members in groups]
     flat = [[m, s] for (_ns, members), scores in zip(groups, replies)
             for m, s in zip(members, scores) if s is not None]
     ranked = best_rows([[x for row in flat for x in row]], len(flat))

@@ -1,10 +1,10 @@
 """What the dashboard's actions do, once :mod:`popoto.dashboard.auth` let them through.
 
 * ``check``, ``rebuild``, ``clean`` of a model: a background job, enqueued like
-  ``popoto-ops rebuild-indexes --async`` does (:func:`tasks.submit.submit_job`);
+  ``popoto-ops rebuild-indexes --async`` does (:func:`popoto.tasks.submit.submit_job`);
   the answer redirects to the page the form came from, which shows the job;
 * ``replay`` of a stream: its dead letters go back on it
-  (:func:`workers.streams.replay_dead_letters`).
+  (:func:`popoto.workers.streams.replay_dead_letters`).
 
 After an action the browser is redirected with a short code in the query string
 (``?flash=job&job=<id>``, ``?flash=replayed&n=3``), which :func:`flash` turns
@@ -20,10 +20,10 @@ from urllib.parse import urlencode
 
 from popoto.redis_db import get_client
 from popoto.registry import label_of
-from tasks import jobs
-from tasks.app import app as celery_app
-from tasks.submit import submit_job
-from workers.streams import replay_dead_letters
+from popoto.tasks import jobs
+from popoto.tasks.app import app as celery_app
+from popoto.tasks.submit import submit_job
+from popoto.workers.streams import replay_dead_letters
 
 from . import data
 
@@ -87,5 +87,5 @@ def flash(params: Mapping[str, str]) -> str | None:
 
 
 def beat_schedule() -> dict[str, Any]:
-    """The beat schedule of ``tasks.app`` (what ``celery -A tasks beat`` runs)."""
+    """The beat schedule of ``popoto.tasks.app`` (what ``celery -A popoto.tasks beat`` runs)."""
     return dict(celery_app.conf.beat_schedule or {})

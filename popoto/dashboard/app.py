@@ -240,7 +240,7 @@ def create_dashboard(token: str | None = None, *, title: str = "Popoto operation
     ``token``: the token actions need (default ``POPOTO_DASHBOARD_TOKEN``; none: the
     dashboard is read-only). ``chunk_size``: of the rebuild/clean jobs it starts
     (default: the workers' ``POPOTO_CHUNK_SIZE``). ``beat_schedule``: returns the
-    schedule to show (default: that of ``tasks.app``).
+    schedule to show (default: that of ``popoto.tasks.app``).
     """
     if token is None:
         token = os.environ.get("POPOTO_DASHBOARD_TOKEN", "")

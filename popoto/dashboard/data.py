@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -18,8 +19,8 @@ from popoto.models.base import Model
 from popoto.models.maintenance import class_set_size
 from popoto.redis_db import get_client
 from popoto.registry import all_models, label_of
-from tasks import health, jobs, stats
-from workers.streams import StreamInfo, dead_letter_key, iter_streams, stream_info
+from popoto.tasks import health, jobs, stats
+from popoto.workers.streams import StreamInfo, dead_letter_key, iter_streams, stream_info
 
 #: the longest text of a value shown in a table cell (the rest is cut, with "…")
 MAX_CELL = 200
@@ -202,7 +203,9 @@ def stream(key: str) -> StreamInfo | None:
     client = get_client()
     if not key.startswith("stream:"):
         return None
-    kind = _text(client.type(key))
+    # types-redis leaves Redis.type() unannotated; TYPE replies a simple string
+    key_type: Callable[[str], bytes | str] = client.type
+    kind = _text(key_type(key))
     if kind != "stream" and not (kind == "none" and client.exists(dead_letter_key(key))):
         return None
     return stream_info(client, key)
@@ -234,7 +237,8 @@ def schedule(beat_schedule: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for name, entry in sorted(beat_schedule.items()):
         every = entry.get("schedule")
-        seconds = every.total_seconds() if hasattr(every, "total_seconds") else None
+        seconds = (every.total_seconds()
+                   if every is not None and hasattr(every, "total_seconds") else None)
         last = runs.get(entry.get("task", ""))
         late = bool(last and seconds and now - float(last.get("at", now)) > 2 * seconds)
         rows.append({"name": name, "task": entry.get("task", ""), "every": seconds,

@@ -4,19 +4,19 @@ Read from Redis at every scrape (so every worker's numbers are summed, and a
 scrape of any dashboard process sees the same), by one ``prometheus_client``
 collector in a registry of the dashboard's own. Names (see docs/operations.md):
 
-tasks (recorded by every worker, :mod:`tasks.stats`)
+tasks (recorded by every worker, :mod:`popoto.tasks.stats`)
     ``popoto_tasks_total{task,state}``, ``popoto_task_duration_seconds{task,state}``
     (histogram), ``popoto_task_last_run_timestamp_seconds{task}``
-jobs (the recent jobs of :func:`tasks.jobs.recent`)
+jobs (the recent jobs of :func:`popoto.tasks.jobs.recent`)
     ``popoto_jobs{kind,status}``; per job not yet finished:
     ``popoto_job_progress_ratio``, ``popoto_job_done``, ``popoto_job_total``
     ``{job_id,kind,model,phase,status}``
-streams (:func:`workers.streams.stream_info`)
+streams (:func:`popoto.workers.streams.stream_info`)
     ``popoto_stream_length{stream}``, ``popoto_stream_dead_letters{stream}``,
     ``popoto_stream_group_consumers``, ``popoto_stream_group_pending``,
     ``popoto_stream_group_lag``, ``popoto_stream_group_oldest_pending_idle_seconds``
     ``{stream,group}``
-models (the last index check, :mod:`tasks.health`)
+models (the last index check, :mod:`popoto.tasks.health`)
     ``popoto_model_instances{model}``, ``popoto_index_problems{model,kind}``,
     ``popoto_index_last_check_timestamp_seconds{model}``
 """
@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 
 from popoto.models.maintenance import class_set_size
 from popoto.registry import label_of
-from tasks import health, jobs, stats
+from popoto.tasks import health, jobs, stats
 
 from . import data
 
@@ -100,7 +100,7 @@ def stream_metrics() -> Iterator[Metric]:
     pending = _gauge("popoto_stream_group_pending", "Entries delivered, not acknowledged",
                      GROUP_LABELS)
     lag = _gauge("popoto_stream_group_lag", "Entries not yet delivered to a group "
-                 "(counted up to workers.streams.LAG_LIMIT)", GROUP_LABELS)
+                 "(counted up to popoto.workers.streams.LAG_LIMIT)", GROUP_LABELS)
     idle = _gauge("popoto_stream_group_oldest_pending_idle_seconds",
                   "Idle time of a group's oldest pending entry", GROUP_LABELS)
     for info in data.streams():

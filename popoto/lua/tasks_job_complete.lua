@@ -1,4 +1,4 @@
--- tasks.jobs: counts a chunk done and settles the job's phase.
+-- popoto.tasks.jobs: counts a chunk done and settles the job's phase.
 -- KEYS: job, done set, lock; ARGV: chunk_id ('' = only check completion), n_done, n_removed,
 -- now, lock_ttl_ms, job_ttl, job_id, scan epoch of the chunk ('' = any).
 -- Returns {chunk_was_new, outcome (0 running, 1 job done, 2 next phase begun), done, total,

@@ -1,4 +1,4 @@
--- tasks.chunking: KEYS: job. ARGV: phase, now. Job.finish_scan, but only while ``phase``
+-- popoto.tasks.chunking: KEYS: job. ARGV: phase, now. Job.finish_scan, but only while ``phase``
 -- is the job's phase: a late or redelivered coordinator must never end the scan of the
 -- NEXT phase (its chunks_done >= chunks would then finish the job before its chunks were
 -- cut). Returns 1, or 0 when the job is in another phase.

@@ -1,4 +1,4 @@
--- tasks.rebuild: KEYS: job. ARGV: group field prefix ('reindex:g3'), cursor, step, keys
+-- popoto.tasks.rebuild: KEYS: job. ARGV: group field prefix ('reindex:g3'), cursor, step, keys
 -- enqueued, epoch, now. Job.advance for one group's scan, refused (0) once the job moved
 -- to another epoch: a scan of an abandoned epoch must not count its chunks in the new one.
 if (redis.call('HGET', KEYS[1], 'epoch') or '0') ~= ARGV[5] then return 0 end

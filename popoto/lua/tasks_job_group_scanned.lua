@@ -1,4 +1,4 @@
--- tasks.rebuild: one tag group's scan of a sharded model's rebuild has ended.
+-- popoto.tasks.rebuild: one tag group's scan of a sharded model's rebuild has ended.
 -- KEYS: job. ARGV: phase, group field prefix ('reindex:g'), group index, n groups, epoch,
 -- now. Marks the group's scan ended (in the current phase and epoch only); when every
 -- group's has, ends the phase's scan like Job.finish_scan, once. Returns 0 (groups still

@@ -1,4 +1,4 @@
--- tasks.rebuild: KEYS: job. ARGV: epoch the caller saw, phase, now. Job.restart_scan,
+-- popoto.tasks.rebuild: KEYS: job. ARGV: epoch the caller saw, phase, now. Job.restart_scan,
 -- but only when the epoch is still the one seen (several group scans notice one server
 -- restart at once) and the phase's scan is still going on. Returns the new epoch, or -1.
 if (redis.call('HGET', KEYS[1], 'epoch') or '0') ~= ARGV[1] then return -1 end

@@ -1,4 +1,4 @@
--- tasks.jobs: starts a job under its lock.
+-- popoto.tasks.jobs: starts a job under its lock.
 -- KEYS: lock, job, jobs index; ARGV: job_id, lock_ttl_ms, now, job_ttl, max_recent, (k v)*
 -- Returns false when started, else the lock's holder. A record of this job made when it
 -- was enqueued (status 'queued') then says it was skipped, and which job runs instead.

@@ -1,5 +1,5 @@
 --! include: run_commands
--- workers.idempotency: runs the commands only for a newer version of a member.
+-- popoto.workers.idempotency: runs the commands only for a newer version of a member.
 -- KEYS[1] version hash. ARGV: member, version, n_cmds, (nargs, cmd...)*.
 -- Returns 1 when applied, 0 when the stored version is as new or newer.
 local current = redis.call('HGET', KEYS[1], ARGV[1])

@@ -1,4 +1,4 @@
--- workers.streams: KEYS[1] stream; ARGV[1] '~' or '='. Trims entries that every group has
+-- popoto.workers.streams: KEYS[1] stream; ARGV[1] '~' or '='. Trims entries that every group has
 -- acknowledged: below the oldest pending id of each group, or, for a group with nothing
 -- pending, up to its last-delivered id. A stream without groups is never trimmed (nobody
 -- read it yet). Returns {entries removed, the MINID trimmed to ('' when none)}.

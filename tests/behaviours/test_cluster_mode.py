@@ -24,8 +24,8 @@ from popoto import (
 )
 from popoto import keys, redis_db
 from popoto.testing.cluster import ClusterUnavailable, EmbeddedCluster
-from workers import Event, HandlerRegistry, StreamConsumer
-from workers.streams import dead_letter_key
+from popoto.workers import Event, HandlerRegistry, StreamConsumer
+from popoto.workers.streams import dead_letter_key
 
 DAY = 86400.0
 NOW = 1_700_000_000.0

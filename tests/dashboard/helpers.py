@@ -7,10 +7,10 @@ from typing import Any
 
 import redis
 
-from ops.example_models import Order
+from popoto.ops.examples.models import Order
 from popoto.redis_db import get_client
-from workers import HandlerRegistry, StreamConsumer
-from workers.streams import stream_info
+from popoto.workers import HandlerRegistry, StreamConsumer
+from popoto.workers.streams import stream_info
 
 TOKEN = "dash-token-for-tests"
 STREAM = "stream:orders"

@@ -15,19 +15,19 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
-from ops.asgi import ServerThread
-from ops.example_models import Note, Order
+from popoto.ops.asgi import ServerThread
+from popoto.ops.examples.models import Note, Order
 from popoto.dashboard import create_dashboard
 from popoto.redis_db import get_client
-from tasks import app, health, jobs, stats
-from tasks.testing import wait_until
+from popoto.tasks import app, health, jobs, stats
+from popoto.tasks.testing import wait_until
 from tests.dashboard import browser as chromium
 from tests.dashboard.browser import INSTALL, log_in, start_chromium, text_of, wait_for
 from tests.dashboard.helpers import STREAM, TOKEN, make_dead_letter
 
 pytestmark = [pytest.mark.standalone_only, pytest.mark.slow]
 
-NOTE = "ops.example_models.Note"
+NOTE = "popoto.ops.examples.models.Note"
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 
 
@@ -120,7 +120,7 @@ def _fill_for_the_screenshot() -> None:
         Order.create(order_id=f"o{i}", customer="ann", total=f"{i + 1}.50")
     make_dead_letter("o-broken")
     app.send_task("popoto.maintenance.check_all_indexes")
-    labels = {f"ops.example_models.{name}" for name in ("Note", "Order", "Session")}
+    labels = {f"popoto.ops.examples.models.{name}" for name in ("Note", "Order", "Session")}
     wait_until(lambda: labels <= set(health.last_checks()), timeout=60,
                message="models checked")
     wait_until(lambda: "popoto.maintenance.check_all_indexes" in stats.last_runs(),

@@ -14,16 +14,16 @@ import redis
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from ops.example_models import Note, Order
+from popoto.ops.examples.models import Note, Order
 from popoto.dashboard import create_dashboard, data
 from popoto.redis_db import get_client
 from popoto.dashboard.auth import COOKIE, SESSION_SECONDS, Auth
-from tasks import jobs
-from tasks.health import record_check
-from tasks.submit import submit_job
+from popoto.tasks import jobs
+from popoto.tasks.health import record_check
+from popoto.tasks.submit import submit_job
 from tests.dashboard.helpers import STREAM, TOKEN, csrf_of, log_in, make_dead_letter
 
-NOTE = "ops.example_models.Note"
+NOTE = "popoto.ops.examples.models.Note"
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_overview_shows_models_jobs_streams_and_schedule(client: TestClient) -> 
     response = client.get("/")
     assert response.status_code == 200
     page = response.text
-    assert 'data-model="ops.example_models.Note"' in page
+    assert 'data-model="popoto.ops.examples.models.Note"' in page
     assert '<td class="num" data-field="instances">3</td>' in page
     assert "2 problems" in page and "never checked" in page  # Note checked, Order not
     assert f'data-job="{job_id}"' in page and "queued" in page

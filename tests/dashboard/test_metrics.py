@@ -12,14 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 import popoto.dashboard.metrics as metrics
-from ops.example_models import Note
+from popoto.ops.examples.models import Note
 from popoto.dashboard import create_dashboard
 from popoto.redis_db import get_client
-from tasks import app, jobs
-from tasks.testing import wait_until
+from popoto.tasks import app, jobs
+from popoto.tasks.testing import wait_until
 from tests.dashboard.helpers import TOKEN, csrf_of, log_in, make_dead_letter
 
-NOTE = "ops.example_models.Note"
+NOTE = "popoto.ops.examples.models.Note"
 CHECK = "popoto.maintenance.check_indexes"
 
 

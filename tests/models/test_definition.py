@@ -68,7 +68,7 @@ def test_auto_key_added_without_key_field():
         text = Field()
 
         class Meta:
-            namespace = "AutoNote"  # ops.example_models.Note owns "Note"
+            namespace = "AutoNote"  # popoto.ops.examples.models.Note owns "Note"
 
     assert "_auto_key" in Note._meta.hidden_fields
     assert isinstance(Note._meta.fields["_auto_key"], AutoKeyField)

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tasks import app
-from tasks.config import default_broker_url
-from tasks.testing import use_test_broker
+from popoto.tasks import app
+from popoto.tasks.config import default_broker_url
+from popoto.tasks.testing import use_test_broker
 
 
 @pytest.fixture

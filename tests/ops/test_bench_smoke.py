@@ -15,11 +15,11 @@ import pytest
 import redis
 
 import popoto
-from ops.bench import popoto1, runner
-from ops.bench.cluster import BenchShard, ShardedRaw, group_tags
-from ops.bench.plain import Layout, Plain
-from ops.bench.timing import PLAIN, POPOTO, QUICK, Result, Sizes
-from ops.bench.workload import CLASS_SET, SCORE_KEY, BenchItem, Dataset, Raw, row_key
+from popoto.ops.bench import popoto1, runner
+from popoto.ops.bench.cluster import BenchShard, ShardedRaw, group_tags
+from popoto.ops.bench.plain import Layout, Plain
+from popoto.ops.bench.timing import PLAIN, POPOTO, QUICK, Result, Sizes
+from popoto.ops.bench.workload import CLASS_SET, SCORE_KEY, BenchItem, Dataset, Raw, row_key
 
 pytestmark = pytest.mark.standalone_only  # the raw floor writes the unsharded layout
 

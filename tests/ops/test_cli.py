@@ -11,11 +11,11 @@ import time
 import pytest
 import redis
 
-from ops.cli import main
-from ops.progress import Progress
+from popoto.ops.cli import main
+from popoto.ops.progress import Progress
 from popoto import IndexedField, KeyField, Model, SortedField
 from popoto.registry import label_of
-from tasks import jobs
+from popoto.tasks import jobs
 
 
 class CliPart(Model):
@@ -195,9 +195,9 @@ def test_progress_bar_on_a_terminal_redraws_one_line() -> None:
 
 
 def test_python_dash_m_ops_is_the_same_cli(redis_url: str) -> None:
-    """``python -m ops`` runs the CLI in a fresh process (the popoto-ops entry point)."""
-    proc = subprocess.run([sys.executable, "-m", "ops", "--redis-url", redis_url,
-                           "--models", "ops.example_models", "check-indexes"],
+    """``python -m popoto.ops`` runs the CLI in a fresh process (the popoto-ops entry point)."""
+    proc = subprocess.run([sys.executable, "-m", "popoto.ops", "--redis-url", redis_url,
+                           "--models", "popoto.ops.examples.models", "check-indexes"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "ops.example_models.Note: ok total=0" in proc.stdout
+    assert "popoto.ops.examples.models.Note: ok total=0" in proc.stdout

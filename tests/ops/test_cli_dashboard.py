@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ops.cli import main
-from tasks.testing import Process, spawn
+from popoto.ops.cli import main
+from popoto.tasks.testing import Process, spawn
 from tests.ops.web_helpers import http, listening_url
 
 pytestmark = pytest.mark.standalone_only
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.standalone_only
 def dashboard(redis_url: str) -> Iterator[Process]:
     env = {"REDIS_URL": redis_url, "POPOTO_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
            "POPOTO_DASHBOARD_TOKEN": ""}
-    proc = spawn([sys.executable, "-m", "ops.cli", "--models", "ops.example_models",
+    proc = spawn([sys.executable, "-m", "popoto.ops.cli", "--models", "popoto.ops.examples.models",
                   "dashboard", "--port", "0"], env, ready='"dashboard listening"')
     with proc:
         yield proc
@@ -34,9 +34,10 @@ def test_serves_the_dashboard_on_loopback_and_stops_on_sigterm(dashboard: Proces
     assert url and url.startswith("http://127.0.0.1:")
     assert f"popoto-ops: dashboard on {url}/ (read-only" in dashboard.output()
     status, headers, body = http("GET", f"{url}/")
-    assert status == 200 and b"ops.example_models.Note" in body and b'id="read-only"' in body
+    assert status == 200 and b"popoto.ops.examples.models.Note" in body
+    assert b'id="read-only"' in body
     assert http("GET", f"{url}/metrics")[0] == 200
-    assert http("POST", f"{url}/actions/check/ops.example_models.Note")[0] == 403
+    assert http("POST", f"{url}/actions/check/popoto.ops.examples.models.Note")[0] == 403
     dashboard.popen.send_signal(signal.SIGTERM)
     assert dashboard.popen.wait(timeout=20) == 0
     assert '"dashboard stopped"' in dashboard.output()
@@ -55,7 +56,7 @@ def test_a_busy_port_is_a_one_line_error() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         out, err = io.StringIO(), io.StringIO()
-        code = main(["--models", "ops.example_models", "dashboard", "--port", str(port)],
+        code = main(["--models", "popoto.ops.examples.models", "dashboard", "--port", str(port)],
                     out=out, err=err)
     assert code == 2
     assert err.getvalue() == (f"popoto-ops: cannot listen on 127.0.0.1:{port}: "
@@ -68,7 +69,7 @@ def test_a_busy_port_is_a_one_line_error() -> None:
     (["--redis-url", "redis://127.0.0.1:1/0", "dashboard"], "127.0.0.1:1"),
 ])
 def test_bad_options_and_unreachable_redis_are_one_line(argv: list[str], message: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "ops.cli", *argv], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "popoto.ops.cli", *argv], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.splitlines()) == 1
@@ -76,7 +77,7 @@ def test_bad_options_and_unreachable_redis_are_one_line(argv: list[str], message
 
 def test_without_the_extra_the_error_names_it() -> None:
     code = ("import sys; sys.modules['starlette'] = None\n"
-            "from ops.cli import main; sys.exit(main(['dashboard']))\n")
+            "from popoto.ops.cli import main; sys.exit(main(['dashboard']))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2

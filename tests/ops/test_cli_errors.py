@@ -15,12 +15,12 @@ import pytest
 import redis
 
 import popoto
-from ops.cli import build_parser, main
+from popoto.ops.cli import build_parser, main
 from popoto import IndexedField, KeyField, Model
 from popoto.registry import label_of
-from tasks import jobs
-from tasks.config import default_broker_url
-from tasks.testing import wait_until
+from popoto.tasks import jobs
+from popoto.tasks.config import default_broker_url
+from popoto.tasks.testing import wait_until
 
 pytestmark = pytest.mark.standalone_only  # broker on the data server
 
@@ -56,9 +56,10 @@ def restore_config(redis_url: str) -> Iterator[None]:
 
 def cli(*argv: str, env: dict[str, str] | None = None,
         timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``python -m ops ARGV`` in a fresh process (no model module imported by default)."""
+    """``python -m popoto.ops ARGV`` in a fresh process (no model module imported by default)."""
     base = {k: v for k, v in os.environ.items() if k != "POPOTO_MODEL_MODULES"}
-    return subprocess.run([sys.executable, "-m", "ops", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "popoto.ops", *argv], capture_output=True,
+                          text=True,
                           timeout=timeout, cwd=REPO, env={**base, **(env or {})})
 
 
@@ -72,7 +73,7 @@ def test_bad_redis_url_is_one_line_exit_2(url: str, restore_config: None) -> Non
 
 
 @pytest.mark.parametrize("modules", ["../../etc/passwd", "/etc/passwd", "os..path", "a b",
-                                     "ops.example_models,../x"])
+                                     "popoto.ops.examples.models,../x"])
 def test_bad_model_module_name_is_one_line_exit_2(modules: str) -> None:
     code, _, err = run("--models", modules, "check-indexes", LABEL)
     line = one_line_error(err)
@@ -106,7 +107,7 @@ def test_check_indexes_with_no_models_loaded_is_a_usage_error(redis_url: str) ->
         assert proc.returncode == 2
         assert "--models" in line and "POPOTO_MODEL_MODULES" in line
     ok = cli("--redis-url", redis_url, "check-indexes", env={
-        "POPOTO_MODEL_MODULES": "ops.example_models"})
+        "POPOTO_MODEL_MODULES": "popoto.ops.examples.models"})
     assert ok.returncode == 0, ok.stderr
 
 
@@ -159,7 +160,8 @@ def test_unknown_job_is_exit_1_and_queued_job_is_known(broker: redis.Redis) -> N
 def test_ctrl_c_while_waiting_is_one_line_exit_130(redis_url: str, broker: redis.Redis) -> None:
     """--wait with no worker, interrupted: no traceback, exit 130."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ops", "--redis-url", redis_url, "--models", "ops.example_models",
+        [sys.executable, "-m", "popoto.ops", "--redis-url", redis_url,
+         "--models", "popoto.ops.examples.models",
          "rebuild-indexes", "Note", "--async", "--wait"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, "CELERY_BROKER_URL": default_broker_url(redis_url)})

@@ -6,7 +6,7 @@ import io
 import json
 from typing import Any
 
-from ops.cli import main
+from popoto.ops.cli import main
 from popoto import IndexedField, KeyField, Model, SortedField, keys
 from popoto.registry import label_of
 

@@ -17,11 +17,11 @@ import pytest
 import redis
 
 import popoto
-from ops.cli import build_parser, main
+from popoto.ops.cli import build_parser, main
 from popoto import IndexedField, KeyField, Model, SortedField
 from popoto.registry import label_of
 
-from ops.example_models import Note
+from popoto.ops.examples.models import Note
 
 pytestmark = pytest.mark.standalone_only  # unsharded key names
 
@@ -55,7 +55,7 @@ def test_global_options_work_after_the_command(redis_url: str) -> None:
         for argv in (["--json", "check-indexes", LABEL], ["check-indexes", LABEL, "--json"],
                      ["check-indexes", "--json", LABEL],
                      ["check-indexes", LABEL, "--redis-url", redis_url, "--json",
-                      "--models", "ops.example_models"]):
+                      "--models", "popoto.ops.examples.models"]):
             code, out, _ = run(*argv)
             assert code == 0 and json.loads(out)[LABEL]["total"] == 0, argv
         code, out, _ = run("jobs", "--json", "--limit", "1")
@@ -105,8 +105,8 @@ def test_on_a_terminal_the_bar_is_redrawn_in_place(redis_url: str) -> None:
     Note.bulk_create([Note(title=f"n{i}", tag=f"t{i % 4}", score=float(i)) for i in range(50)])
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ops", "rebuild-indexes", "ops.example_models.Note",
-         "--redis-url", redis_url, "--models", "ops.example_models", "--batch-size", "10"],
+        [sys.executable, "-m", "popoto.ops", "rebuild-indexes", "popoto.ops.examples.models.Note",
+         "--redis-url", redis_url, "--models", "popoto.ops.examples.models", "--batch-size", "10"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower, cwd=REPO,
         env={**os.environ, "TERM": "xterm"}, text=True)
     os.close(follower)
@@ -149,7 +149,7 @@ def test_every_argument_has_help_text() -> None:
 
 def test_version_and_help_are_plain(capsys: pytest.CaptureFixture[str]) -> None:
     """--version names the distribution; the help has no reST markup and lists exit codes."""
-    proc = subprocess.run([sys.executable, "-m", "ops", "--version"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "popoto.ops", "--version"], capture_output=True,
                           text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"popoto-ops {popoto.__version__} (popoto-redis)"
@@ -173,8 +173,9 @@ def test_version_and_help_are_plain(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_bad_setting_is_one_line(env: dict[str, str], needle: str) -> None:
     """A bad environment variable: exit 2, one line naming it, no traceback."""
     base = {k: v for k, v in os.environ.items() if k not in ("POPOTO_MODEL_MODULES", "REDIS_URL")}
-    proc = subprocess.run([sys.executable, "-m", "ops", "--models", "ops.example_models",
-                           "jobs"], capture_output=True, text=True, timeout=60, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "popoto.ops", "--models",
+                           "popoto.ops.examples.models", "jobs"], capture_output=True,
+                          text=True, timeout=60, cwd=REPO,
                           env={**base, **env})
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()

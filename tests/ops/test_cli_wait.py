@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from ops.cli import main
+from popoto.ops.cli import main
 from popoto import IndexedField, KeyField, Model
 from popoto.registry import label_of
-from tasks import jobs
-from tasks.testing import wait_until
+from popoto.tasks import jobs
+from popoto.tasks.testing import wait_until
 from tests.celery_fixtures import (  # noqa: F401  (fixtures)
     broker,
     broker_url,

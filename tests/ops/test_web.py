@@ -15,10 +15,10 @@ import structlog
 from fastapi.testclient import TestClient
 from structlog.testing import capture_logs
 
-import ops.web.routes as web_app
-from ops.example_models import Note, Order
-from ops.web import create_app
-from tasks.testing import wait_until
+import popoto.ops.examples.web.routes as web_app
+from popoto.ops.examples.models import Note, Order
+from popoto.ops.examples.web import create_app
+from popoto.tasks.testing import wait_until
 from tests.ops.web_helpers import http, uvicorn_process
 
 
@@ -94,10 +94,10 @@ def test_enqueued_task_carries_the_request_id_in_its_headers(
         client: TestClient, broker: redis.Redis) -> None:
     """POST /jobs/rebuild/<label> (a def endpoint: the threadpool copies the request's
     context) publishes the task with request_id in a header."""
-    response = client.post("/jobs/rebuild/ops.example_models.Note",
+    response = client.post("/jobs/rebuild/popoto.ops.examples.models.Note",
                            headers={"X-Request-ID": "req-77"})
     body = response.json()
-    assert response.status_code == 202 and body["model"] == "ops.example_models.Note"
+    assert response.status_code == 202 and body["model"] == "popoto.ops.examples.models.Note"
     (raw,) = broker.lrange("maintenance", 0, -1)
     headers = json.loads(raw)["headers"]
     assert headers["id"] == body["job_id"]
@@ -107,7 +107,8 @@ def test_enqueued_task_carries_the_request_id_in_its_headers(
 
 
 def test_served_by_uvicorn_in_a_process(redis_url: str) -> None:
-    """End to end: ``python -m ops.web`` (the Procfile's web process) is uvicorn; the API,
+    """End to end: ``python -m popoto.ops.examples.web`` (the Procfile's web process) is
+    uvicorn; the API,
     the dashboard at /ops/ and its metrics answer over HTTP; SIGTERM stops it cleanly."""
     with uvicorn_process(redis_url) as (proc, url):
         status, headers, body = http("POST", f"{url}/notes", {"title": "h", "tag": "w"},
@@ -120,10 +121,10 @@ def test_served_by_uvicorn_in_a_process(redis_url: str) -> None:
         assert status == 422 and json.loads(body)["field"] == "score"
         status, headers, body = http("GET", f"{url}/ops/")
         assert status == 200 and headers["content-type"].startswith("text/html")
-        assert b"ops.example_models.Note" in body
+        assert b"popoto.ops.examples.models.Note" in body
         status, _, body = http("GET", f"{url}/ops/metrics")
         assert status == 200
-        assert b'popoto_model_instances{model="ops.example_models.Note"} 1.0' in body
+        assert b'popoto_model_instances{model="popoto.ops.examples.models.Note"} 1.0' in body
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.popen.wait(timeout=20) == 0
     lines = [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]

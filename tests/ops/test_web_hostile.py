@@ -19,9 +19,9 @@ import redis
 from fastapi.testclient import TestClient
 from structlog.testing import capture_logs
 
-from ops.example_models import Note, Order
-from ops.web import create_app
-from ops.web.settings import MAX_BODY_BYTES
+from popoto.ops.examples.models import Note, Order
+from popoto.ops.examples.web import create_app
+from popoto.ops.examples.web.settings import MAX_BODY_BYTES
 from tests.ops.web_helpers import raw_request, uvicorn_process
 
 JSON = {"Content-Type": "application/json"}
@@ -233,7 +233,7 @@ def test_unknown_job_is_404_and_enqueued_job_is_queued(client: TestClient,
     """GET /jobs/<id>: 404 for an id nobody enqueued (it used to answer "queued")."""
     response = client.get("/jobs/no-such-job")
     assert response.status_code == 404 and "no-such-job" in response.json()["error"]
-    response = client.post("/jobs/rebuild/ops.example_models.Note")
+    response = client.post("/jobs/rebuild/popoto.ops.examples.models.Note")
     assert response.status_code == 202 and broker.llen("maintenance") == 1
     payload = response.json()
     job = client.get(f"/jobs/{payload['job_id']}").json()

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from tasks.config import default_broker_url
-from tasks.testing import Process, spawn
+from popoto.tasks.config import default_broker_url
+from popoto.tasks.testing import Process, spawn
 
 
 def listening_url(output: str, event: str) -> str | None:
@@ -29,11 +29,14 @@ def listening_url(output: str, event: str) -> str | None:
 @contextmanager
 def uvicorn_process(redis_url: str, args: Sequence[str] = (),
                     env: dict[str, str] | None = None) -> Iterator[tuple[Process, str]]:
-    """``python -m ops.web --port 0 ARGS`` (uvicorn in its own process); ``(process, url)``."""
+    """``python -m popoto.ops.examples.web --port 0 ARGS`` (uvicorn in its own process);
+    ``(process, url)``."""
     environment = {"REDIS_URL": redis_url, "CELERY_BROKER_URL": default_broker_url(redis_url),
-                   "POPOTO_LOG_FORMAT": "json", "POPOTO_MODEL_MODULES": "ops.example_models",
+                   "POPOTO_LOG_FORMAT": "json",
+                   "POPOTO_MODEL_MODULES": "popoto.ops.examples.models",
                    "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = spawn([sys.executable, "-m", "ops.web", "--port", "0", *args], environment,
+    proc = spawn([sys.executable, "-m", "popoto.ops.examples.web", "--port", "0", *args],
+                 environment,
                  ready='"web app listening"', timeout=60)
     try:
         url = listening_url(proc.output(), "web app listening")

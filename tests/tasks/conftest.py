@@ -35,6 +35,6 @@ def subprocess_env(redis_url: str, broker_url: str) -> dict[str, str]:  # noqa: 
         "POPOTO_DRAIN_MAX_SECONDS": "2",
         "POPOTO_JOB_STALL_SECONDS": "10",
         "POPOTO_REDIS_RETRIES": "0",
-        "POPOTO_MODEL_MODULES": "ops.example_models",
+        "POPOTO_MODEL_MODULES": "popoto.ops.examples.models",
         "POPOTO_LOG_FORMAT": "json",
     }

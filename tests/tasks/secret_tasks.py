@@ -11,7 +11,7 @@ import os
 import structlog
 
 from popoto.redis_db import get_client
-from tasks import app
+from popoto.tasks import app
 
 log = structlog.stdlib.get_logger("tests.secret_tasks")
 

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import redis
 
-import tasks.maintenance as maintenance
-import workers.tasks as worker_tasks
+import popoto.tasks.maintenance as maintenance
+import popoto.workers.tasks as worker_tasks
 from popoto.exceptions import ConnectionConfigError
-from tasks import app
-from tasks.base import RETRYABLE, PopotoTask
-from tasks.config import Settings, default_broker_url
-from tasks.schedule import build_schedule
+from popoto.tasks import app
+from popoto.tasks.base import RETRYABLE, PopotoTask
+from popoto.tasks.config import Settings, default_broker_url
+from popoto.tasks.schedule import build_schedule
 
 
 def test_broker_defaults_to_the_data_server_on_another_db() -> None:

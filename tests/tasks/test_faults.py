@@ -20,11 +20,11 @@ import pytest
 import redis
 
 import popoto
-from ops.example_models import Note
+from popoto.ops.examples.models import Note
 from popoto.redis_db import current_url
 from popoto.testing.server import EmbeddedRedis
-from tasks import jobs
-from tasks.testing import spawn_beat, spawn_worker, wait_until
+from popoto.tasks import jobs
+from popoto.tasks.testing import spawn_beat, spawn_worker, wait_until
 
 pytestmark = pytest.mark.usefixtures("celery_app")
 

@@ -18,9 +18,9 @@ from celery.contrib.testing.worker import start_worker
 
 from popoto import Field, KeyField, Model
 from popoto.registry import label_of
-from tasks import configure_app
-from tasks.config import Settings, SettingsError, url_db, with_db
-from tasks.testing import wait_until
+from popoto.tasks import configure_app
+from popoto.tasks.config import Settings, SettingsError, url_db, with_db
+from popoto.tasks.testing import wait_until
 
 pytestmark = pytest.mark.standalone_only
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import structlog
 
-from tasks.config import SettingsError
-from tasks.logconfig import configure_logging, log_settings, use_colour
-from tasks.testing import spawn_worker
+from popoto.tasks.config import SettingsError
+from popoto.tasks.logconfig import configure_logging, log_settings, use_colour
+from popoto.tasks.testing import spawn_worker
 
 ESC = "\x1b["
 
@@ -105,11 +105,11 @@ CELERY = str(Path(sys.executable).with_name("celery"))
 
 
 @pytest.mark.parametrize("cmd, prefix", [
-    ([CELERY, "-A", "tasks", "worker"], "popoto: "),
-    ([sys.executable, "-m", "celery", "-A", "tasks", "beat"], "popoto: "),
-    ([sys.executable, "-m", "workers", "consume", "--stream", "s", "--group", "g"],
-     "python -m workers: "),
-    ([sys.executable, "-m", "ops", "jobs"], "popoto-ops: "),
+    ([CELERY, "-A", "popoto.tasks", "worker"], "popoto: "),
+    ([sys.executable, "-m", "celery", "-A", "popoto.tasks", "beat"], "popoto: "),
+    ([sys.executable, "-m", "popoto.workers", "consume", "--stream", "s", "--group", "g"],
+     "python -m popoto.workers: "),
+    ([sys.executable, "-m", "popoto.ops", "jobs"], "popoto-ops: "),
 ], ids=["celery-worker", "python-m-celery-beat", "consumer", "popoto-ops"])
 def test_a_bad_log_format_stops_every_process_with_one_line(cmd: list[str],
                                                             prefix: str) -> None:
@@ -123,7 +123,7 @@ def test_a_bad_log_format_stops_every_process_with_one_line(cmd: list[str],
 
 def test_any_bad_setting_stops_the_celery_command_with_one_line() -> None:
     """The same for every other variable the background layer reads at start-up."""
-    proc = run([CELERY, "-A", "tasks", "worker"], {"POPOTO_TASK_TIME_LIMIT": "4000"})
+    proc = run([CELERY, "-A", "popoto.tasks", "worker"], {"POPOTO_TASK_TIME_LIMIT": "4000"})
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("popoto: time limits must satisfy")

@@ -26,9 +26,9 @@ import pytest
 import structlog
 
 from popoto.testing.server import EmbeddedRedis
-from tasks.config import with_db
-from tasks.logconfig import configure_logging
-from tasks.testing import Process, spawn, spawn_worker, wait_until
+from popoto.tasks.config import with_db
+from popoto.tasks.logconfig import configure_logging
+from popoto.tasks.testing import Process, spawn, spawn_worker, wait_until
 
 pytestmark = pytest.mark.standalone_only
 
@@ -149,14 +149,15 @@ def process_env(server: EmbeddedRedis, data_db: int) -> dict[str, str]:
         "APP_SIGNING_KEY": SIGNING,
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "POPOTO_LOG_FORMAT": "json",
-        "POPOTO_MODEL_MODULES": "ops.example_models",
+        "POPOTO_MODEL_MODULES": "popoto.ops.examples.models",
         "PYTHONUNBUFFERED": "1",
     }
 
 
 def start_web(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "ops.web", "--port", "0"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "popoto.ops.examples.web", "--port", "0"],
+                                env=env,
                                 cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
 
@@ -225,9 +226,9 @@ def test_worker_task_failures_log_no_secret(locked_server: EmbeddedRedis,
     worker: Process = spawn_worker(env, concurrency=1, pool="solo", name="secrets",
                                    extra=("--include", "tests.tasks.secret_tasks"))
     with worker:
-        enqueue = ("from tasks import app; "
+        enqueue = ("from popoto.tasks import app; "
                    "app.send_task('popoto.maintenance.rebuild_indexes', "
-                   "('ops.example_models.Note',)); "
+                   "('popoto.ops.examples.models.Note',)); "
                    "app.send_task('popoto.maintenance.rebuild_indexes', ('NoSuchModel',)); "
                    "app.send_task('tests.secrets.raises_with_url'); "
                    "app.send_task('tests.secrets.logs_failure')")

@@ -13,9 +13,9 @@ import structlog
 from structlog.testing import capture_logs
 
 from popoto.redis_db import get_client
-from tasks import app
-from tasks.base import popoto_task
-from tasks.logconfig import configure_logging
+from popoto.tasks import app
+from popoto.tasks.base import popoto_task
+from popoto.tasks.logconfig import configure_logging
 
 pytestmark = pytest.mark.usefixtures("worker", "idle_after")
 log = structlog.stdlib.get_logger("tests.logging")

@@ -11,17 +11,17 @@ import redis
 import structlog
 from structlog.testing import capture_logs
 
-import tasks.bulk_update
-import tasks.check
-import tasks.chunking
-import tasks.clean
-import tasks.maintenance as maintenance
-import tasks.periodic
-import tasks.rebuild
+import popoto.tasks.bulk_update
+import popoto.tasks.check
+import popoto.tasks.chunking
+import popoto.tasks.clean
+import popoto.tasks.maintenance as maintenance
+import popoto.tasks.periodic
+import popoto.tasks.rebuild
 from popoto import IndexedField, IntField, KeyField, Model, SortedField
 from popoto.registry import label_of
-from tasks import jobs
-from tasks.testing import wait_until
+from popoto.tasks import jobs
+from popoto.tasks.testing import wait_until
 
 pytestmark = [pytest.mark.usefixtures("worker", "idle_after"), pytest.mark.standalone_only]
 
@@ -42,8 +42,9 @@ class MaintToken(Model):
 
 
 LABEL = label_of(MaintGadget)
-MAINTENANCE_MODULES = (tasks.chunking, tasks.rebuild, tasks.clean, tasks.check, tasks.bulk_update,
-                       tasks.periodic)
+MAINTENANCE_MODULES = (popoto.tasks.chunking, popoto.tasks.rebuild, popoto.tasks.clean,
+                       popoto.tasks.check, popoto.tasks.bulk_update,
+                       popoto.tasks.periodic)
 
 
 def make_gadgets(n: int) -> list[MaintGadget]:

@@ -10,12 +10,12 @@ import redis
 import structlog
 from structlog.testing import capture_logs
 
-import tasks.maintenance as maintenance
+import popoto.tasks.maintenance as maintenance
 from popoto import Field, IndexedField, KeyField, Model, SortedField, keys
 from popoto import encoding
 from popoto.registry import label_of
-from tasks import jobs
-from tasks.testing import wait_until
+from popoto.tasks import jobs
+from popoto.tasks.testing import wait_until
 
 pytestmark = [pytest.mark.usefixtures("worker", "idle_after"), pytest.mark.standalone_only]
 
@@ -237,8 +237,8 @@ def test_broker_url_order_and_never_a_cluster() -> None:
     """CELERY_BROKER_URL, else REDIS_URL's next db, else Popoto's server; cluster URLs refused."""
     from popoto.exceptions import ConnectionConfigError
     from popoto.redis_db import current_url
-    from tasks.app import broker_url
-    from tasks.config import Settings, default_broker_url
+    from popoto.tasks.app import broker_url
+    from popoto.tasks.config import Settings, default_broker_url
 
     conf = Settings()
     assert broker_url(conf, {"CELERY_BROKER_URL": "redis://b:1/3"}) == "redis://b:1/3"
@@ -263,8 +263,8 @@ def test_broker_in_cluster_mode_needs_a_standalone_redis(cluster: Any) -> None:
 
     from popoto.exceptions import ConnectionConfigError
     from popoto.redis_db import get_client, is_cluster
-    from tasks.app import _configure_worker_client, broker_url, configure_app, create_app
-    from tasks.config import Settings
+    from popoto.tasks.app import _configure_worker_client, broker_url, configure_app, create_app
+    from popoto.tasks.config import Settings
 
     conf = Settings()
     with pytest.raises(ConnectionConfigError, match="CELERY_BROKER_URL"):

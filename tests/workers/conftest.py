@@ -13,7 +13,7 @@ from tests.celery_fixtures import (  # noqa: F401  (fixtures)
     idle_after,
     worker,
 )
-from workers.registry import registry
+from popoto.workers.registry import registry
 
 
 @pytest.fixture(autouse=True)

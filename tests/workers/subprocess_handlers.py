@@ -12,7 +12,7 @@ import os
 import time
 
 from popoto.redis_db import get_client
-from workers import Event, apply_once, handler
+from popoto.workers import Event, apply_once, handler
 
 _slept = False
 

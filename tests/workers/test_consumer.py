@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import redis
 
-from workers import Event, HandlerRegistry, StreamConsumer, apply_once
-from workers.streams import (
+from popoto.workers import Event, HandlerRegistry, StreamConsumer, apply_once
+from popoto.workers.streams import (
     dead_letter_key,
     replay_dead_letters,
     stream_info,

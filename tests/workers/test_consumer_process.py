@@ -1,4 +1,4 @@
-"""``python -m workers consume`` as a real process: graceful SIGTERM, kill -9 and reclaim."""
+"""``python -m popoto.workers consume`` as a real process: graceful SIGTERM, kill -9 and reclaim."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from tasks.testing import spawn_consumer, wait_until
+from popoto.tasks.testing import spawn_consumer, wait_until
 
 pytestmark = pytest.mark.standalone_only  # the child process gets a standalone REDIS_URL
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import redis
 
-from tasks.jobs import lease
-from workers import Event, apply_once, registry
-from workers.tasks import drain_stream
+from popoto.tasks.jobs import lease
+from popoto.workers import Event, apply_once, registry
+from popoto.workers.tasks import drain_stream
 
 pytestmark = [pytest.mark.usefixtures("worker", "idle_after"),
               pytest.mark.standalone_only]  # Celery's broker is a standalone Redis

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from ops import example_handlers
-from ops.example_models import Order
-from workers import HandlerRegistry, StreamConsumer, apply_if_newer, apply_once
+from popoto.ops.examples import handlers as example_handlers
+from popoto.ops.examples.models import Order
+from popoto.workers import HandlerRegistry, StreamConsumer, apply_if_newer, apply_once
 
 
 @pytest.mark.standalone_only  # its marker and effect keys are in different slots

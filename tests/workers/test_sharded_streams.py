@@ -10,9 +10,9 @@ import redis
 
 from popoto import EventStreamMixin, Field, KeyField, Model
 from popoto import keys
-from workers import Event, HandlerRegistry, StreamConsumer, registry
-from workers.streams import dead_letter_key, replay_dead_letters, stream_keys
-from workers.tasks import drain_stream
+from popoto.workers import Event, HandlerRegistry, StreamConsumer, registry
+from popoto.workers.streams import dead_letter_key, replay_dead_letters, stream_keys
+from popoto.workers.tasks import drain_stream
 
 NAME = "shard-events"
 

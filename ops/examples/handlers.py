@@ -1,4 +1,4 @@
-"""Stream handlers of the example app (``POPOTO_HANDLER_MODULES=ops.example_handlers``).
+"""Stream handlers of the example app (``POPOTO_HANDLER_MODULES=popoto.ops.examples.handlers``).
 
 They keep a projection of ``stream:orders``, written the two recommended ways:
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 import structlog
 
 from popoto.redis_db import get_client
-from workers import Event, apply_if_newer, apply_once, handler
+from popoto.workers import Event, apply_if_newer, apply_once, handler
 
-log = structlog.stdlib.get_logger("ops.example_handlers")
+log = structlog.stdlib.get_logger("popoto.ops.examples.handlers")
 
 EVENTS = "orders:events"
 LATEST = "orders:latest"

@@ -1,4 +1,5 @@
-"""``python -m ops.web``: the example app on uvicorn (the Procfile's ``web`` process)."""
+"""``python -m popoto.ops.examples.web``: the example app on uvicorn (the Procfile's
+``web`` process)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ import argparse
 import os
 import sys
 
-from tasks.logconfig import configure_logging
+from popoto.tasks.logconfig import configure_logging
 
-from ..asgi import serve
+from popoto.ops.asgi import serve
 from . import settings
 from .routes import create_app
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ops.web", description="example web app")
+    parser = argparse.ArgumentParser(prog="python -m popoto.ops.examples.web",
+                                     description="example web app")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--max-body", type=int, default=settings.MAX_BODY_BYTES,

@@ -1,6 +1,6 @@
 """`make demo`: a readable walkthrough of Popoto against a real Redis.
 
-Run through ``python -m popoto.testing.server run -- python -m ops.demo``: the
+Run through ``python -m popoto.testing.server run -- python -m popoto.ops.examples.demo``: the
 runner starts an embedded Redis when ``REDIS_URL`` is unset and stops it after.
 This is a command-line program, so it prints.
 """

@@ -1,11 +1,11 @@
 """The background layer end to end, against real worker processes on one Redis.
 
-``python -m popoto.testing.server run -- python -m ops.demo_background``:
+``python -m popoto.testing.server run -- python -m popoto.ops.examples.demo_background``:
 
 1. web requests (the example FastAPI app on uvicorn, in a thread) with a request_id;
 2. a task-driven index rebuild with a progress bar, run by a ``celery worker``;
 3. a beat-scheduled clean-up after TTL expiry (``celery beat`` publishes it);
-4. a ``python -m workers consume`` process projecting the demo's order events.
+4. a ``python -m popoto.workers consume`` process projecting the demo's order events.
 
 This is a command-line program, so it prints. It flushes the database.
 """
@@ -23,8 +23,8 @@ from typing import Any
 import redis
 
 import popoto
-from tasks.config import default_broker_url
-from tasks.testing import Process, spawn_beat, spawn_consumer, spawn_worker, wait_until
+from popoto.tasks.config import default_broker_url
+from popoto.tasks.testing import Process, spawn_beat, spawn_consumer, spawn_worker, wait_until
 
 
 def section(title: str) -> None:
@@ -53,14 +53,15 @@ def web(method: str, path: str, body: Any = None, request_id: str = "") -> Any:
 def main() -> int:
     url = os.environ.get("REDIS_URL")
     if not url:
-        print("run through: python -m popoto.testing.server run -- python -m ops.demo_background")
+        print("run through: python -m popoto.testing.server run -- "
+              "python -m popoto.ops.examples.demo_background")
         return 2
     client, env = prepare(url)
     section("Starting a worker (2 processes), beat and a stream consumer")
     schedule = os.path.join(tempfile.mkdtemp(prefix="popoto-demo-"), "beat-schedule")
     processes: list[Process] = []
-    from ops.asgi import ServerThread
-    from ops.web import create_app
+    from popoto.ops.asgi import ServerThread
+    from popoto.ops.examples.web import create_app
 
     site = ServerThread(create_app()).start()
     SITE[:] = [site.url]
@@ -86,20 +87,20 @@ def prepare(url: str) -> tuple[redis.Redis, dict[str, str]]:
     Returns the client and the environment of the worker, beat and consumer processes.
     """
     popoto.configure(url=url)
-    from tasks.logconfig import configure_logging
+    from popoto.tasks.logconfig import configure_logging
 
     configure_logging("console", "INFO")  # the web requests' log lines, on stderr
     client = popoto.get_redis()  # Popoto 1.x's name for the configured client
     client.flushdb()
     broker_url = default_broker_url(url)
     redis.Redis.from_url(broker_url).flushdb()
-    from tasks import app
+    from popoto.tasks import app
 
     app.conf.update(broker_url=broker_url)
 
     env = {"REDIS_URL": url, "CELERY_BROKER_URL": broker_url,
-           "POPOTO_MODEL_MODULES": "ops.example_models",
-           "POPOTO_HANDLER_MODULES": "ops.example_handlers",
+           "POPOTO_MODEL_MODULES": "popoto.ops.examples.models",
+           "POPOTO_HANDLER_MODULES": "popoto.ops.examples.handlers",
            "POPOTO_TTL_CLEANUP_INTERVAL": "2", "POPOTO_CHECK_INTERVAL": "0",
            "POPOTO_CLEAN_INTERVAL": "0", "POPOTO_LOG_LEVEL": "INFO"}
     return client, env
@@ -127,8 +128,8 @@ def web_saves() -> None:
 
 
 def task_driven_rebuild(client: redis.Redis) -> None:
-    from ops.cli import wait_for_job
-    from ops.example_models import Note
+    from popoto.ops.cli import wait_for_job
+    from popoto.ops.examples.models import Note
 
     section("2. A task-driven rebuild with progress")
     Note.bulk_create([Note(title=f"n{i}", tag=f"t{i % 10}", score=float(i))
@@ -146,7 +147,7 @@ def task_driven_rebuild(client: redis.Redis) -> None:
 
 
 def beat_cleanup(client: redis.Redis) -> None:
-    from ops.example_models import Session
+    from popoto.ops.examples.models import Session
 
     section("3. Beat-scheduled clean-up after TTL expiry")
     for i in range(5):
@@ -159,7 +160,7 @@ def beat_cleanup(client: redis.Redis) -> None:
 
 
 def consumer_projection(processes: list[Process]) -> None:
-    from ops.example_models import Order
+    from popoto.ops.examples.models import Order
 
     section("4. The consumer projected the order events")
     wait_until(lambda: web("GET", "/orders/projection")["latest_status"].get("Order:B-2"),

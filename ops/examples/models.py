@@ -1,7 +1,7 @@
 """Models used by the example web app, the Procfile processes, the demo and the fault tests.
 
 Workers find them by label once this module is imported
-(``POPOTO_MODEL_MODULES=ops.example_models``).
+(``POPOTO_MODEL_MODULES=popoto.ops.examples.models``).
 """
 
 from __future__ import annotations

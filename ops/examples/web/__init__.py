@@ -19,14 +19,14 @@ Routes (JSON in and out; bodies with ``Content-Type: application/json``)::
     /ops/                              the operations dashboard (popoto.dashboard)
     /ops/metrics                       Prometheus metrics
 
-Run: ``python -m ops.web [--host 127.0.0.1] [--port 8000]`` (uvicorn; ``PORT`` env
-too), or ``uvicorn ops.web:app``.
+Run: ``python -m popoto.ops.examples.web [--host 127.0.0.1] [--port 8000]`` (uvicorn; ``PORT`` env
+too), or ``uvicorn popoto.ops.examples.web:app``.
 
 Hostile input is answered, never a 500: a body needs a ``Content-Length`` (411
 without one; 400 if it is not a byte count; 413, unread, above
 ``POPOTO_WEB_MAX_BODY`` bytes, default 1 MiB), must be a JSON object (415 for
 another content type; 400 for bad JSON, NaN/Infinity, nesting deeper than
-:data:`~ops.web.http.MAX_JSON_DEPTH`, or not an object), and a bad value is a
+:data:`~popoto.ops.examples.web.http.MAX_JSON_DEPTH`, or not an object), and a bad value is a
 422 whose JSON names the field (``{"error", "field", "detail"}``). A client that
 stalls mid-body is answered 408 after ``POPOTO_WEB_REQUEST_TIMEOUT`` seconds
 (30). Tracebacks of a 500 are logged from the endpoint down, without the frames

@@ -4,7 +4,7 @@ Async endpoints use the async ORM API (``await Note.async_create(...)``,
 ``await qs.async_list()``): they await Redis on the event loop and never block
 it. ``def`` endpoints use the sync API and run in FastAPI's threadpool: changing
 an order's status (load, change, save), and everything about jobs, whose
-helpers (``tasks.jobs``, Celery's ``send_task``) are synchronous.
+helpers (``popoto.tasks.jobs``, Celery's ``send_task``) are synchronous.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import popoto
 from popoto.dashboard import create_dashboard
 from popoto.registry import label_of
 from popoto.redis_db import get_async_client
-from tasks import jobs
-from tasks.logconfig import scrub_text
-from tasks.submit import submit_job
+from popoto.tasks import jobs
+from popoto.tasks.logconfig import scrub_text
+from popoto.tasks.submit import submit_job
 
-from ..example_handlers import EVENTS, LATEST
-from ..example_models import Note, Order
+from popoto.ops.examples.handlers import EVENTS, LATEST
+from popoto.ops.examples.models import Note, Order
 from . import settings
 from .http import (
     BodyGuardMiddleware,
@@ -96,7 +96,7 @@ async def create_order(order: OrderIn | None = None) -> Any:
 
 @router.get("/orders/projection")
 async def order_projection() -> Any:
-    """What the stream consumer built (``ops.example_handlers``)."""
+    """What the stream consumer built (``popoto.ops.examples.handlers``)."""
     client = get_async_client()
     events = await client.hgetall(EVENTS)
     latest = await client.hgetall(LATEST)

@@ -1,12 +1,12 @@
 """Throughput of the background layer: a chunked index rebuild and the stream consumer.
 
-``python -m popoto.testing.server run -- python -m ops.bench_background`` (an
+``python -m popoto.testing.server run -- python -m popoto.ops.bench.background`` (an
 embedded Redis is started when ``REDIS_URL`` is unset; the database is
 flushed). Measures, with real processes:
 
 * rebuild: N ``Note`` instances (indexes damaged first), a ``rebuild_indexes``
   job run by one ``celery worker`` with ``--concurrency`` prefork processes;
-* consumer: M ``Order`` events consumed by ``python -m workers consume`` with
+* consumer: M ``Order`` events consumed by ``python -m popoto.workers consume`` with
   the example handlers (two scripts per event: ``apply_once`` +
   ``apply_if_newer``), and with a no-op handler.
 
@@ -28,11 +28,11 @@ import redis
 
 import popoto
 from popoto.redis_db import get_client
-from tasks.config import default_broker_url
-from tasks.testing import spawn_consumer, spawn_worker, wait_until
+from popoto.tasks.config import default_broker_url
+from popoto.tasks.testing import spawn_consumer, spawn_worker, wait_until
 
 NOOP_HANDLERS = """
-from workers import handler
+from popoto.workers import handler
 
 @handler("Order")
 def ignore(event):
@@ -41,8 +41,8 @@ def ignore(event):
 
 
 def bench_rebuild(url: str, objects: int, chunk_size: int, concurrency: int) -> dict[str, Any]:
-    from ops.example_models import Note
-    from tasks import app, jobs
+    from popoto.ops.examples.models import Note
+    from popoto.tasks import app, jobs
 
     client = get_client()
     started = time.perf_counter()
@@ -57,7 +57,7 @@ def bench_rebuild(url: str, objects: int, chunk_size: int, concurrency: int) -> 
     broker_url = default_broker_url(url)
     redis.Redis.from_url(broker_url).flushdb()
     env = {"REDIS_URL": url, "CELERY_BROKER_URL": broker_url,
-           "POPOTO_MODEL_MODULES": "ops.example_models", "POPOTO_LOG_LEVEL": "INFO"}
+           "POPOTO_MODEL_MODULES": "popoto.ops.examples.models", "POPOTO_LOG_LEVEL": "INFO"}
     app.conf.update(broker_url=broker_url)
     with spawn_worker(env, concurrency=concurrency, name="bench") as worker:
         started = time.perf_counter()
@@ -118,7 +118,7 @@ def bench_consumer(url: str, events: int, handlers: str, label: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ops.bench_background")
+    parser = argparse.ArgumentParser(prog="python -m popoto.ops.bench.background")
     parser.add_argument("--objects", type=int, default=100_000)
     parser.add_argument("--chunk-size", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=2)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         result["consumer_noop"] = bench_consumer(url, args.events, "bench_noop_handlers",
                                                  "noop", tmp)
     result["consumer_example_handlers"] = bench_consumer(url, args.events,
-                                                         "ops.example_handlers", "example")
+                                                         "popoto.ops.examples.handlers", "example")
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

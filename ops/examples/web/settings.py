@@ -1,5 +1,5 @@
 """Limits of the example app, from the environment (``--max-body`` / ``--request-timeout``
-of ``python -m ops.web`` override them)."""
+of ``python -m popoto.ops.examples.web`` override them)."""
 
 from __future__ import annotations
 
