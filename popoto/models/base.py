@@ -84,7 +84,9 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
             hook(self)
 
     @classmethod
-    def from_redis(cls, redis_key: str, raw: dict[bytes, bytes] | dict[str, bytes]) -> Self:
+    def from_redis(cls, redis_key: str,
+                   raw: dict[bytes, bytes] | dict[str, bytes] | dict[bytes | str, bytes]
+                   ) -> Self:
         """Build an instance from a stored hash; field values decode on first access.
 
         ``redis_key`` must be an instance key of this model (ModelException otherwise):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
@@ -47,6 +46,9 @@ from popoto.protocol import text
 from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
+    import redis.asyncio.client
+
+    from popoto.engine.scripts import AsyncScripting
     from popoto.models.base import Model
 
 INCREMENT = scripts.LuaScript("increment")  # popoto/lua/increment.lua
@@ -310,9 +312,11 @@ class CounterMixin:
         model = type(instance)
         key = cast(str, instance._redis_key)  # saved: prepare_increment checked it
         client = get_async_client()
-        # types-redis leaves script_load unannotated: bound to a typed callable
-        script_load: Callable[[str], Awaitable[Any]] = client.script_load
-        async with client.pipeline(transaction=True) as pipe:
+        scripting = cast("AsyncScripting", client)  # both client kinds have script_load
+        async with client.pipeline(transaction=True) as cluster_or_plain:
+            # redis-py's asyncio ClusterPipeline has watch/multi/hgetall too (types-redis
+            # declares them on the plain Pipeline only)
+            pipe = cast("redis.asyncio.client.Pipeline[bytes]", cluster_or_plain)
             while True:
                 await pipe.watch(key)
                 value, batch = watched_increment(model, field, key,
@@ -328,7 +332,7 @@ class CounterMixin:
                     continue
                 except redis.exceptions.NoScriptError:
                     await run_async(claims.rollback_steps(key, acquired.pending))
-                    await script_load(scripts.SAVE.body)
+                    await scripting.script_load(scripts.SAVE.body)
                     continue
                 except redis.exceptions.ResponseError as exc:
                     await run_async(claims.rollback_steps(key, acquired.pending))

@@ -7,29 +7,26 @@ run on the ``redis.asyncio`` client.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
 from popoto.redis_db import get_async_client
 
 if TYPE_CHECKING:
-    from popoto.engine.scripts import LuaScript
+    from popoto.engine.scripts import AsyncScripting, LuaScript
     from popoto.query.queryset import QuerySet
 
 
 async def run_script_async(script: LuaScript, keys_: list[str], args: list[Any]) -> Any:
     """EVALSHA on the loop's async client, loading the script when the server lacks it."""
-    client = get_async_client()
-    # types-redis leaves these two unannotated: bound to typed callables
-    evalsha: Callable[..., Awaitable[Any]] = client.evalsha
-    script_load: Callable[[str], Awaitable[Any]] = client.script_load
+    # both client kinds (plain, cluster) have the script commands
+    client = cast("AsyncScripting", get_async_client())
     try:
-        return await evalsha(script.sha, len(keys_), *keys_, *args)
+        return await client.evalsha(script.sha, len(keys_), *keys_, *args)
     except redis.exceptions.NoScriptError:
-        await script_load(script.body)
-        return await evalsha(script.sha, len(keys_), *keys_, *args)
+        await client.script_load(script.body)
+        return await client.evalsha(script.sha, len(keys_), *keys_, *args)
 
 
 async def fetch_async(qs: QuerySet[Any]) -> list[Any]:
