@@ -211,11 +211,9 @@ class CyclicDecayField(DecayingSortedField[_T]):
                  null: bool = True, type: builtins.type[float] = float,  # noqa: A002
                  **options: Unpack[FieldOptions]) -> None: ...
 
-    def __init__(self, cycles: Any = (), pressure_rate: float = 0.0, decay_rate: float = 0.1,
-                 **kwargs: Any) -> None:
-        # (the overloads above choose the value type; the inherited ones cannot, for a
-        # CyclicDecayField[_T] self)
-        super().__init__(decay_rate=decay_rate, **kwargs)  # type: ignore[misc]
+    def __init__(self: CyclicDecayField[Any], cycles: Any = (), pressure_rate: float = 0.0,
+                 decay_rate: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(decay_rate=decay_rate, **kwargs)
         self.cycles = self._check_cycles(cycles)
         if not _number(pressure_rate) or pressure_rate < 0:
             raise ModelException(f"CyclicDecayField: pressure_rate must be a finite number "
@@ -340,7 +338,8 @@ class DecayMethodsMixin:
         timestamp, or the pipeline when one is given (the write is then queued).
         """
         self._decay_field(field_name, DecayingSortedField, "touch")
-        self._save_fields([field_name], pipeline, action="touch")  # type: ignore[attr-defined]
+        cast("Model", self)._save_fields([field_name], pipeline,  # mixed into Model only
+                                         action="touch")
         return pipeline if pipeline is not None else self.__dict__[field_name]
 
     def resolve_pressure(self, field_name: str, pipeline: Any = None) -> Any:

@@ -439,14 +439,14 @@ class Field(Generic[_T]):
         return "UniqueF" if self.unique else type(self).__name__.removesuffix("Field") + "F"
 
     @staticmethod
-    def model_ns(model: Any, what: str = "this key") -> str:
+    def model_ns(model: builtins.type[Model] | Model, what: str = "this key") -> str:
         """The namespace of ``model`` (a model class or instance) for a key builder:
         the instance's tag group, the only group of an unsharded model class."""
         meta = model._meta
         if not meta.sharded:
-            return meta.groups[0]  # type: ignore[no-any-return]
+            return meta.groups[0]
         if isinstance(model, type):
-            return meta.single_group(what)  # type: ignore[no-any-return]
+            return meta.single_group(what)
         return ns_of(model.pk)
 
     @classmethod

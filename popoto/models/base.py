@@ -13,7 +13,7 @@ import contextlib
 import datetime as _dt
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import redis
 
@@ -40,6 +40,7 @@ from popoto.protocol import TTL_AT, TTL_SECONDS
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from popoto.fields.relationship import Relationship
     from popoto.query.manager import QueryDescriptor
 
 logger = logging.getLogger("popoto.models")
@@ -459,7 +460,7 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
             if not field.is_relationship:
                 out[name] = getattr(self, name)
                 continue
-            value = field.related_key(self)  # type: ignore[attr-defined]  # no I/O
+            value = cast("Relationship[Any]", field).related_key(self)  # no I/O
             if (value is not None and relationships and value not in _seen
                     and (max_depth is None or max_depth > 0)):
                 related = getattr(self, name)  # loads lazily when not loaded yet
