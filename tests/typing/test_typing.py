@@ -46,12 +46,16 @@ from typing_extensions import assert_type
 import popoto
 
 
+class Author(popoto.Model):
+    name = popoto.KeyField()
+
+
 class Book(popoto.Model):
     isbn = popoto.KeyField()
     title = popoto.StringField(null=False)
     rating = popoto.FloatField(null=True)
     pages = popoto.IntField()
-    author = popoto.Relationship("Book")
+    author = popoto.Relationship(Author)
 
 
 b = Book.create(isbn="1", title="t")
@@ -71,6 +75,9 @@ BAD = {
     "unknown_field_option": ("popoto.IntField(nul=False)", "call-overload"),
     "option_wrong_type": ('popoto.StringField(unique="yes")', "call-overload"),
     "create_returns_model": ("needs_str(Book.create(isbn='2'))", "arg-type"),
+    "key_field_cannot_be_null": ("popoto.KeyField(null=True)", "call-overload"),
+    "relationship_takes_model_or_key": ("b.author = 3", "assignment"),
+    "filter_returns_queryset": ('x: list[str] = Book.query.filter(isbn="1")', "assignment"),
 }
 
 
