@@ -305,7 +305,7 @@ class CappedListProxy(MutableSequence[Any]):
             return self._ensure() == other
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable, like the list it mirrors
 
     def __repr__(self) -> str:
         return repr(self._ensure())
