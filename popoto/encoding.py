@@ -14,7 +14,7 @@ import reprlib
 import threading
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
@@ -34,8 +34,19 @@ _EXT: dict[int, tuple[type, Callable[[Any], bytes], Callable[[bytes], Any]]] = {
 _BIG_INT = 8  # ints outside msgpack's 64-bit range, as decimal text
 _BY_TYPE = {typ: (code, enc) for code, (typ, enc, _dec) in _EXT.items()}
 
+#: (base type, converter) for subclasses of the types msgpack encodes natively
+_PLAIN_BASES: tuple[tuple[type, Callable[[Any], Any]], ...] = (
+    (bool, bool), (int, int), (float, float), (str, str), (bytes, bytes), (dict, dict),
+    (list, list))
 
-def _sorted_items(values: Any) -> list:
+if TYPE_CHECKING:
+    class _Packer(Protocol):
+        """What :func:`pack` uses of ``msgpack.Packer`` (msgpack ships no type information)."""
+
+        def pack(self, obj: Any) -> bytes: ...
+
+
+def _sorted_items(values: Any) -> list[Any]:
     try:
         return sorted(values)
     except TypeError:
@@ -48,8 +59,7 @@ def _default(value: Any) -> Any:
         code, enc = entry
         return msgpack.ExtType(code, enc(value))
     # subclasses (IntEnum, str enums, OrderedDict...) fall back to their base type
-    for base, plain in ((bool, bool), (int, int), (float, float), (str, str), (bytes, bytes),
-                        (dict, dict), (list, list)):
+    for base, plain in _PLAIN_BASES:
         if isinstance(value, base):
             return plain(value)
     for typ, (code, enc) in _BY_TYPE.items():
@@ -82,8 +92,9 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return entry[2](data)
 
 
-def _new_packer() -> msgpack.Packer:
-    return msgpack.Packer(default=_default, strict_types=True, use_bin_type=True)
+def _new_packer() -> _Packer:
+    packer: _Packer = msgpack.Packer(default=_default, strict_types=True, use_bin_type=True)
+    return packer
 
 
 _local = threading.local()  # one reusable Packer per thread (packb builds one per call)
@@ -92,7 +103,7 @@ _local = threading.local()  # one reusable Packer per thread (packb builds one p
 def pack(value: Any) -> bytes:
     """Encode one value to msgpack bytes."""
     local = _local
-    packer = getattr(local, "packer", None)
+    packer: _Packer | None = getattr(local, "packer", None)
     if packer is None:
         packer = _new_packer()
     else:

@@ -23,7 +23,8 @@ import contextvars
 import os
 import threading
 import weakref
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -33,15 +34,35 @@ import redis.cluster
 
 from popoto.exceptions import ConnectionConfigError
 
+if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection
+    from redis.commands.core import AsyncScanCommands
+
+#: the synchronous client: ``redis.Redis``, or ``redis.cluster.RedisCluster`` in cluster mode
+Client: TypeAlias = "redis.Redis[bytes] | redis.cluster.RedisCluster[bytes]"
+#: the asyncio client: ``redis.asyncio.Redis``, or its ``RedisCluster`` in cluster mode
+AsyncClient: TypeAlias = "redis.asyncio.Redis[bytes] | redis.asyncio.cluster.RedisCluster[bytes]"
+
+_T = TypeVar("_T")
+
 ENCODING = "utf-8"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _SCHEMES = ("redis", "rediss", "unix")
 
+
+class _Config(TypedDict):
+    url: str | None
+    kwargs: dict[str, Any]  # extra redis-py client keyword arguments
+    cluster: bool | None
+    generation: int
+
+
 _lock = threading.Lock()
-_config: dict[str, Any] = {"url": None, "kwargs": {}, "cluster": None, "generation": 0}
+_config: _Config = {"url": None, "kwargs": {}, "cluster": None, "generation": 0}
 _TRUE = ("1", "true", "yes", "on")
-_client: redis.Redis | None = None
-_async_clients: weakref.WeakKeyDictionary[Any, redis.asyncio.Redis] = weakref.WeakKeyDictionary()
+_client: Client | None = None
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
+    weakref.WeakKeyDictionary())
 _pid: int | None = None
 
 
@@ -133,7 +154,7 @@ def generation() -> int:
     return _config["generation"]
 
 
-def _check(client: redis.Redis, url: str) -> None:
+def _check(client: Client, url: str) -> None:
     try:
         client.ping()
     except redis.exceptions.AuthenticationError as exc:
@@ -166,19 +187,28 @@ def _script_routing() -> dict[str, Any]:
     return {"policy_resolver": StaticPolicyResolver(fallback=ScriptPolicies())}
 
 
-class _ClusterClient(redis.cluster.RedisCluster):
+if TYPE_CHECKING:  # the stubs' client classes are generic, the runtime ones are not
+    _RedisCluster = redis.cluster.RedisCluster[bytes]
+    _AsyncRedisCluster = redis.asyncio.cluster.RedisCluster[bytes]
+else:
+    _RedisCluster = redis.cluster.RedisCluster
+    _AsyncRedisCluster = redis.asyncio.cluster.RedisCluster
+
+
+class _ClusterClient(_RedisCluster):
     """``RedisCluster`` whose pipelines use the client's command policies (redis-py 8
     builds every ``ClusterPipeline`` with the default ones, see ``_script_routing``)."""
 
-    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
-        pipe = super().pipeline(transaction, shard_hint)
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None
+                 ) -> redis.cluster.ClusterPipeline[bytes]:
+        pipe: redis.cluster.ClusterPipeline[bytes] = super().pipeline(transaction, shard_hint)
         resolver = getattr(self, "_policy_resolver", None)
         if resolver is not None and hasattr(pipe, "_policy_resolver"):
             pipe._policy_resolver = resolver
         return pipe
 
 
-def get_client() -> redis.Redis:
+def get_client() -> Client:
     """The process-wide synchronous client; created (and pinged) on first use.
 
     A ``redis.cluster.RedisCluster`` in cluster mode (same command API).
@@ -204,7 +234,7 @@ def get_client() -> redis.Redis:
         return _client
 
 
-def get_async_client() -> redis.asyncio.Redis:
+def get_async_client() -> AsyncClient:
     """An asyncio client for the running event loop (one per loop).
 
     Its pool waits for a free connection when many tasks use it at once,
@@ -217,11 +247,12 @@ def get_async_client() -> redis.asyncio.Redis:
     if client is None:
         url, cluster = _resolve()
         if cluster:
-            client = _AsyncClusterClient.from_url(url, **_config["kwargs"])
-            client._popoto_gate = asyncio.Semaphore(ASYNC_CLUSTER_CONCURRENCY)
-            _async_clients[loop] = client
-            return client
-        pool = redis.asyncio.BlockingConnectionPool.from_url(url, **_config["kwargs"])
+            cluster_client = _AsyncClusterClient.from_url(url, **_config["kwargs"])
+            cluster_client._popoto_gate = asyncio.Semaphore(ASYNC_CLUSTER_CONCURRENCY)
+            _async_clients[loop] = cluster_client
+            return cluster_client
+        pool: redis.asyncio.BlockingConnectionPool[AbstractConnection] = \
+            redis.asyncio.BlockingConnectionPool.from_url(url, **_config["kwargs"])
         client = redis.asyncio.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client
@@ -233,13 +264,13 @@ ASYNC_CLUSTER_CONCURRENCY = 64
 _in_gate: contextvars.ContextVar[bool] = contextvars.ContextVar("popoto_in_gate", default=False)
 
 
-class _AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
+class _AsyncClusterClient(_AsyncRedisCluster):
     """An asyncio ``RedisCluster`` whose commands and pipelines wait for a free slot
     (a semaphore) instead of failing with MaxConnectionsError under load."""
 
-    _popoto_gate: Any
+    _popoto_gate: asyncio.Semaphore
 
-    async def _gated(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _gated(self, call: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
         if _in_gate.get():  # already admitted (a command issued inside a pipeline run)
             return await call(*args, **kwargs)
         async with self._popoto_gate:
@@ -252,23 +283,25 @@ class _AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         return await self._gated(super().execute_command, *args, **kwargs)
 
-    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None
+                 ) -> redis.asyncio.cluster.ClusterPipeline[bytes]:
         pipe = super().pipeline(transaction, shard_hint)
         execute = pipe.execute
 
-        async def gated_execute(*args: Any, **kwargs: Any) -> Any:
+        async def gated_execute(*args: Any, **kwargs: Any) -> list[Any]:
             return await self._gated(execute, *args, **kwargs)
 
-        pipe.execute = gated_execute
+        # an instance attribute shadowing the method, on purpose
+        pipe.execute = gated_execute  # type: ignore[method-assign]
         return pipe
 
 
-def get_redis() -> redis.Redis:
+def get_redis() -> Client:
     """The configured synchronous client (Popoto 1.x's name for :func:`get_client`)."""
     return get_client()
 
 
-def get_async_redis_db() -> redis.asyncio.Redis:
+def get_async_redis_db() -> AsyncClient:
     """The asyncio client of the running loop (1.x's name for :func:`get_async_client`)."""
     return get_async_client()
 
@@ -276,7 +309,8 @@ def get_async_redis_db() -> redis.asyncio.Redis:
 async def async_scan_keys(pattern: str = "*", count: int = 1000) -> list[str]:
     """Every key matching the glob ``pattern``, found with SCAN on the async client
     (never KEYS); in cluster mode every master is scanned. Returns ``str`` keys."""
-    client = get_async_client()
+    # both clients have redis-py's async SCAN commands (the cluster one's stubs lack them)
+    client = cast("AsyncScanCommands[bytes]", get_async_client())
     return [k.decode() if isinstance(k, bytes) else k
             async for k in client.scan_iter(match=pattern, count=count)]
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,7 +333,8 @@ def _release_unlisted_steps(me: str, rows: list[tuple[Claim, str]]) -> Steps[Non
 
 
 def claimed_save_steps(model: type, batch: WriteBatch, alias: str,
-                       translate: Any) -> Steps[Any]:
+                       translate: Callable[[type, Exception, WriteBatch], Exception]
+                       ) -> Steps[int]:
     """A sharded model's save: claims, the SAVE script, then settling (see module doc)."""
     acquired = Acquired()
     if batch.claims:
@@ -359,7 +361,7 @@ def released_after_delete(reply: Any) -> tuple[bool, list[tuple[str, str]]]:
     return bool(reply), []
 
 
-def release_stale_steps(rows: list[tuple[Claim, str]], is_instance_key: Any,
+def release_stale_steps(rows: list[tuple[Claim, str]], is_instance_key: Callable[[str], bool],
                         model: type | None = None) -> Steps[int]:
     """Remove claims (each ``(claim, value seen)``) whose holder's record does not list
     them: compare-and-set on the value seen, then give back any whose holder saved the

@@ -14,16 +14,20 @@ NOSCRIPT reply means no script ran).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
-from popoto.engine.scripts import REGISTRY, LuaScript
+from popoto.engine.scripts import REGISTRY, CommandQueue, LuaScript, load_script, load_script_async
 from popoto.redis_db import get_async_client, get_client
+
+if TYPE_CHECKING:
+    from popoto.redis_db import AsyncClient, Client
 
 T = TypeVar("T")
 S = TypeVar("S")
 Command = tuple[str, tuple[Any, ...]]
+#: a step generator: yields the commands of a round trip, is sent their replies, returns T
 Steps = Generator[list[Command], list[Any], T]
 
 
@@ -33,9 +37,9 @@ def chunks(items: Sequence[S], size: int) -> Iterator[Sequence[S]]:
         yield items[start:start + size]
 
 
-def _queue(pipe: Any, commands: list[Command]) -> None:
+def _queue(pipe: CommandQueue, commands: list[Command]) -> None:
     """Queue commands, looking each method up once per run (large reads repeat one)."""
-    methods: dict[str, Any] = {}
+    methods: dict[str, Callable[..., Any]] = {}
     for name, args in commands:
         method = methods.get(name)
         if method is None:
@@ -44,7 +48,7 @@ def _queue(pipe: Any, commands: list[Command]) -> None:
         method(*args)
 
 
-def _evalsha(pipe: Any) -> Any:
+def _evalsha(pipe: CommandQueue) -> Callable[..., Any]:
     """EVALSHA through execute_command: a cluster pipeline blocks ``.evalsha()`` but
     routes the raw command by its keys like any other."""
     execute_command = pipe.execute_command
@@ -55,7 +59,7 @@ def _evalsha(pipe: Any) -> Any:
     return call
 
 
-def _send(client: Any, commands: list[Command]) -> list[Any]:
+def _send(client: Client, commands: list[Command]) -> list[Any]:
     if len(commands) == 1:  # one command: no pipeline object to build
         name, args = commands[0]
         return [getattr(client, name)(*args)]
@@ -64,17 +68,17 @@ def _send(client: Any, commands: list[Command]) -> list[Any]:
     return pipe.execute()
 
 
-def execute(client: Any, commands: list[Command]) -> list[Any]:
+def execute(client: Client, commands: list[Command]) -> list[Any]:
     """One round trip on a synchronous client (reloading scripts once if needed)."""
     try:
         return _send(client, commands)
     except redis.exceptions.NoScriptError:
         for script in REGISTRY:
-            client.script_load(script.body)
+            load_script(client, script.body)
         return _send(client, commands)
 
 
-def run(steps: Steps[T], send: Callable[[Any, list[Command]], list[Any]] = execute) -> T:
+def run(steps: Steps[T], send: Callable[[Client, list[Command]], list[Any]] = execute) -> T:
     """Drive a step generator with the synchronous client.
 
     A Redis error of a round trip is thrown into the generator, which may
@@ -92,10 +96,11 @@ def run(steps: Steps[T], send: Callable[[Any, list[Command]], list[Any]] = execu
                 continue
             commands = steps.send(replies)
     except StopIteration as done:
-        return done.value
+        result: T = done.value  # what the generator returned
+        return result
 
 
-async def _send_async(client: Any, commands: list[Command]) -> list[Any]:
+async def _send_async(client: AsyncClient, commands: list[Command]) -> list[Any]:
     if len(commands) == 1:
         name, args = commands[0]
         return [await getattr(client, name)(*args)]
@@ -104,18 +109,18 @@ async def _send_async(client: Any, commands: list[Command]) -> list[Any]:
     return await pipe.execute()
 
 
-async def execute_async(client: Any, commands: list[Command]) -> list[Any]:
+async def execute_async(client: AsyncClient, commands: list[Command]) -> list[Any]:
     """One round trip on an asyncio client (reloading scripts once if needed)."""
     try:
         return await _send_async(client, commands)
     except redis.exceptions.NoScriptError:
         for script in REGISTRY:
-            await client.script_load(script.body)
+            await load_script_async(client, script.body)
         return await _send_async(client, commands)
 
 
 async def run_async(steps: Steps[T],
-                    send: Callable[[Any, list[Command]], Awaitable[list[Any]]] | None = None
+                    send: Callable[[AsyncClient, list[Command]], Awaitable[list[Any]]] | None = None
                     ) -> T:
     """Drive a step generator with the event loop's asyncio client (``send``: as in run)."""
     client = get_async_client()
@@ -130,12 +135,13 @@ async def run_async(steps: Steps[T],
                 continue
             commands = steps.send(replies)
     except StopIteration as done:
-        return done.value
+        result: T = done.value  # what the generator returned
+        return result
 
 
 # --- round trips whose error replies stay inline (bulk writes) -------------------
 
-def send_inline(client: Any, commands: list[Command]) -> list[Any]:
+def send_inline(client: Client, commands: list[Command]) -> list[Any]:
     """One non-transactional pipeline; replies in order, error replies inline.
 
     If the server lost its script cache, the script calls that got NOSCRIPT ran
@@ -148,7 +154,7 @@ def send_inline(client: Any, commands: list[Command]) -> list[Any]:
     if lost:
         for script in lost_scripts(commands, lost):
             script.forget()
-            client.script_load(script.body)
+            load_script(client, script.body)
         pipe = client.pipeline(transaction=False)
         _queue(pipe, [commands[i] for i in lost])
         for i, reply in zip(lost, pipe.execute(raise_on_error=False)):
@@ -170,7 +176,7 @@ def run_inline(steps: Steps[T]) -> T:
     return run(steps, send_inline)
 
 
-async def send_inline_async(client: Any, commands: list[Command]) -> list[Any]:
+async def send_inline_async(client: AsyncClient, commands: list[Command]) -> list[Any]:
     """Async twin of :func:`send_inline` (one pipeline, errors inline)."""
     async def send(batch: list[Command]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
@@ -181,7 +187,7 @@ async def send_inline_async(client: Any, commands: list[Command]) -> list[Any]:
     lost = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
     if lost:
         for script in lost_scripts(commands, lost):
-            await client.script_load(script.body)
+            await load_script_async(client, script.body)
         for i, reply in zip(lost, await send([commands[i] for i in lost])):
             replies[i] = reply
     return replies

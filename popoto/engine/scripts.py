@@ -16,11 +16,49 @@ from __future__ import annotations
 
 import hashlib
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import redis
 
 from popoto.protocol import lua_prelude
+
+if TYPE_CHECKING:
+    from popoto.redis_db import AsyncClient, Client
+
+
+class CommandQueue(Protocol):
+    """A redis-py pipeline, sync or asyncio, plain or cluster: raw commands are queued
+    with ``execute_command`` (the commands of a pipeline are looked up by name)."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class Scripting(Protocol):
+    """The script commands of a synchronous client. ``redis.Redis`` and ``RedisCluster``
+    both have them; redis-py's stubs leave them untyped (and out of ``RedisCluster``)."""
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any: ...
+
+    def script_load(self, script: str) -> str: ...
+
+
+class AsyncScripting(Protocol):
+    """The script commands of an asyncio client (as :class:`Scripting`)."""
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any: ...
+
+    async def script_load(self, script: str) -> str: ...
+
+
+def load_script(client: Client, body: str) -> None:
+    """SCRIPT LOAD ``body`` (on every primary of a cluster)."""
+    cast(Scripting, client).script_load(body)
+
+
+async def load_script_async(client: AsyncClient, body: str) -> None:
+    """SCRIPT LOAD ``body`` with an asyncio client (on every primary of a cluster)."""
+    await cast(AsyncScripting, client).script_load(body)
+
 
 #: every script defined anywhere; reloaded together when a server lost its cache
 REGISTRY: list[LuaScript] = []
@@ -31,7 +69,8 @@ INCLUDE_DIRECTIVE = "--! include:"
 
 def lua_source(name: str) -> str:
     """The text of ``popoto/lua/<name>.lua``."""
-    text = resources.files("popoto").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    text = resources.files("popoto").joinpath("lua").joinpath(f"{name}.lua").read_text(
+        encoding="utf-8")
     return text if text.endswith("\n") else text + "\n"
 
 
@@ -67,27 +106,28 @@ class LuaScript:
         self._loaded: set[int] = set()
         REGISTRY.append(self)
 
-    def ensure_loaded(self, client: Any) -> None:
+    def ensure_loaded(self, client: Client) -> None:
         pool = getattr(client, "connection_pool", None)
         ident = id(pool)
         if ident not in self._loaded:
-            client.script_load(self.body)
+            load_script(client, self.body)
             self._loaded.add(ident)
 
-    def __call__(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+    def __call__(self, client: Client, keys: list[str], args: list[Any]) -> Any:
         """Run the script now on ``client`` (reloading it once if the server forgot it)."""
         self.ensure_loaded(client)
+        scripting = cast(Scripting, client)
         try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            return scripting.evalsha(self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            client.script_load(self.body)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            scripting.script_load(self.body)
+            return scripting.evalsha(self.sha, len(keys), *keys, *args)
 
     def command(self, keys: list[str], args: list[Any]) -> tuple[str, tuple[Any, ...]]:
         """This script's call as a command for :mod:`popoto.engine.io` step generators."""
         return ("evalsha", (self.sha, len(keys), *keys, *args))
 
-    def queue_eval(self, pipe: Any, keys: list[str], args: list[Any]) -> None:
+    def queue_eval(self, pipe: CommandQueue, keys: list[str], args: list[Any]) -> None:
         """Queue a call on a caller's pipeline (sync or asyncio) as EVAL of the body.
 
         Nothing needs loading first and a server that lost its script cache
@@ -96,7 +136,7 @@ class LuaScript:
         # execute_command: redis-py's cluster pipeline has no eval() of its own
         pipe.execute_command("EVAL", self.body, len(keys), *keys, *args)
 
-    def queue(self, pipe: Any, client: redis.Redis, keys: list[str], args: list[Any]) -> None:
+    def queue(self, pipe: CommandQueue, client: Client, keys: list[str], args: list[Any]) -> None:
         """Queue a call on ``pipe`` (the script is loaded through ``client`` first)."""
         self.ensure_loaded(client)
         # execute_command: a cluster pipeline routes EVALSHA by its keys but blocks .evalsha()

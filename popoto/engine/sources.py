@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from popoto.protocol import (
     OP_AND,
@@ -138,12 +138,12 @@ def merge_ranges(parts: list[Source]) -> list[Source]:
         else:
             flat.append(part)
     out: list[Source] = []
-    ranges: dict[str, int] = {}
+    ranges: dict[str, int] = {}  # sorted set -> position of its (merged) ScoreRange in out
     for part in flat:
         if isinstance(part, ScoreRange):
             at = ranges.get(part.key)
             if at is not None:
-                out[at] = out[at].intersect(part)  # type: ignore[attr-defined]
+                out[at] = cast(ScoreRange, out[at]).intersect(part)
                 continue
             ranges[part.key] = len(out)
         out.append(part)
@@ -208,7 +208,7 @@ class Combine(Source):
     score_from: int | None = None  # index of the part whose scores are kept (AND)
 
     @property
-    def scored(self) -> bool:  # type: ignore[override]
+    def scored(self) -> bool:  # type: ignore[override]  # computed here, a class flag elsewhere
         if self.kind == "AND":
             return self.score_from is not None
         if self.kind == "OR":

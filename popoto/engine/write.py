@@ -208,10 +208,10 @@ class WriteBatch:
                 out.append(k)
         for owner, packed in self.previous:
             try:
-                rows = unpack_record(packed, origin, self.bases.get(owner, ""))
+                recorded = unpack_record(packed, origin, self.bases.get(owner, ""))
             except (ValueError, TypeError, IndexError, msgpack.ExtraData):
                 continue  # an unreadable copy: the script reads the stored record anyway
-            for kind, k, _m in rows:
+            for kind, k, _m in recorded:
                 if k not in seen and not (external and kind == CLAIM):
                     seen.add(k)
                     out.append(k)

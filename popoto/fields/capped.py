@@ -35,7 +35,7 @@ hashes, so it does not return capped lists.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, MutableSequence
-from typing import TYPE_CHECKING, Any, SupportsIndex, overload
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex, TypeVar, overload
 
 from popoto import encoding, keys
 from popoto.engine.write import LINKED_KEY
@@ -44,8 +44,13 @@ from popoto.fields.field import Field
 from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from popoto.engine.write import WriteBatch
     from popoto.models.base import Model
+
+#: the Python type a field gives on an instance
+_T = TypeVar("_T")
 
 #: Items per RPUSH inside the save script (Lua's unpack() has a small stack).
 PUSH_CHUNK = 1000
@@ -66,7 +71,7 @@ def _newest_first(added: list[Any]) -> list[Any]:
     return added[::-1]
 
 
-class ListField(Field):
+class ListField(Field[_T]):
     """A list stored in the hash; ``ListField(max_length=N)`` is a capped list instead.
 
     A capped list lives in its own Redis LIST (see :mod:`popoto.fields.capped`).
@@ -74,13 +79,27 @@ class ListField(Field):
 
     type = list
 
+    # ListField(max_length=N) is a CappedListField (its value a CappedListProxy, never
+    # None); otherwise the value is a list (| None unless null=False)
+    @overload
+    def __new__(cls, *, max_length: int, null: bool = True, default: Any = None,
+                unique: bool = False) -> CappedListField: ...
+
+    @overload
+    def __new__(cls, *, null: Literal[False], default: Any = None, max_length: None = None,
+                unique: bool = False) -> ListField[list[Any]]: ...
+
+    @overload
+    def __new__(cls, *, null: bool = True, default: Any = None, max_length: None = None,
+                unique: bool = False) -> ListField[list[Any] | None]: ...
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         if cls is ListField and kwargs.get("max_length") is not None:
             return super().__new__(CappedListField)
         return super().__new__(cls)
 
 
-class CappedListProxy(MutableSequence):
+class CappedListProxy(MutableSequence[Any]):
     """The value of a capped list field: a list-like view with a Redis-side cap.
 
     Supports indexing, slicing (returns plain lists), ``len``, iteration,
@@ -257,7 +276,8 @@ class CappedListProxy(MutableSequence):
         return iter(list(self._ensure()))
 
     def __reversed__(self) -> Iterator[Any]:
-        return reversed(list(self._ensure()))
+        backwards: Iterator[Any] = reversed(list(self._ensure()))  # typeshed: reversed() is Any
+        return backwards
 
     def __contains__(self, value: object) -> bool:
         return value in self._ensure()
@@ -285,13 +305,13 @@ class CappedListProxy(MutableSequence):
             return self._ensure() == other
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable, like the list it mirrors
 
     def __repr__(self) -> str:
         return repr(self._ensure())
 
 
-class CappedListField(ListField):
+class CappedListField(ListField[CappedListProxy]):
     """``ListField(max_length=N)``: a list capped at N items, in its own Redis LIST.
 
     See the module docstring for order, storage, TTL and write semantics.
@@ -373,12 +393,19 @@ class CappedListField(ListField):
         state[self.name] = proxy
         return proxy
 
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+
+    @overload
+    def __get__(self, instance: Model, owner: type[Any] | None = None) -> CappedListProxy: ...
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
         if instance is None:
             return self
         return self.proxy(instance)
 
-    def __set__(self, instance: Any, value: Any) -> None:
+    def __set__(self, instance: Any,
+                value: CappedListProxy | list[Any] | tuple[Any, ...] | None) -> None:
         if isinstance(value, CappedListProxy) and value._instance is instance \
                 and value._field is self:
             instance.__dict__[self.name] = value
@@ -417,7 +444,7 @@ class CappedListField(ListField):
         return True
 
     @property
-    def depends_on(self) -> tuple[str, ...]:
+    def depends_on(self) -> tuple[str, ...]:  # type: ignore[override]  # Field: a class attribute
         """Every save runs this field's hook: the list's TTL follows the hash's."""
         return tuple(self.model._meta.fields) if self.model is not None else ()
 

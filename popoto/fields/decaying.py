@@ -35,10 +35,12 @@ groups' n best by (score, key), which gives the unsharded answer.
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
 import enum
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast, overload
 
 import redis
 
@@ -80,8 +82,16 @@ class TemporalPeriod(enum.IntEnum):
 
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from popoto.engine.write import WriteBatch
+    from popoto.fields.field import Field, FieldOptions
+    from popoto.fields.sorted import PartitionBy
     from popoto.models.base import Model
+    from popoto.models.options import ModelOptions
+
+#: the Python type a field gives on an instance
+_T = TypeVar("_T")
 
 BASE_TYPES = (int, float)
 
@@ -93,7 +103,7 @@ SCALE = scripts.LuaScript("scale_cycles")
 SET_STATE = scripts.LuaScript("set_cycle_state")
 
 
-class DecayingSortedField(SortedField):
+class DecayingSortedField(SortedField[_T]):
     """A sorted index scored by the time of the instance's last save or ``touch()``.
 
     Args:
@@ -111,13 +121,25 @@ class DecayingSortedField(SortedField):
 
     type = float
 
-    def contribute_to_class(self, model: type[Model], name: str) -> None:
+    def contribute_to_class(self, model: builtins.type[Model], name: str) -> None:
         super().contribute_to_class(model, name)
         model._meta.query_features["top_by_decay"] = top_by_decay
 
+    # an epoch time: float (| None unless null=False: None until the first save)
+    @overload
+    def __init__(self: DecayingSortedField[float], decay_rate: float = 0.1,
+                 base_score_field: str | None = None, partition_by: PartitionBy = None, *,
+                 null: Literal[False], type: builtins.type[float] = float,  # noqa: A002
+                 **options: Unpack[FieldOptions]) -> None: ...
+
+    @overload
+    def __init__(self: DecayingSortedField[float | None], decay_rate: float = 0.1,
+                 base_score_field: str | None = None, partition_by: PartitionBy = None, *,
+                 null: bool = True, type: builtins.type[float] = float,  # noqa: A002
+                 **options: Unpack[FieldOptions]) -> None: ...
+
     def __init__(self, decay_rate: float = 0.1, base_score_field: str | None = None,
-                 partition_by: str | tuple[str, ...] | list[str] | None = None,
-                 **kwargs: Any) -> None:
+                 partition_by: PartitionBy = None, **kwargs: Any) -> None:
         given = kwargs.pop("type", float)
         if given is not float:
             raise ModelException(f"{type(self).__name__} always holds a float epoch time, "
@@ -137,16 +159,16 @@ class DecayingSortedField(SortedField):
             return value
         return time.time()
 
-    def base_field(self, name: str | None = None, error: type[Exception] = ModelException
-                   ) -> Any:
+    def base_field(self, name: str | None = None,
+                   error: builtins.type[Exception] = ModelException) -> Field[Any] | None:
         """The field named ``name`` (default: ``base_score_field``), checked to be int/float."""
         name = self.base_score_field if name is None else name
         if name is None:
             return None
-        field = self.model._meta.fields.get(name)
+        field = self.placed_model._meta.fields.get(name)
         if field is None:
             raise error(f"{self.label}: base_score_field {name!r} is not a field of "
-                        f"{self.model.__name__}")
+                        f"{self.placed_model.__name__}")
         if field.type not in BASE_TYPES:
             raise error(f"{self.label}: base_score_field {name!r} must be an int or float "
                         f"field, not {field.type.__name__}")
@@ -159,7 +181,7 @@ class DecayingSortedField(SortedField):
         super().on_save(instance, value, batch)
 
 
-class CyclicDecayField(DecayingSortedField):
+class CyclicDecayField(DecayingSortedField[_T]):
     """A decaying score plus per-member periodic cycles and homeostatic pressure.
 
     Args:
@@ -175,8 +197,22 @@ class CyclicDecayField(DecayingSortedField):
     code affects new members only (existing ones keep what they learned).
     """
 
-    def __init__(self, cycles: Any = (), pressure_rate: float = 0.0, decay_rate: float = 0.1,
-                 **kwargs: Any) -> None:
+    @overload
+    def __init__(self: CyclicDecayField[float], cycles: Any = (), pressure_rate: float = 0.0,
+                 decay_rate: float = 0.1, *, base_score_field: str | None = None,
+                 partition_by: PartitionBy = None, null: Literal[False],
+                 type: builtins.type[float] = float,  # noqa: A002
+                 **options: Unpack[FieldOptions]) -> None: ...
+
+    @overload
+    def __init__(self: CyclicDecayField[float | None], cycles: Any = (),
+                 pressure_rate: float = 0.0, decay_rate: float = 0.1, *,
+                 base_score_field: str | None = None, partition_by: PartitionBy = None,
+                 null: bool = True, type: builtins.type[float] = float,  # noqa: A002
+                 **options: Unpack[FieldOptions]) -> None: ...
+
+    def __init__(self: CyclicDecayField[Any], cycles: Any = (), pressure_rate: float = 0.0,
+                 decay_rate: float = 0.1, **kwargs: Any) -> None:
         super().__init__(decay_rate=decay_rate, **kwargs)
         self.cycles = self._check_cycles(cycles)
         if not _number(pressure_rate) or pressure_rate < 0:
@@ -207,11 +243,11 @@ class CyclicDecayField(DecayingSortedField):
         return out
 
     def _ns(self, ns: str | None, what: str) -> str:
-        meta = self.model._meta
+        meta = self.placed_model._meta
         if ns is not None:
             return ns
         if meta.sharded:
-            raise ModelException(f"{self.label}: {self.model.__name__} is sharded into "
+            raise ModelException(f"{self.label}: {self.placed_model.__name__} is sharded into "
                                  f"{len(meta.groups)} tag groups; {what}() needs the group "
                                  f"(keys.ns_of(instance key))")
         return meta.groups[0]
@@ -274,7 +310,7 @@ def _cycles(raw: bytes | None) -> list[tuple[float, float, float]]:
 class DecayMethodsMixin:
     """``touch``, ``resolve_pressure``, ``strengthen_cycle``, ``weaken_cycle`` on instances."""
 
-    _meta: Any
+    _meta: ClassVar[ModelOptions]
     _redis_key: str | None
 
     def _decay_field(self, field_name: str, kind: type, action: str) -> Any:
@@ -302,7 +338,8 @@ class DecayMethodsMixin:
         timestamp, or the pipeline when one is given (the write is then queued).
         """
         self._decay_field(field_name, DecayingSortedField, "touch")
-        self._save_fields([field_name], pipeline, action="touch")  # type: ignore[attr-defined]
+        cast("Model", self)._save_fields([field_name], pipeline,  # mixed into Model only
+                                         action="touch")
         return pipeline if pipeline is not None else self.__dict__[field_name]
 
     def resolve_pressure(self, field_name: str, pipeline: Any = None) -> Any:
@@ -354,12 +391,12 @@ class DecayMethodsMixin:
         try:
             return script(client, keys_, args)
         except redis.exceptions.ResponseError as exc:
-            raise translate_error(type(self), exc) from None  # type: ignore[arg-type]
+            raise translate_error(type(self), exc) from None
 
 
 # --- queries -----------------------------------------------------------------------
 
-def _ranking_field(model: type[Model], field_name: str | None) -> DecayingSortedField:
+def _ranking_field(model: type[Model], field_name: str | None) -> DecayingSortedField[Any]:
     fields = model._meta.fields
     if field_name is None:
         found = [f for f in fields.values() if isinstance(f, DecayingSortedField)]
@@ -431,7 +468,10 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
     if n == 0:
         return []
     bounded = base is not None and base.is_sorted and not base.partition_by
-    cyclic = isinstance(field, CyclicDecayField)
+    # is_sorted: a SortedField, whose one sorted set bounds the base values
+    sorted_base = cast("SortedField[Any]", base) if bounded else None
+    cycled = field if isinstance(field, CyclicDecayField) else None
+    cyclic = cycled is not None
     flags = ((DECAY_FLAG_BOUNDED if bounded else "")
              + (DECAY_FLAG_CYCLES + DECAY_FLAG_PRESSURE if cyclic else ""))
     def calls_for(k: int) -> list[Command]:
@@ -440,9 +480,10 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
         calls = []
         for ns in model._meta.groups:
             zkey = field.key_from_context({**context, NS_CONTEXT: ns})
-            calls.append(TOP.command([zkey, base.sorted_key((), ns) if bounded else zkey,
-                                      field.cycles_key(ns) if cyclic else zkey,
-                                      field.pressure_key(ns) if cyclic else zkey], args))
+            calls.append(TOP.command(
+                [zkey, sorted_base.sorted_key((), ns) if sorted_base is not None else zkey,
+                 cycled.cycles_key(ns) if cycled is not None else zkey,
+                 cycled.pressure_key(ns) if cycled is not None else zkey], args))
         return calls
 
     if _within is not None:
@@ -450,7 +491,8 @@ def top_by_decay(model: type[Model], field_name: str | None = None, n: int = 10,
     return run(_top_steps(QuerySet(model), calls_for(n), n))
 
 
-def _top_within_steps(qs: Any, calls_for: Any, n: int) -> Steps[list[Any]]:
+def _top_within_steps(qs: QuerySet[Any], calls_for: Callable[[int], list[Command]],
+                      n: int) -> Steps[list[Any]]:
     """The n best of a filter's matches: rank k (n, 4n, 16n...) winners until n of
     them match or the sorted set is exhausted; then their hashes."""
     allowed = set((yield from qs._keys_steps()))
@@ -464,7 +506,7 @@ def _top_within_steps(qs: Any, calls_for: Any, n: int) -> Steps[list[Any]]:
     return (yield from qs._hydrate_steps(picked[:n]))
 
 
-def _top_steps(qs: Any, calls: list[Command], n: int) -> Steps[list[Any]]:
+def _top_steps(qs: QuerySet[Any], calls: list[Command], n: int) -> Steps[list[Any]]:
     """Every group's n best in one round trip, merged by (score, key); then their hashes."""
     replies = yield calls
     return (yield from qs._hydrate_steps(best_rows(replies, n)))

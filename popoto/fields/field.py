@@ -13,12 +13,23 @@ bytes and decode a field only when it is first read.
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
 import difflib
 import uuid
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    overload,
+    runtime_checkable,
+)
 
 from msgpack import unpackb as _unpackb
 
@@ -32,8 +43,20 @@ from popoto.query.expressions import Q
 from popoto.query.lookups import Lookup
 
 if TYPE_CHECKING:
+    from typing import TypedDict
+
+    from typing_extensions import Self
+
     from popoto.engine.write import WriteBatch
     from popoto.models.base import Model
+
+    class FieldOptions(TypedDict, total=False):
+        """The keyword arguments every field accepts besides ``type`` and ``null``
+        (typing only: field constructors take them as ``**options``)."""
+
+        default: Any
+        max_length: int | None
+        unique: bool
 
 _MISSING = object()
 
@@ -169,7 +192,7 @@ class Field(Generic[_T]):
         unique: Enforce that no two live instances hold the same non-null value.
     """
 
-    type: type = str
+    type: builtins.type[Any] = str
     #: category flags, read by ModelOptions; subclasses set them.
     is_key: ClassVar[bool] = False
     is_auto: ClassVar[bool] = False
@@ -177,7 +200,7 @@ class Field(Generic[_T]):
     is_indexed: ClassVar[bool] = False
     is_geo: ClassVar[bool] = False
     is_relationship: ClassVar[bool] = False
-    _lookups: ClassVar[dict[str, type[Lookup]]] = {}
+    _lookups: ClassVar[dict[str, builtins.type[Lookup]]] = {}
     #: fields whose values choose this field's index key (SortedField(partition_by=...))
     partition_by: tuple[str, ...] = ()
     #: more fields whose saves must re-run this field's save hook (e.g. every field)
@@ -185,9 +208,31 @@ class Field(Generic[_T]):
     _uses_from_db = True  # refined per field in contribute_to_class
     _creation_counter: ClassVar[int] = 0
 
+    # the value type follows ``type=`` and ``null=``: Field(type=int, null=False) reads
+    # as int, Field(type=int) as int | None (null defaults to True), Field() as str | None
+    @overload
+    def __init__(self: Field[_T], type: builtins.type[_T], null: Literal[False],  # noqa: A002
+                 default: Any = None, max_length: int | None = None,
+                 unique: bool = False) -> None: ...
+
+    @overload
+    def __init__(self: Field[_T | None], type: builtins.type[_T], null: bool = True,  # noqa: A002
+                 default: Any = None, max_length: int | None = None,
+                 unique: bool = False) -> None: ...
+
+    @overload
+    def __init__(self: Field[str], type: None = None, *, null: Literal[False],  # noqa: A002
+                 default: Any = None, max_length: int | None = None,
+                 unique: bool = False) -> None: ...
+
+    @overload
+    def __init__(self: Field[str | None], type: None = None,  # noqa: A002
+                 null: bool = True, default: Any = None, max_length: int | None = None,
+                 unique: bool = False) -> None: ...
+
     def __init__(
         self,
-        type: type | None = None,  # noqa: A002 - the spec's public parameter name
+        type: builtins.type[Any] | None = None,  # noqa: A002 - the spec's public parameter name
         null: bool = True,
         default: Any = None,
         max_length: int | None = None,
@@ -201,7 +246,7 @@ class Field(Generic[_T]):
         self.max_length = max_length
         self.unique = unique
         self.name: str = ""
-        self.model: type[Model] | None = None
+        self.model: builtins.type[Model] | None = None
         Field._creation_counter += 1
         self._order = Field._creation_counter
         if options:
@@ -209,7 +254,7 @@ class Field(Generic[_T]):
             raise ModelException(f"{self.__class__.__name__} got unknown option(s): {unknown}")
 
     # --- placement -----------------------------------------------------
-    def contribute_to_class(self, model: type[Model], name: str) -> None:
+    def contribute_to_class(self, model: builtins.type[Model], name: str) -> None:
         """Install this field on ``model`` under ``name`` and register it in ``_meta``."""
         self.name = name
         self.model = model
@@ -218,7 +263,7 @@ class Field(Generic[_T]):
         model._meta.add_field(name, self)
         setattr(model, name, self)
 
-    def clone(self) -> Field:
+    def clone(self) -> Self:
         """A fresh copy (fields inherited from an abstract parent are cloned)."""
         new = object.__new__(self.__class__)
         new.__dict__.update(self.__dict__)
@@ -226,12 +271,27 @@ class Field(Generic[_T]):
         return new
 
     @property
+    def placed_model(self) -> builtins.type[Model]:
+        """``model``, for code that only runs once the field is placed on a model."""
+        model = self.model
+        if model is None:
+            raise AttributeError(f"{self!r} is not placed on a model yet")
+        return model
+
+    @property
     def label(self) -> str:
         model = self.model.__name__ if self.model else "?"
         return f"{model}.{self.name}"
 
     # --- descriptor ----------------------------------------------------
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+    # typing only: Model.field is the field (for expressions), instance.field its value
+    @overload
+    def __get__(self, instance: None, owner: builtins.type[Any] | None = None) -> Self: ...
+
+    @overload
+    def __get__(self, instance: Model, owner: builtins.type[Any] | None = None) -> _T: ...
+
+    def __get__(self, instance: Any, owner: builtins.type[Any] | None = None) -> Any:
         if instance is None:
             return self
         state = instance.__dict__
@@ -250,12 +310,17 @@ class Field(Generic[_T]):
                 return value
         return self.get_default()
 
+    if TYPE_CHECKING:
+        # typing only: assigning checks the value type. A runtime __set__ would make
+        # every field a data descriptor (slower reads, different semantics).
+        def __set__(self, instance: Model, value: _T) -> None: ...
+
     # --- values --------------------------------------------------------
     def get_default(self) -> Any:
         return self.default() if callable(self.default) else self.default
 
     def error(self, message: str, value: Any = _MISSING,
-              cls: type[ModelException] = ModelException) -> ModelException:
+              cls: builtins.type[ModelException] = ModelException) -> ModelException:
         """A ModelException (or subclass ``cls``) naming the model, the field and
         (shortened) the value."""
         shown = "" if value is _MISSING else f" (value {encoding.short_repr(value)})"
@@ -354,14 +419,14 @@ class Field(Generic[_T]):
         batch.own(self.name)
         if self.unique and value is not None:
             token = self.unique_token(value)
-            batch.claim(self.name, self.unique_key(self.model._meta.claim_ns(token)), token,
+            batch.claim(self.name, self.unique_key(self.placed_model._meta.claim_ns(token)), token,
                         f"{self.name}={encoding.short_repr(value)}")
         if value is not None:
             self.on_save(instance, value, batch)
 
     def unique_key(self, ns: str | None = None) -> str:
         """The claims hash of this field in group ``ns`` (an unsharded model has one)."""
-        return field_index_key("UniqueF", ns or self.model._meta.groups[0], self.name)
+        return field_index_key("UniqueF", ns or self.placed_model._meta.groups[0], self.name)
 
     # --- key builders under Popoto 1.x's names (the keys of our layout) ----------
     #: the kind segment of this field's index keys: ``$<key_kind>:M:<field>``
@@ -374,14 +439,14 @@ class Field(Generic[_T]):
         return "UniqueF" if self.unique else type(self).__name__.removesuffix("Field") + "F"
 
     @staticmethod
-    def model_ns(model: Any, what: str = "this key") -> str:
+    def model_ns(model: builtins.type[Model] | Model, what: str = "this key") -> str:
         """The namespace of ``model`` (a model class or instance) for a key builder:
         the instance's tag group, the only group of an unsharded model class."""
         meta = model._meta
         if not meta.sharded:
-            return meta.groups[0]  # type: ignore[no-any-return]
+            return meta.groups[0]
         if isinstance(model, type):
-            return meta.single_group(what)  # type: ignore[no-any-return]
+            return meta.single_group(what)
         return ns_of(model.pk)
 
     @classmethod
@@ -397,7 +462,7 @@ class Field(Generic[_T]):
 
     def query_ns(self, context: dict[str, Any]) -> str:
         """The tag group a query is being compiled for (the only one when unsharded)."""
-        return context.get(NS_CONTEXT) or self.model._meta.groups[0]
+        return context.get(NS_CONTEXT) or self.placed_model._meta.groups[0]
 
     @staticmethod
     def isnull_source(null_key: str, ns: str, is_null: bool) -> Source:
@@ -426,7 +491,8 @@ class Field(Generic[_T]):
         return None
 
     @classmethod
-    def register_lookup(cls, lookup: type[Lookup], name: str | None = None) -> type[Lookup]:
+    def register_lookup(cls, lookup: builtins.type[Lookup],
+                        name: str | None = None) -> builtins.type[Lookup]:
         """Make ``lookup`` available as ``field__<name>`` on this field class and subclasses."""
         if "_lookups" not in cls.__dict__:
             cls._lookups = dict(cls._lookups)
@@ -434,10 +500,10 @@ class Field(Generic[_T]):
         return lookup
 
     @classmethod
-    def get_lookups(cls) -> dict[str, type[Lookup]]:
+    def get_lookups(cls) -> dict[str, builtins.type[Lookup]]:
         return cls._lookups
 
-    def get_lookup(self, name: str) -> type[Lookup]:
+    def get_lookup(self, name: str) -> builtins.type[Lookup]:
         lookups = self.get_lookups()
         try:
             return lookups[name]
@@ -454,31 +520,31 @@ class Field(Generic[_T]):
         return [self.name if n == "exact" else f"{self.name}__{n}" for n in self.get_lookups()]
 
     # --- expressions: Model.field <op> value -----------------------------
-    def _expr(self, lookup: str, value: Any) -> Any:
+    def _expr(self, lookup: str, value: Any) -> Q:
         return Q(**{f"{self.name}__{lookup}": value})
 
-    def __eq__(self, other: Any) -> Any:  # type: ignore[override]
+    def __eq__(self, other: Any) -> Q:  # type: ignore[override]  # builds a Q, not a bool
         return self._expr("exact", other)
 
-    def __ne__(self, other: Any) -> Any:  # type: ignore[override]
+    def __ne__(self, other: Any) -> Q:  # type: ignore[override]  # builds a Q, not a bool
         return ~self._expr("exact", other)
 
-    def __lt__(self, other: Any) -> Any:
+    def __lt__(self, other: Any) -> Q:
         return self._expr("lt", other)
 
-    def __le__(self, other: Any) -> Any:
+    def __le__(self, other: Any) -> Q:
         return self._expr("lte", other)
 
-    def __gt__(self, other: Any) -> Any:
+    def __gt__(self, other: Any) -> Q:
         return self._expr("gt", other)
 
-    def __ge__(self, other: Any) -> Any:
+    def __ge__(self, other: Any) -> Q:
         return self._expr("gte", other)
 
-    def between(self, low: Any, high: Any) -> Any:
+    def between(self, low: Any, high: Any) -> Q:
         return self._expr("between", (low, high))
 
-    def in_(self, values: Any) -> Any:
+    def in_(self, values: Any) -> Q:
         return self._expr("in", values)
 
     __hash__ = object.__hash__

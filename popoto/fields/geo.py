@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, overload
 
 from popoto import encoding, keys, registry
 from popoto.engine.sources import Combine, GeoRadius, Source
@@ -20,7 +20,15 @@ from popoto.fields.field import Field
 from popoto.query import lookups as lk
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from typing_extensions import Unpack
+
+    from popoto.fields.field import FieldOptions
     from popoto.models.base import Model
+
+#: the Python type a field gives on an instance
+_T = TypeVar("_T")
 
 # Redis's geo limits (EPSG:3857): GEOADD refuses positions outside them.
 LAT_LIMIT = 85.05112878
@@ -36,6 +44,11 @@ class Coordinates(NamedTuple):
 
     latitude: float
     longitude: float
+
+
+if TYPE_CHECKING:
+    #: Coordinates, under a name GeoField's own ``Coordinates`` attribute does not hide
+    _Position: TypeAlias = Coordinates
 
 
 def distance_m(a: Coordinates, b: Coordinates) -> float:
@@ -76,20 +89,20 @@ class Near(lk.Lookup):
     def prepare(self, value: Any) -> Any:
         if value is None:
             return None
+        field = self.field
         if registry.is_instance(value):
-            field = self.field
-            if not isinstance(value, field.model):
+            if not isinstance(value, field.placed_model):
                 raise QueryException(f"{field.label}: a member must be a "
-                                     f"{field.model.__name__} instance, got {value!r}")
+                                     f"{field.placed_model.__name__} instance, got {value!r}")
             position = getattr(value, field.name)
             if position is None:
                 raise QueryException(f"{field.label}: member {value!r} has no position")
             return position
         position = self.coerce(value)
         try:
-            self.field.validate(position)
+            field.validate(position)
         except ModelException as exc:
-            raise QueryException(f"Invalid value for {self.field.label}: {exc}") from None
+            raise QueryException(f"Invalid value for {field.label}: {exc}") from None
         return position
 
     def matches(self, stored: Any) -> bool:
@@ -99,7 +112,7 @@ class Near(lk.Lookup):
         return distance_m(self.value, stored) <= radius
 
 
-class GeoField(Field):
+class GeoField(Field[_T]):
     """A ``(latitude, longitude)`` position, queryable by radius.
 
     Values are ``(lat, lon)`` tuples/lists or :class:`GeoField.Coordinates`;
@@ -120,6 +133,21 @@ class GeoField(Field):
     key_kind = "GeoF"
     Coordinates = Coordinates
     UNITS = UNITS
+
+    if TYPE_CHECKING:  # reads as Coordinates (| None unless null=False)
+        @overload
+        def __init__(self: GeoField[_Position], *, null: Literal[False],
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        @overload
+        def __init__(self: GeoField[_Position | None], *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *, null: bool = True, **options: Unpack[FieldOptions]) -> None: ...
+
+        # a (latitude, longitude) pair is accepted too (coerced to Coordinates)
+        def __set__(self, instance: Model,
+                    value: _T | tuple[float, float] | list[float]) -> None: ...
 
     # --- values --------------------------------------------------------
     def coerce(self, value: Any) -> Any:
@@ -154,7 +182,7 @@ class GeoField(Field):
 
     def geo_key(self, ns: str | None = None) -> str:
         """The geo set of this field: ``$GeoF:<ns>:field`` (one per tag group)."""
-        return keys.field_index_key("GeoF", ns or self.model._meta.groups[0], self.name)
+        return keys.field_index_key("GeoF", ns or self.placed_model._meta.groups[0], self.name)
 
     @classmethod
     def get_geo_db_key(cls, model: Any, field_name: str) -> keys.DB_key:
@@ -182,7 +210,7 @@ class GeoField(Field):
         n = self.name
         if option == f"{n}_member":
             if value is None:
-                raise QueryException(f"{option} expects a {self.model.__name__} instance")
+                raise QueryException(f"{option} expects a {self.placed_model.__name__} instance")
             return {f"{n}__exact": value}
         given = options or {}
         if option in (f"{n}_latitude", f"{n}_longitude") and \

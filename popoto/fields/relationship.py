@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from popoto import encoding, keys, registry
 from popoto.engine.sources import PLAN_MEMO_CONTEXT, Combine, KeyList, Program, SetSource, Source
@@ -25,7 +25,15 @@ from popoto.query.expressions import Q
 from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
+
+    from popoto.fields.field import FieldOptions
     from popoto.models.base import Model
+
+#: the Python type a field gives on an instance
+_T = TypeVar("_T")
+#: the related model
+_R = TypeVar("_R", bound="Model")
 
 BATCH = 1000  # keys per pipeline when loading related instances
 OR_CHUNK = 1000  # sets per ZUNIONSTORE (Lua's unpack() limit is about 8000 values)
@@ -62,20 +70,28 @@ class RelExact(lk.Exact):
     """``owner=instance`` / ``owner=key`` / ``owner=None``: compared by key."""
 
     def prepare(self, value: Any) -> Any:
-        return self.field.key_of(self.coerce(value))
+        return _relationship(self).key_of(self.coerce(value))
 
     def matches(self, stored: Any) -> bool:
-        return self.field.key_of(stored) == self.value
+        same: bool = _relationship(self).key_of(stored) == self.value
+        return same
 
 
 class RelIn(lk.In):
     """``owner__in=[instances or keys]``."""
 
     def prepare(self, value: Any) -> Any:
-        return [self.field.key_of(v) for v in super().prepare(value)]
+        field = _relationship(self)
+        return [field.key_of(v) for v in super().prepare(value)]
 
     def matches(self, stored: Any) -> bool:
-        return self.field.key_of(stored) in self.value
+        found: bool = _relationship(self).key_of(stored) in self.value
+        return found
+
+
+def _relationship(lookup: lk.Lookup) -> Relationship[Any]:
+    """The field of a lookup registered on Relationship (RelExact, RelIn, RelatedFilter)."""
+    return cast("Relationship[Any]", lookup.field)
 
 
 @dataclass
@@ -86,7 +102,7 @@ class RelatedKeys(Source):
     related keys then select their index sets, unioned inside Redis.
     """
 
-    field: Relationship
+    field: Relationship[Any]
     where: Q
     _keys: list[str] | None = None
 
@@ -103,7 +119,7 @@ class RelatedKeys(Source):
 class RelatedFilter(lk.Lookup):
     """``owner__<related lookup>=value``, e.g. ``owner__name='x'``."""
 
-    def __init__(self, field: Relationship, path: str, value: Any) -> None:
+    def __init__(self, field: Relationship[Any], path: str, value: Any) -> None:
         self.field = field
         self.lookup_name = path
         self.value = value
@@ -117,19 +133,20 @@ class RelatedFilter(lk.Lookup):
         # one related query per plan, not one per tag group: the groups share the source
         memo = context.get(PLAN_MEMO_CONTEXT)
         if memo is None:
-            return RelatedKeys(self.field, self.where)
+            return RelatedKeys(_relationship(self), self.where)
         # the plan's compilations resolve one Q: the same condition has the same value object
         token = (RelatedKeys, self.field.label, self.lookup_name, id(self.value))
         related = memo.get(token)
         if related is None:
-            related = memo[token] = RelatedKeys(self.field, self.where)
-        return related
+            related = memo[token] = RelatedKeys(_relationship(self), self.where)
+        found: Source = related
+        return found
 
     def matches(self, stored: Any) -> bool:
         return stored is not None and self.compiled.full(stored)
 
 
-class Relationship(Field):
+class Relationship(Field[_T]):
     """A reference to an instance of ``model`` (a class, a registered name, or ``"self"``).
 
     Assign an instance or its key string; reading gives the related instance.
@@ -156,14 +173,24 @@ class Relationship(Field):
     key_kind = "RelationshipF"
     NULL_TOKEN = "%00"  # escape() never produces it: every '%' becomes '%25'
 
+    # reads as the related instance, or None (none set, or its instance is gone); a model
+    # given by name reads as Any
+    @overload
+    def __init__(self: Relationship[_R | None], model: type[_R], *, null: bool = True,
+                 **options: Unpack[FieldOptions]) -> None: ...
+
+    @overload
+    def __init__(self: Relationship[Any], model: str, *, null: bool = True,
+                 **options: Unpack[FieldOptions]) -> None: ...
+
     def __init__(self, model: type[Model] | str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._related_spec = model
         self._related: type[Model] | None = None
 
-    def clone(self) -> Field:
+    def clone(self) -> Self:
         new = super().clone()
-        new._related = None  # type: ignore[attr-defined]  # "self" means the new owner
+        new._related = None  # "self" means the new owner
         return new
 
     @property
@@ -172,7 +199,7 @@ class Relationship(Field):
         if self._related is None:
             spec = self._related_spec
             if isinstance(spec, str):
-                spec = self.model if spec == "self" else registry.get_model(spec)
+                spec = self.placed_model if spec == "self" else registry.get_model(spec)
             self._related = spec
         return self._related
 
@@ -181,7 +208,8 @@ class Relationship(Field):
         """The key a value refers to (instance -> its key), without any I/O."""
         if value is None or isinstance(value, str):
             return None if value is None else str(value)
-        return value.pk
+        key: str = value.pk
+        return key
 
     def related_key(self, instance: Model) -> str | None:
         """The related key held by ``instance`` (assigned or stored), without loading it."""
@@ -192,7 +220,9 @@ class Relationship(Field):
         data = raw.get(self.name) if raw else None
         if data is None:
             return self.key_of(self.get_default())
-        return encoding.decode_field(data, instance._redis_key, self.name)
+        # a stored hash was read: the instance has its key
+        key: str | None = encoding.decode_field(data, cast(str, instance._redis_key), self.name)
+        return key
 
     def coerce(self, value: Any) -> Any:
         related = self.related_model
@@ -226,7 +256,13 @@ class Relationship(Field):
         return value
 
     # --- descriptor ----------------------------------------------------
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+
+    @overload
+    def __get__(self, instance: Model, owner: type[Any] | None = None) -> _T: ...
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
         if instance is None:
             return self
         state = instance.__dict__
@@ -239,7 +275,7 @@ class Relationship(Field):
         state[self.name] = found if found is not None else _Dangling(value)
         return found
 
-    def __set__(self, instance: Any, value: Any) -> None:
+    def __set__(self, instance: Any, value: _T | str) -> None:  # an instance or its key
         instance.__dict__[self.name] = self.coerce(value)
 
     # --- index ---------------------------------------------------------
@@ -249,7 +285,7 @@ class Relationship(Field):
     def index_key(self, related_key: str | None, ns: str | None = None) -> str:
         """``$RelationshipF:<ns>:field:<escaped related key>`` (a NULL token for None)."""
         token = self.NULL_TOKEN if related_key is None else keys.escape(related_key)
-        return keys.SEP.join(["$RelationshipF", ns or self.model._meta.groups[0],
+        return keys.SEP.join(["$RelationshipF", ns or self.placed_model._meta.groups[0],
                               self.name, token])
 
     def contribute_save(self, instance: Model, value: Any, batch: Any) -> None:

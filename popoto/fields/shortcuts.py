@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from popoto import keys
 from popoto.engine.sources import Combine, KeyList, KeyPattern, Program, SetSource, Source
@@ -16,59 +17,208 @@ from popoto.protocol import OP_LEX
 from popoto.query import lookups as lk
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from popoto.fields.field import FieldOptions
     from popoto.models.base import Model
 
+#: the Python type a field gives on an instance
+_T = TypeVar("_T")
 
-class IntField(Field):
+
+class IntField(Field[_T]):
     type = int
 
+    if TYPE_CHECKING:  # the value type follows null= (default True: it may be None)
+        @overload
+        def __init__(self: IntField[int], *, null: Literal[False],
+                     **options: Unpack[FieldOptions]) -> None: ...
 
-class FloatField(Field):
+        @overload
+        def __init__(self: IntField[int | None], *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+
+class FloatField(Field[_T]):
     type = float
 
+    if TYPE_CHECKING:  # the value type follows null= (default True: it may be None)
+        @overload
+        def __init__(self: FloatField[float], *, null: Literal[False],
+                     **options: Unpack[FieldOptions]) -> None: ...
 
-class DecimalField(Field):
+        @overload
+        def __init__(self: FloatField[float | None], *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+
+class DecimalField(Field[_T]):
     type = Decimal
 
+    if TYPE_CHECKING:  # the value type follows null= (default True: it may be None)
+        @overload
+        def __init__(self: DecimalField[Decimal], *, null: Literal[False],
+                     **options: Unpack[FieldOptions]) -> None: ...
 
-class StringField(Field):
+        @overload
+        def __init__(self: DecimalField[Decimal | None], *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+
+class StringField(Field[_T]):
     type = str
 
+    if TYPE_CHECKING:  # the value type follows null= (default True: it may be None)
+        @overload
+        def __init__(self: StringField[str], *, null: Literal[False],
+                     **options: Unpack[FieldOptions]) -> None: ...
 
-class BooleanField(Field):
+        @overload
+        def __init__(self: StringField[str | None], *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+
+class BooleanField(Field[_T]):
     type = bool
 
+    if TYPE_CHECKING:  # the value type follows null= (default True: it may be None)
+        @overload
+        def __init__(self: BooleanField[bool], *, null: Literal[False],
+                     **options: Unpack[FieldOptions]) -> None: ...
 
-class BytesField(Field):
+        @overload
+        def __init__(self: BooleanField[bool | None], *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+
+class BytesField(Field[_T]):
     type = bytes
 
+    if TYPE_CHECKING:  # the value type follows null= (default True: it may be None)
+        @overload
+        def __init__(self: BytesField[bytes], *, null: Literal[False],
+                     **options: Unpack[FieldOptions]) -> None: ...
 
-class DictField(Field):
+        @overload
+        def __init__(self: BytesField[bytes | None], *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+
+class DictField(Field[_T]):
     type = dict
 
+    if TYPE_CHECKING:  # the value type follows null= (default True: it may be None)
+        @overload
+        def __init__(self: DictField[dict[Any, Any]], *, null: Literal[False],
+                     **options: Unpack[FieldOptions]) -> None: ...
 
-class SetField(Field):
+        @overload
+        def __init__(self: DictField[dict[Any, Any] | None], *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+
+class SetField(Field[_T]):
     type = set
 
+    if TYPE_CHECKING:  # the value type follows null= (default True: it may be None)
+        @overload
+        def __init__(self: SetField[set[Any]], *, null: Literal[False],
+                     **options: Unpack[FieldOptions]) -> None: ...
 
-class TupleField(Field):
+        @overload
+        def __init__(self: SetField[set[Any] | None], *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+
+class TupleField(Field[_T]):
     type = tuple
 
+    if TYPE_CHECKING:  # the value type follows null= (default True: it may be None)
+        @overload
+        def __init__(self: TupleField[tuple[Any, ...]], *, null: Literal[False],
+                     **options: Unpack[FieldOptions]) -> None: ...
 
-class DateField(Field):
+        @overload
+        def __init__(self: TupleField[tuple[Any, ...] | None], *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+
+class DateField(Field[_T]):
     type = _dt.date
 
+    if TYPE_CHECKING:  # the value type follows null= (default True: it may be None)
+        @overload
+        def __init__(self: DateField[_dt.date], *, null: Literal[False],
+                     **options: Unpack[FieldOptions]) -> None: ...
 
-class TimeField(Field):
+        @overload
+        def __init__(self: DateField[_dt.date | None], *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+
+class TimeField(Field[_T]):
     type = _dt.time
 
+    if TYPE_CHECKING:  # the value type follows null= (default True: it may be None)
+        @overload
+        def __init__(self: TimeField[_dt.time], *, null: Literal[False],
+                     **options: Unpack[FieldOptions]) -> None: ...
 
-class DatetimeField(Field):
+        @overload
+        def __init__(self: TimeField[_dt.time | None], *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *, null: bool = True,
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+
+class DatetimeField(Field[_T]):
     """A datetime; ``auto_now`` stamps every save, ``auto_now_add`` the first one."""
 
     type = _dt.datetime
 
-    def __init__(self, auto_now: bool = False, auto_now_add: bool = False, **kwargs: Any):
+    @overload
+    def __init__(self: DatetimeField[_dt.datetime], auto_now: bool = False,
+                 auto_now_add: bool = False, *, null: Literal[False],
+                 **options: Unpack[FieldOptions]) -> None: ...
+
+    @overload
+    def __init__(self: DatetimeField[_dt.datetime | None], auto_now: bool = False,
+                 auto_now_add: bool = False, *, null: bool = True,
+                 **options: Unpack[FieldOptions]) -> None: ...
+
+    def __init__(self, auto_now: bool = False, auto_now_add: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.auto_now = auto_now
         self.auto_now_add = auto_now_add
@@ -81,7 +231,7 @@ class DatetimeField(Field):
         return value
 
 
-class KeyField(Field):
+class KeyField(Field[_T]):
     """Part of the instance's Redis key (``Model:v1:v2`` ordered by field name).
 
     Key values are required; changing one on a saved instance needs
@@ -92,6 +242,16 @@ class KeyField(Field):
     key_kind = "KeyF"
     #: longest key value (UTF-8 bytes): the key is repeated in every index entry
     MAX_BYTES = 4096
+
+    # a key value is required (null=True is refused when the class is defined): str, or
+    # the given type
+    @overload
+    def __init__(self: KeyField[str], *, null: Literal[False] = False,
+                 **options: Unpack[FieldOptions]) -> None: ...
+
+    @overload
+    def __init__(self: KeyField[_T], *, type: builtins.type[_T],  # noqa: A002
+                 null: Literal[False] = False, **options: Unpack[FieldOptions]) -> None: ...
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("null", False)
@@ -123,13 +283,13 @@ class KeyField(Field):
                                  f"(got {len(value.encode())})", value)
 
     def _pattern(self, ns: str, segment: str) -> str:
-        meta = self.model._meta
+        meta = self.placed_model._meta
         parts = ["*"] * len(meta.key_field_names)
         parts[meta.key_field_names.index(self.name)] = segment
         return keys.SEP.join([keys.glob_escape(ns), *parts])
 
     def _exact(self, value: Any, ns: str) -> Source:
-        meta = self.model._meta
+        meta = self.placed_model._meta
         if len(meta.key_field_names) == 1:
             # in exactly one tag group: KeyList.emit() leaves it out of the others
             return KeyList([meta.instance_key([value])])
@@ -155,15 +315,23 @@ for _lookup in lk.KEY_LOOKUPS:
     KeyField.register_lookup(_lookup)
 
 
-class UniqueKeyField(KeyField):
+class UniqueKeyField(KeyField[_T]):
     """A KeyField whose value alone is unique across all instances."""
+
+    @overload
+    def __init__(self: UniqueKeyField[str], *, null: Literal[False] = False,
+                 **options: Unpack[FieldOptions]) -> None: ...
+
+    @overload
+    def __init__(self: UniqueKeyField[_T], *, type: builtins.type[_T],  # noqa: A002
+                 null: Literal[False] = False, **options: Unpack[FieldOptions]) -> None: ...
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("unique", True)
         super().__init__(**kwargs)
 
 
-class AutoKeyField(KeyField):
+class AutoKeyField(KeyField[str]):
     """A KeyField filled with a uuid4 hex string when the instance is created.
 
     ``auto_uuid_length=n`` (1-32, default 32) keeps the first n hex digits: shorter
@@ -173,7 +341,7 @@ class AutoKeyField(KeyField):
 
     is_auto = True
 
-    def __init__(self, auto_uuid_length: int = 32, **kwargs: Any) -> None:
+    def __init__(self, auto_uuid_length: int = 32, **kwargs: Unpack[FieldOptions]) -> None:
         if (not isinstance(auto_uuid_length, int) or isinstance(auto_uuid_length, bool)
                 or not 1 <= auto_uuid_length <= 32):
             raise ModelException(f"AutoKeyField auto_uuid_length must be an int from 1 to 32, "
@@ -214,7 +382,7 @@ class LexMatch(Source):
         return dst
 
 
-class IndexedField(Field):
+class IndexedField(Field[_T]):
     """An equality index: one Redis set of instance keys per value.
 
     Answers ``exact``, ``in`` and ``isnull`` from Redis without loading objects. A
@@ -232,6 +400,25 @@ class IndexedField(Field):
     key_kind = "IndexF"
     NULL_TOKEN = "%00"  # escape() never produces it: every '%' becomes '%25'
 
+    # the value type follows type= (default str) and null= (default True)
+    @overload
+    def __init__(self: IndexedField[_T], prefix_index: bool = True, *,
+                 type: builtins.type[_T], null: Literal[False],  # noqa: A002
+                 **options: Unpack[FieldOptions]) -> None: ...
+
+    @overload
+    def __init__(self: IndexedField[_T | None], prefix_index: bool = True, *,
+                 type: builtins.type[_T], null: bool = True,  # noqa: A002
+                 **options: Unpack[FieldOptions]) -> None: ...
+
+    @overload
+    def __init__(self: IndexedField[str], prefix_index: bool = True, *,
+                 null: Literal[False], **options: Unpack[FieldOptions]) -> None: ...
+
+    @overload
+    def __init__(self: IndexedField[str | None], prefix_index: bool = True, *,
+                 null: bool = True, **options: Unpack[FieldOptions]) -> None: ...
+
     def __init__(self, prefix_index: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.prefix_index = bool(prefix_index)
@@ -241,7 +428,7 @@ class IndexedField(Field):
 
     def index_key(self, value: Any, ns: str | None = None) -> str:
         token = self.NULL_TOKEN if value is None else keys.escape(self.token(value))
-        return keys.SEP.join(["$IndexF", ns or self.model._meta.groups[0], self.name, token])
+        return keys.SEP.join(["$IndexF", ns or self.placed_model._meta.groups[0], self.name, token])
 
     def token(self, value: Any) -> str:
         if isinstance(value, (_dt.date, _dt.time)):
@@ -274,7 +461,7 @@ class IndexedField(Field):
 
     def lex_key(self, reverse: bool = False, ns: str | None = None) -> str:
         """``$LexF:<ns>:<field>`` (the value registry), ``$LexF:<ns>:<field>:r`` (reversed)."""
-        return keys.field_index_key("LexF", ns or self.model._meta.groups[0], self.name,
+        return keys.field_index_key("LexF", ns or self.placed_model._meta.groups[0], self.name,
                                     *(("r",) if reverse else ()))
 
     def on_save(self, instance: Model, value: Any, batch: Any) -> None:

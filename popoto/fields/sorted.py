@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
 import math
 import time
 import warnings
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
 
 from popoto import keys
 from popoto.engine.sources import Combine, ScoreRange, Source
@@ -17,7 +18,18 @@ from popoto.fields.shortcuts import KeyField
 from popoto.query import lookups as lk
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from typing_extensions import Unpack
+
+    from popoto.fields.field import FieldOptions
     from popoto.models.base import Model
+
+    #: ``partition_by`` (and its deprecated name ``sort_by``): a field name or names
+    PartitionBy: TypeAlias = "str | tuple[str, ...] | list[str] | None"
+
+#: the Python type a field gives on an instance
+_T = TypeVar("_T")
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
@@ -25,9 +37,10 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 def to_score(value: Any) -> float:
     """The sorted-set score of a value (numbers as is, dates as UTC epoch seconds)."""
     if isinstance(value, _dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=_dt.timezone.utc)
-        return (value - _EPOCH).total_seconds()
+        moment: _dt.datetime = value
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=_dt.timezone.utc)
+        return (moment - _EPOCH).total_seconds()
     if isinstance(value, _dt.date):
         return float(value.toordinal() - _EPOCH.date().toordinal()) * 86400.0
     if isinstance(value, _dt.time):
@@ -35,7 +48,7 @@ def to_score(value: Any) -> float:
     return float(value)
 
 
-class SortedField(Field):
+class SortedField(Field[_T]):
     """A range-queryable field backed by one sorted set (per partition).
 
     Args:
@@ -48,12 +61,37 @@ class SortedField(Field):
             fields, epoch seconds for int/float/Decimal fields.
     """
 
-    type = float
+    type: builtins.type[Any] = float
     is_sorted = True
     key_kind = "SortedF"
     SCORE_TYPES = (int, float, Decimal, _dt.date, _dt.datetime, _dt.time)
 
-    def __init__(self, partition_by: str | tuple[str, ...] | list[str] | None = None,
+    # the value type follows type= (default float) and null= (default True)
+    @overload
+    def __init__(self: SortedField[_T], partition_by: PartitionBy = None,
+                 auto_now: bool = False, auto_now_add: bool = False, *,
+                 type: builtins.type[_T], null: Literal[False],  # noqa: A002
+                 sort_by: PartitionBy = None, **options: Unpack[FieldOptions]) -> None: ...
+
+    @overload
+    def __init__(self: SortedField[_T | None], partition_by: PartitionBy = None,
+                 auto_now: bool = False, auto_now_add: bool = False, *,
+                 type: builtins.type[_T], null: bool = True,  # noqa: A002
+                 sort_by: PartitionBy = None, **options: Unpack[FieldOptions]) -> None: ...
+
+    @overload
+    def __init__(self: SortedField[float], partition_by: PartitionBy = None,
+                 auto_now: bool = False, auto_now_add: bool = False, *,
+                 null: Literal[False], sort_by: PartitionBy = None,
+                 **options: Unpack[FieldOptions]) -> None: ...
+
+    @overload
+    def __init__(self: SortedField[float | None], partition_by: PartitionBy = None,
+                 auto_now: bool = False, auto_now_add: bool = False, *,
+                 null: bool = True, sort_by: PartitionBy = None,
+                 **options: Unpack[FieldOptions]) -> None: ...
+
+    def __init__(self, partition_by: PartitionBy = None,
                  auto_now: bool = False, auto_now_add: bool = False, **kwargs: Any) -> None:
         if "sort_by" in kwargs:
             sort_by = kwargs.pop("sort_by")
@@ -108,7 +146,7 @@ class SortedField(Field):
         return self.sorted_key((), ns)
 
     def sorted_key(self, partition_values: tuple[Any, ...] = (), ns: str | None = None) -> str:
-        return keys.field_index_key("SortedF", ns or self.model._meta.groups[0], self.name,
+        return keys.field_index_key("SortedF", ns or self.placed_model._meta.groups[0], self.name,
                                     *partition_values)
 
     @classmethod
@@ -162,7 +200,7 @@ for _lookup in lk.RANGE_LOOKUPS:
     SortedField.register_lookup(_lookup)
 
 
-class SortedKeyField(KeyField, SortedField):
+class SortedKeyField(KeyField[_T], SortedField[_T]):
     """A key field that is also range-queryable: part of the instance key, and its
     value scores the instance in ``$SortedF:M:<field>`` (1.x's ``SortedKeyField``).
 
@@ -173,6 +211,20 @@ class SortedKeyField(KeyField, SortedField):
 
     key_kind = "SortedF"
     _lookups: ClassVar[dict[str, type[lk.Lookup]]] = {}
+
+    if TYPE_CHECKING:  # a key value is required: float (the default type) or the given type
+        @overload
+        def __init__(self: SortedKeyField[float], partition_by: PartitionBy = None,
+                     auto_now: bool = False, auto_now_add: bool = False, *,
+                     null: Literal[False] = False, **options: Unpack[FieldOptions]) -> None: ...
+
+        @overload
+        def __init__(self: SortedKeyField[_T], partition_by: PartitionBy = None,
+                     auto_now: bool = False, auto_now_add: bool = False, *,
+                     type: builtins.type[_T], null: Literal[False] = False,  # noqa: A002
+                     **options: Unpack[FieldOptions]) -> None: ...
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None: ...
 
     def lookup_source(self, lookup: lk.Lookup, context: dict[str, Any]) -> Source | None:
         if isinstance(lookup, (lk.Exact, lk.In, lk.IsNull)):

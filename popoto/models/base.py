@@ -10,9 +10,10 @@ migration and bulk operations.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import logging
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import redis
 
@@ -35,7 +36,12 @@ from popoto.models.maintenance import MaintenanceMixin
 from popoto.models.metaclass import ModelBase
 from popoto.models.options import ModelOptions
 from popoto.protocol import TTL_AT, TTL_SECONDS
-from popoto.query.manager import Query
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from popoto.fields.relationship import Relationship
+    from popoto.query.manager import QueryDescriptor
 
 logger = logging.getLogger("popoto.models")
 
@@ -45,8 +51,14 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
     """Base class of every Popoto model: an instance is a Redis hash at ``Name:k1:k2``."""
 
     _meta: ClassVar[ModelOptions]
-    query: ClassVar[Query]
-    objects: ClassVar[Query]
+    #: ``Book.query`` is a ``Query[Book]`` (the metaclass sets one per class)
+    query: ClassVar[QueryDescriptor]
+    objects: ClassVar[QueryDescriptor]
+    # per-instance state, set in __init__ / _load straight into __dict__
+    _raw: dict[str, bytes] | None
+    _redis_key: str | None
+    _ttl: float | None
+    _expire_at: _dt.datetime | None
 
     def __init__(self, **kwargs: Any) -> None:
         meta = self._meta
@@ -73,7 +85,9 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
             hook(self)
 
     @classmethod
-    def from_redis(cls, redis_key: str, raw: dict[bytes | str, bytes]) -> Model:
+    def from_redis(cls, redis_key: str,
+                   raw: dict[bytes, bytes] | dict[str, bytes] | dict[bytes | str, bytes]
+                   ) -> Self:
         """Build an instance from a stored hash; field values decode on first access.
 
         ``redis_key`` must be an instance key of this model (ModelException otherwise):
@@ -83,13 +97,14 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
             raise ModelException(f"{cls.__name__}.from_redis: {encoding.short_repr(redis_key)} "
                                  f"is not a {cls.__name__} key")
         try:
-            decoded = {k.decode(): v for k, v in raw.items()}
+            # str keys raise AttributeError, handled below (EAFP: bytes is the fast path)
+            decoded = {k.decode(): v for k, v in raw.items()}  # type: ignore[union-attr]
         except AttributeError:  # str field names (a client with decode_responses)
             decoded = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
         return cls._load(redis_key, decoded)
 
     @classmethod
-    def _load(cls, redis_key: str, decoded: dict[str, bytes]) -> Model:
+    def _load(cls, redis_key: str, decoded: dict[str, bytes]) -> Self:
         """``from_redis`` for a key already known to be the model's and str field names
         (a query's hydration checks a whole page's keys at once)."""
         obj = cls.__new__(cls)
@@ -204,10 +219,13 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
         sharded = meta.sharded
         # a sharded instance whose new key falls in another tag group (another slot) is
         # written there first and its old copy deleted after (see _sharded_save_steps)
-        relocating = migrating and sharded and keys.ns_of(old_key) != ns
+        # (old_key is not None: implied by migrating, spelled out for the type checker)
+        relocating = (migrating and sharded and old_key is not None
+                      and keys.ns_of(old_key) != ns)
         batch = WriteBatch(key=key, class_set=keys.class_set_key(ns), ns=ns,
                            external_claims=sharded,
-                           old_key=old_key if migrating and not relocating else "",
+                           old_key=old_key if old_key is not None and migrating
+                           and not relocating else "",
                            is_create=is_create, must_not_exist=must_not_exist or migrating,
                            update_fields=None if update_fields is None else frozenset(names),
                            bases=meta.record_bases(ns))
@@ -350,7 +368,7 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
             return
         yield from claims.claimed_save_steps(type(self), batch, old_key or batch.key,
                                              translate_error)
-        if relocating:
+        if relocating and old_key is not None:  # (implied by relocating)
             old_ns = keys.ns_of(old_key)
             old = WriteBatch(key=old_key, class_set=keys.class_set_key(old_ns), ns=old_ns,
                              external_claims=True, bases=self._meta.record_bases(old_ns))
@@ -442,7 +460,7 @@ class Model(CrudMixin, BulkMixin, CounterMixin, AsyncModelMixin, MaintenanceMixi
             if not field.is_relationship:
                 out[name] = getattr(self, name)
                 continue
-            value = field.related_key(self)  # type: ignore[attr-defined]  # no I/O
+            value = cast("Relationship[Any]", field).related_key(self)  # no I/O
             if (value is not None and relationships and value not in _seen
                     and (max_depth is None or max_depth > 0)):
                 related = getattr(self, name)  # loads lazily when not loaded yet

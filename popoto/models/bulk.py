@@ -36,7 +36,7 @@ import copy
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis
 
@@ -50,6 +50,8 @@ from popoto.protocol import text
 from popoto.query.queryset import QuerySet
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from popoto.models.base import Model
 
 logger = logging.getLogger("popoto.models")
@@ -332,7 +334,7 @@ class BulkMixin:
     """bulk_create / bulk_update / bulk_delete / delete_all / raw_update / atomic_increment."""
 
     @classmethod
-    def bulk_create(cls, instances: Iterable[Model], batch_size: int = 1000) -> list[Model]:
+    def bulk_create(cls, instances: Iterable[Self], batch_size: int = 1000) -> list[Self]:
         """Create many instances, ``batch_size`` script calls per pipeline.
 
         Every instance is validated before anything is written. An instance
@@ -340,12 +342,13 @@ class BulkMixin:
         then :class:`BulkWriteError` lists the failures. Returns the created
         instances (a behaviour may veto some, which are left out).
         """
-        check_batch_size(cls, batch_size)
-        calls = plan_create(cls, instances)
-        outcome = BulkOutcome(cls, "bulk_create")
+        model = cast("type[Model]", cls)  # mixed into Model only
+        check_batch_size(model, batch_size)
+        calls = plan_create(model, cast("Iterable[Model]", instances))
+        outcome = BulkOutcome(model, "bulk_create")
         run_calls(calls, batch_size, outcome)
         outcome.finish()
-        return outcome.written
+        return cast("list[Self]", outcome.written)  # the given instances
 
     @classmethod
     def bulk_update(cls, queryset_or_instances: Any, batch_size: int = 1000,
@@ -356,11 +359,12 @@ class BulkMixin:
         cannot be bulk-updated. Instances deleted meanwhile are skipped (no
         hash is recreated). Returns the number of instances updated.
         """
-        check_batch_size(cls, batch_size)
+        model = cast("type[Model]", cls)  # mixed into Model only
+        check_batch_size(model, batch_size)
         if not updates:
             return 0
-        calls = plan_update(cls, queryset_or_instances, updates)
-        outcome = BulkOutcome(cls, "bulk_update")
+        calls = plan_update(model, queryset_or_instances, updates)
+        outcome = BulkOutcome(model, "bulk_update")
         run_calls(calls, batch_size, outcome)
         outcome.finish()
         return outcome.count
@@ -372,14 +376,15 @@ class BulkMixin:
         A query is resolved to keys without loading hashes (unless a behaviour's
         delete hook needs them). Returns the number of instances that existed.
         """
-        check_batch_size(cls, batch_size)
-        targets, are_keys = resolve_delete_targets(cls, queryset_or_instances)
-        outcome = BulkOutcome(cls, "bulk_delete")
+        model = cast("type[Model]", cls)  # mixed into Model only
+        check_batch_size(model, batch_size)
+        targets, are_keys = resolve_delete_targets(model, queryset_or_instances)
+        outcome = BulkOutcome(model, "bulk_delete")
         if are_keys:
             for chunk in chunks(targets, batch_size):
-                _delete_keys(cls, chunk, outcome)
+                _delete_keys(model, chunk, outcome)
         else:
-            run_calls(plan_delete(cls, targets), batch_size, outcome)
+            run_calls(plan_delete(model, targets), batch_size, outcome)
         outcome.finish()
         return outcome.count
 
@@ -391,8 +396,9 @@ class BulkMixin:
         deleting one batch of keys at a time; instances created while it runs
         may survive.
         """
-        check_batch_size(cls, batch_size)
-        outcome = io.run_inline(delete_all_steps(cls, batch_size))  # type: ignore[arg-type]
+        model = cast("type[Model]", cls)  # mixed into Model only
+        check_batch_size(model, batch_size)
+        outcome = io.run_inline(delete_all_steps(model, batch_size))
         outcome.finish()
         return outcome.count
 
@@ -407,12 +413,13 @@ class BulkMixin:
         changed. Keys whose hash does not exist are skipped, never created.
         Returns the number of hashes updated.
         """
-        check_batch_size(cls, batch_size)
-        meta = cls._meta
+        model = cast("type[Model]", cls)  # mixed into Model only
+        check_batch_size(model, batch_size)
+        meta = model._meta
         encoded: list[Any] = []
-        for name, value in check_updates(cls, field_values, "raw_update").items():
+        for name, value in check_updates(model, field_values, "raw_update").items():
             encoded += [name, meta.fields[name].encode(value)]
-        targets = raw_update_keys(cls, redis_keys)
+        targets = raw_update_keys(model, redis_keys)
         if not encoded or not targets:
             return 0
         return run(raw_update_steps(targets, encoded, batch_size))
@@ -423,7 +430,8 @@ def raw_update_keys(model: type[Model], redis_keys: Iterable[Any]) -> list[str]:
     meta = model._meta
     out = []
     single = isinstance(redis_keys, (str, bytes)) or registry.is_instance(redis_keys)
-    for item in [redis_keys] if single else redis_keys:
+    items: Iterable[Any] = [redis_keys] if single else redis_keys
+    for item in items:
         if registry.is_instance(item):
             item = item.pk
         key = item.decode() if isinstance(item, bytes) else item

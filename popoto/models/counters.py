@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, localcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -46,6 +46,9 @@ from popoto.protocol import text
 from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
+    import redis.asyncio.client
+
+    from popoto.engine.scripts import AsyncScripting
     from popoto.models.base import Model
 
 INCREMENT = scripts.LuaScript("increment")  # popoto/lua/increment.lua
@@ -55,7 +58,7 @@ _PARSE = {int: int, float: float, Decimal: Decimal}
 _EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
-def _counter_field(model: type[Model], field_name: str) -> Field:
+def _counter_field(model: type[Model], field_name: str) -> Field[Any]:
     field = model._meta.get_field(field_name, " to increment")
     if field.is_key:
         raise FieldUsageError(f"{field.label}: a key field cannot be incremented "
@@ -66,7 +69,7 @@ def _counter_field(model: type[Model], field_name: str) -> Field:
     return field
 
 
-def _coerce_delta(field: Field, delta: Any) -> int | float | Decimal:
+def _coerce_delta(field: Field[Any], delta: Any) -> int | float | Decimal:
     if isinstance(delta, bool) or not isinstance(delta, NUMERIC_TYPES):
         raise field.error("atomic_increment delta must be an int, float or Decimal", delta,
                           FieldUsageError)
@@ -89,7 +92,7 @@ def _coerce_delta(field: Field, delta: Any) -> int | float | Decimal:
     return Decimal(repr(delta)) if isinstance(delta, float) else Decimal(delta)
 
 
-def _scripted(field: Field) -> bool:
+def _scripted(field: Field[Any]) -> bool:
     """True when the increment script maintains everything that depends on the field.
 
     That is: no index reads the field, or only its own plain SortedField does
@@ -98,14 +101,15 @@ def _scripted(field: Field) -> bool:
     cls = type(field)
     if cls.to_db is not Field.to_db or cls.from_db is not Field.from_db:
         return False
-    owners = [o for o, deps in field.model._meta.index_owners.items() if field.name in deps]
+    owners = [o for o, deps in field.placed_model._meta.index_owners.items()
+              if field.name in deps]
     if not owners:
         return True
     return (owners == [field.name] and isinstance(field, SortedField) and not field.unique
             and cls.on_save is SortedField.on_save)
 
 
-def _add_exact(field: Field, current: Any, delta: Any, key: str) -> Any:
+def _add_exact(field: Field[Any], current: Any, delta: Any, key: str) -> Any:
     """``current + delta`` exactly, in the field's type (None counts as zero)."""
     if field.type is Decimal:
         with localcontext(_EXACT):
@@ -118,7 +122,7 @@ def _add_exact(field: Field, current: Any, delta: Any, key: str) -> Any:
     return value
 
 
-def watched_increment(model: type[Model], field: Field, key: str, raw: dict[Any, Any],
+def watched_increment(model: type[Model], field: Field[Any], key: str, raw: dict[Any, Any],
                       delta: Any) -> tuple[Any, WriteBatch]:
     """(new value, partial save) for an increment through the save path (no I/O)."""
     if not raw:
@@ -147,20 +151,21 @@ def claims_after_steps(batch: WriteBatch, acquired: claims.Acquired, reply: Any,
                                        claims.released_pairs(reply), key)
 
 
-def increment_call(instance: Model, field: Field, delta: Any) -> tuple[list[str], list[Any]]:
+def increment_call(instance: Model, field: Field[Any], delta: Any) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the increment script for ``instance.<field> += delta``.
 
     KEYS[2] is the sorted set a sorted field's entry goes to (in the instance's
     tag group), else KEYS[1] again: every key of the call is in one cluster slot.
     """
     key = instance.pk
-    zkey = field.key_for(instance, keys.ns_of(key)) if field.is_sorted else key
+    zkey = (cast("SortedField[Any]", field).key_for(instance, keys.ns_of(key))  # is_sorted
+            if field.is_sorted else key)
     return [key, zkey], [field.name, _KIND[field.type], _delta_text(delta),
                          "1" if field.is_sorted else "0"]
 
 
 def prepare_increment(instance: Model, field_name: str, delta: Any,
-                      pipeline: Any) -> tuple[Field, Any, str, bool]:
+                      pipeline: Any) -> tuple[Field[Any], Any, str, bool]:
     """Validate an increment: (field, coerced delta, instance key, runs as one script)."""
     field = _counter_field(type(instance), field_name)
     step = _coerce_delta(field, delta)
@@ -179,11 +184,11 @@ def _delta_text(delta: Any) -> str:
     return repr(delta) if isinstance(delta, float) else str(delta)
 
 
-def parse_increment_reply(field: Field, reply: Any) -> Any:
+def parse_increment_reply(field: Field[Any], reply: Any) -> Any:
     return _PARSE[field.type](text(reply))
 
 
-def remember_increment(instance: Model, field: Field, value: Any) -> None:
+def remember_increment(instance: Model, field: Field[Any], value: Any) -> None:
     """Make the in-memory instance show the value just written."""
     instance.__dict__[field.name] = value
     raw = instance.__dict__.get("_raw")
@@ -191,7 +196,7 @@ def remember_increment(instance: Model, field: Field, value: Any) -> None:
         raw[field.name] = field.to_db(value)
 
 
-def increment_error(field: Field, key: str, delta: Any,
+def increment_error(field: Field[Any], key: str, delta: Any,
                     exc: redis.exceptions.ResponseError) -> ModelException:
     """The ModelException for an error reply of the increment script."""
     tag, detail = protocol.error_tag(exc) or ("", str(exc))
@@ -227,11 +232,12 @@ class CounterMixin:
         partition) is updated through an optimistic WATCH/MULTI transaction
         that reuses the save path instead, and cannot be queued on a pipeline.
         """
-        field, step, key, scripted = prepare_increment(self, field_name, delta, pipeline)
+        instance = cast("Model", self)  # mixed into Model only
+        field, step, key, scripted = prepare_increment(instance, field_name, delta, pipeline)
         if not scripted:
             value = self._increment_watched(field, step)
         else:
-            keys_, args = increment_call(self, field, step)
+            keys_, args = increment_call(instance, field, step)
             client = get_client()
             if pipeline is not None:
                 INCREMENT.queue(pipeline, client, keys_, args)
@@ -241,22 +247,25 @@ class CounterMixin:
             except redis.exceptions.ResponseError as exc:
                 raise increment_error(field, key, delta, exc) from None
             value = parse_increment_reply(field, reply)
-        remember_increment(self, field, value)
+        remember_increment(instance, field, value)
         return value
 
-    def _increment_watched(self, field: Field, delta: Any) -> Any:
+    def _increment_watched(self, field: Field[Any], delta: Any) -> Any:
         """Increment through the save path under WATCH, retrying when the hash changed.
 
         The transaction touches the instance's tag group only (one cluster slot);
         a sharded model's unique claims are taken before it and settled after it.
         """
-        model = type(self)
-        key = self._redis_key
+        instance = cast("Model", self)  # mixed into Model only
+        model = type(instance)
+        key = cast(str, instance._redis_key)  # saved: prepare_increment checked it
         client = get_client()
         with client.pipeline(transaction=True) as pipe:
             while True:
                 pipe.watch(key)
-                value, batch = watched_increment(model, field, key, pipe.hgetall(key), delta)
+                # a watched pipeline runs commands at once (until multi()): a dict
+                raw = cast("dict[Any, Any]", pipe.hgetall(key))
+                value, batch = watched_increment(model, field, key, raw, delta)
                 acquired = run(claims_before_steps(model, batch, key))
                 try:
                     scripts.SAVE.ensure_loaded(client)
@@ -283,25 +292,31 @@ class CounterMixin:
     async def async_atomic_increment(self, field_name: str,
                                      delta: int | float | Decimal = 1) -> Any:
         """Async ``atomic_increment()`` (same script, same exactness, same errors)."""
-        field, step, key, scripted = prepare_increment(self, field_name, delta, None)
+        instance = cast("Model", self)  # mixed into Model only
+        field, step, key, scripted = prepare_increment(instance, field_name, delta, None)
         if scripted:
             try:
                 reply = await run_script_async(INCREMENT,
-                                               *increment_call(self, field, step))
+                                               *increment_call(instance, field, step))
             except redis.exceptions.ResponseError as exc:
                 raise increment_error(field, key, delta, exc) from None
             value = parse_increment_reply(field, reply)
         else:
             value = await self._async_increment_watched(field, step)
-        remember_increment(self, field, value)
+        remember_increment(instance, field, value)
         return value
 
-    async def _async_increment_watched(self, field: Any, delta: Any) -> Any:
+    async def _async_increment_watched(self, field: Field[Any], delta: Any) -> Any:
         """Async twin of ``_increment_watched`` (WATCH/MULTI in one tag group)."""
-        model = type(self)
-        key = self._redis_key
+        instance = cast("Model", self)  # mixed into Model only
+        model = type(instance)
+        key = cast(str, instance._redis_key)  # saved: prepare_increment checked it
         client = get_async_client()
-        async with client.pipeline(transaction=True) as pipe:
+        scripting = cast("AsyncScripting", client)  # both client kinds have script_load
+        async with client.pipeline(transaction=True) as cluster_or_plain:
+            # redis-py's asyncio ClusterPipeline has watch/multi/hgetall too (types-redis
+            # declares them on the plain Pipeline only)
+            pipe = cast("redis.asyncio.client.Pipeline[bytes]", cluster_or_plain)
             while True:
                 await pipe.watch(key)
                 value, batch = watched_increment(model, field, key,
@@ -317,7 +332,7 @@ class CounterMixin:
                     continue
                 except redis.exceptions.NoScriptError:
                     await run_async(claims.rollback_steps(key, acquired.pending))
-                    await client.script_load(scripts.SAVE.body)
+                    await scripting.script_load(scripts.SAVE.body)
                     continue
                 except redis.exceptions.ResponseError as exc:
                     await run_async(claims.rollback_steps(key, acquired.pending))

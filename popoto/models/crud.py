@@ -8,21 +8,26 @@ sent (and a lost script cache reloaded) is the driver's job, identical for both.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from popoto.engine.io import Steps, run, run_async
 from popoto.exceptions import UniqueViolation
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from popoto.models.base import Model
 
+#: a model class
+_M = TypeVar("_M", bound="Model")
 
-def _get(model: type[Model], lookup: dict[str, Any]) -> Steps[Any]:
+
+def _get(model: type[_M], lookup: dict[str, Any]) -> Steps[_M | None]:
     return model.query._get_steps((), None, dict(lookup))
 
 
-def get_or_create_steps(model: type[Model], defaults: dict[str, Any] | None,
-                        lookup: dict[str, Any]) -> Steps[tuple[Model, bool]]:
+def get_or_create_steps(model: type[_M], defaults: dict[str, Any] | None,
+                        lookup: dict[str, Any]) -> Steps[tuple[_M, bool]]:
     """``(instance, created)``; a concurrent creator of the same key wins cleanly."""
     found = yield from _get(model, lookup)
     if found is not None:
@@ -39,8 +44,8 @@ def get_or_create_steps(model: type[Model], defaults: dict[str, Any] | None,
         return found, False
 
 
-def update_or_create_steps(model: type[Model], defaults: dict[str, Any] | None,
-                           lookup: dict[str, Any]) -> Steps[tuple[Model, bool]]:
+def update_or_create_steps(model: type[_M], defaults: dict[str, Any] | None,
+                           lookup: dict[str, Any]) -> Steps[tuple[_M, bool]]:
     """Update the instance matching ``lookup`` with ``defaults``, or create it."""
     found, created = yield from get_or_create_steps(model, defaults, lookup)
     if created:
@@ -52,56 +57,62 @@ def update_or_create_steps(model: type[Model], defaults: dict[str, Any] | None,
 
 
 class CrudMixin:
-    """create / load / get_or_create / update_or_create and their async twins."""
+    """create / load / get_or_create / update_or_create and their async twins.
+
+    Mixed into Model only: ``cls`` is always a model class (hence the casts to
+    ``type[Model]``, and of the results back to the caller's model, ``Self``).
+    """
 
     @classmethod
-    def create(cls, pipeline: Any = None, **kwargs: Any) -> Any:
+    def create(cls, pipeline: Any = None, **kwargs: Any) -> Self:
         """Create and save; raises UniqueViolation if the key already exists."""
-        instance = cls(**kwargs)
-        instance.save(pipeline=pipeline, _must_not_exist=True)  # type: ignore[attr-defined]
-        return instance
+        instance = cast("type[Model]", cls)(**kwargs)
+        instance.save(pipeline=pipeline, _must_not_exist=True)
+        return cast("Self", instance)
 
     @classmethod
-    async def async_create(cls, pipeline: Any = None, **kwargs: Any) -> Any:
+    async def async_create(cls, pipeline: Any = None, **kwargs: Any) -> Self:
         """Async ``create()``: raises UniqueViolation if the key already exists."""
-        instance = cls(**kwargs)
-        await instance.async_save(pipeline=pipeline,  # type: ignore[attr-defined]
-                                  _must_not_exist=True)
-        return instance
+        instance = cast("type[Model]", cls)(**kwargs)
+        await instance.async_save(pipeline=pipeline, _must_not_exist=True)
+        return cast("Self", instance)
 
     @classmethod
-    def load(cls, db_key: str | None = None, **kwargs: Any) -> Any:
+    def load(cls, db_key: str | None = None, **kwargs: Any) -> Self | None:
         """Load one instance by ``db_key`` or by its key field values (None if absent)."""
-        return run(cls.query._get_steps(  # type: ignore[attr-defined]
-            (), db_key, {} if db_key is not None else kwargs))
+        return cast("Self | None", run(cast("type[Model]", cls).query._get_steps(
+            (), db_key, {} if db_key is not None else kwargs)))
 
     @classmethod
-    async def async_load(cls, db_key: str | None = None, **kwargs: Any) -> Any:
+    async def async_load(cls, db_key: str | None = None, **kwargs: Any) -> Self | None:
         """Async ``load()`` by ``db_key`` or key field values (None if absent)."""
-        return await run_async(cls.query._get_steps(  # type: ignore[attr-defined]
-            (), db_key, {} if db_key is not None else kwargs))
+        return cast("Self | None", await run_async(cast("type[Model]", cls).query._get_steps(
+            (), db_key, {} if db_key is not None else kwargs)))
 
     @classmethod
     def get_or_create(cls, defaults: dict[str, Any] | None = None,
-                      **lookup: Any) -> tuple[Any, bool]:
+                      **lookup: Any) -> tuple[Self, bool]:
         """Return ``(instance, created)``; safe against a concurrent creator of the same key."""
-        return run(get_or_create_steps(cls, defaults, lookup))  # type: ignore[arg-type]
+        return cast("tuple[Self, bool]",
+                    run(get_or_create_steps(cast("type[Model]", cls), defaults, lookup)))
 
     @classmethod
     async def async_get_or_create(cls, defaults: dict[str, Any] | None = None,
-                                  **lookup: Any) -> tuple[Any, bool]:
+                                  **lookup: Any) -> tuple[Self, bool]:
         """Async ``get_or_create()``: the same steps, awaited."""
-        return await run_async(get_or_create_steps(cls, defaults, lookup))  # type: ignore[arg-type]
+        return cast("tuple[Self, bool]", await run_async(
+            get_or_create_steps(cast("type[Model]", cls), defaults, lookup)))
 
     @classmethod
     def update_or_create(cls, defaults: dict[str, Any] | None = None,
-                         **lookup: Any) -> tuple[Any, bool]:
+                         **lookup: Any) -> tuple[Self, bool]:
         """Update the matching instance with ``defaults`` or create it."""
-        return run(update_or_create_steps(cls, defaults, lookup))  # type: ignore[arg-type]
+        return cast("tuple[Self, bool]",
+                    run(update_or_create_steps(cast("type[Model]", cls), defaults, lookup)))
 
     @classmethod
     async def async_update_or_create(cls, defaults: dict[str, Any] | None = None,
-                                     **lookup: Any) -> tuple[Any, bool]:
+                                     **lookup: Any) -> tuple[Self, bool]:
         """Async ``update_or_create()``: the same steps, awaited."""
-        return await run_async(update_or_create_steps(cls, defaults,  # type: ignore[arg-type]
-                                                      lookup))
+        return cast("tuple[Self, bool]", await run_async(
+            update_or_create_steps(cast("type[Model]", cls), defaults, lookup)))

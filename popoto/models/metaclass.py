@@ -7,7 +7,7 @@ its ``query`` manager and is registered under its namespace.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from popoto import registry
 from popoto.behaviours.base import compile_hooks
@@ -17,16 +17,20 @@ from popoto.fields.shortcuts import AutoKeyField
 from popoto.models.options import RESERVED_FIELD_NAMES, ModelOptions
 from popoto.query.manager import Query
 
+if TYPE_CHECKING:
+    from popoto.models.base import Model
+
 
 class ModelBase(type):
     """Builds ``_meta`` from the class body: fields place themselves, Meta is validated."""
 
-    def __new__(mcs, name: str, bases: tuple[type, ...], attrs: dict[str, Any], **kwargs: Any):
+    def __new__(mcs, name: str, bases: tuple[type, ...], attrs: dict[str, Any],
+                **kwargs: Any) -> ModelBase:
         parents = [b for b in bases if isinstance(b, ModelBase)]
         if not parents:
             return super().__new__(mcs, name, bases, attrs, **kwargs)
         meta_class = attrs.pop("Meta", None)
-        fields: dict[str, Field] = {}
+        fields: dict[str, Field[Any]] = {}
         body: dict[str, Any] = {}
         for attr, value in attrs.items():
             if isinstance(value, Field):
@@ -39,7 +43,8 @@ class ModelBase(type):
                     f"{name}.{attr}: public model attributes must be Fields "
                     f"(use a private name such as _{attr} for plain class data)"
                 )
-        cls = super().__new__(mcs, name, bases, body, **kwargs)
+        new = super().__new__(mcs, name, bases, body, **kwargs)
+        cls = cast("type[Model]", new)  # a subclass of Model (the only parentless ModelBase)
         _refuse_shadowing(cls, fields)
         meta = ModelOptions(name)
         meta.apply_meta(meta_class, name)
@@ -56,13 +61,17 @@ class ModelBase(type):
                 and not any(f.is_key for f in meta.hidden_fields.values()):
             AutoKeyField().contribute_to_class(cls, "_auto_key")
         meta.finalize(compile_hooks(cls))
-        cls.query = cls.objects = Query(cls)
+        # one manager under both names; Model declares them for typing as a descriptor
+        # giving Query[<the model>], which a plain assignment of a Query would not match
+        manager = Query(cls)
+        setattr(cls, "query", manager)  # noqa: B010
+        setattr(cls, "objects", manager)  # noqa: B010
         if not meta.abstract:
             registry.register(cls)
-        return cls
+        return new
 
 
-def _refuse_shadowing(cls: type, fields: dict[str, Field]) -> None:
+def _refuse_shadowing(cls: type, fields: dict[str, Field[Any]]) -> None:
     """A field name must not shadow what the model, its behaviours or the ORM use:
     ``Doc.db_key`` as a field would let a value choose the Redis key the instance writes."""
     for fname in fields:

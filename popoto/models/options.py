@@ -86,12 +86,12 @@ class ModelOptions:
         #: class name); two registered models never share one
         self.namespace = model_name
         self._bases: dict[str, dict[str, str]] = {}  # record_bases() per tag group
-        self.explicit_fields: dict[str, Field] = {}
-        self.hidden_fields: dict[str, Field] = {}
+        self.explicit_fields: dict[str, Field[Any]] = {}
+        self.hidden_fields: dict[str, Field[Any]] = {}
         self.abstract = False
         self.order_by: str | None = None
         self.ttl: int | None = None
-        self.indexes: tuple = ()
+        self.indexes: tuple[Any, ...] = ()
         self.shards: int | None = None
         self._layout: tuple[int, tuple[str, ...], bool] = (-1, (model_name,), False)
         self.composite_indexes: list[CompositeIndex] = []
@@ -99,12 +99,12 @@ class ModelOptions:
         #: ``Model.query.<name>`` methods contributed by fields and behaviours
         self.query_features: dict[str, Callable[..., Any]] = {}
         # compiled on finalize()
-        self.fields: dict[str, Field] = {}
+        self.fields: dict[str, Field[Any]] = {}
         self.key_field_names: list[str] = []
         self.index_owners: dict[str, frozenset[str]] = {}
 
     # --- registration --------------------------------------------------
-    def add_field(self, name: str, field: Field) -> None:
+    def add_field(self, name: str, field: Field[Any]) -> None:
         if not (name[0] == "_" or name[0].islower()):
             raise ModelException(
                 f"{self.model_name}.{name}: field names must start with a lowercase letter"
@@ -213,7 +213,7 @@ class ModelOptions:
         self.query_options = {opt: f for f in self.fields.values()
                               for opt in f.query_options()}
 
-    def query_option_owner(self, name: str) -> Field | None:
+    def query_option_owner(self, name: str) -> Field[Any] | None:
         """The field that accepts the non-lookup filter keyword ``name`` (e.g. geo_radius)."""
         return self.query_options.get(name)
 
@@ -223,7 +223,7 @@ class ModelOptions:
             for hook in self.load_hooks:
                 hook(objs, options)
 
-    def get_field(self, name: str, purpose: str = "") -> Field:
+    def get_field(self, name: str, purpose: str = "") -> Field[Any]:
         """The field called ``name``; ModelException with a close-match suggestion if none."""
         field = self.fields.get(name)
         if field is None:

@@ -65,7 +65,8 @@ def resolve_lookup(model: type[Model], name: str, value: Any) -> Lookup:
         )
     related = getattr(field, "related_lookup", None)
     if related is not None and lookup_name and lookup_name not in field.get_lookups():
-        return related(lookup_name, value)
+        found: Lookup = related(lookup_name, value)
+        return found
     return field.get_lookup(lookup_name or "exact")(field, value)
 
 
@@ -86,10 +87,10 @@ def compile_q(model: type[Model], q: Q, context: dict[str, Any] | None = None,
         name = lookup.field.name
         match = lookup.matches
 
-        def full(obj: Any, _n: str = name, _m: Callable[[Any], bool] = match) -> bool:
+        def leaf(obj: Any, _n: str = name, _m: Callable[[Any], bool] = match) -> bool:
             return _m(getattr(obj, _n))
 
-        parts.append(Compiled(src, None if src is not None else full, full, {}))
+        parts.append(Compiled(src, None if src is not None else leaf, leaf, {}))
     for child in q.children:
         if isinstance(child, Q):
             parts.append(compile_q(model, child, context if q.connector == Q.AND else None,
@@ -108,8 +109,9 @@ def compile_q(model: type[Model], q: Q, context: dict[str, Any] | None = None,
                         _all([p.full for p in parts]), {**merged, **exact})
     else:
         full = _any([p.full for p in parts])
-        if all(p.source is not None and p.residual is None for p in parts):
-            node = Compiled(Combine("OR", [p.source for p in parts]), None, full, {})
+        sources = [p.source for p in parts if p.source is not None]
+        if len(sources) == len(parts) and all(p.residual is None for p in parts):
+            node = Compiled(Combine("OR", sources), None, full, {})
         else:
             node = Compiled(None, full, full, {})
     if q.negated:

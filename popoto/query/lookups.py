@@ -22,7 +22,7 @@ class Lookup:
 
     lookup_name = "exact"
 
-    def __init__(self, field: Field, value: Any) -> None:
+    def __init__(self, field: Field[Any], value: Any) -> None:
         self.field = field
         self.value = self.prepare(value)
 
@@ -44,7 +44,8 @@ class Lookup:
         return self.field.lookup_source(self, context)
 
     def matches(self, stored: Any) -> bool:
-        return stored == self.value
+        same: bool = stored == self.value
+        return same
 
     def __repr__(self) -> str:
         return f"{self.field.label}__{self.lookup_name}={self.value!r}"

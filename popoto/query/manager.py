@@ -22,18 +22,25 @@ if TYPE_CHECKING:
 #: the model class a manager serves
 _M = TypeVar("_M", bound="Model")
 
+if TYPE_CHECKING:
+    class QueryDescriptor:
+        """Typing only: ``Model.query`` read on ``Book`` (or a Book) is a ``Query[Book]``
+        (at run time the metaclass sets a plain Query attribute on each model class)."""
+
+        def __get__(self, instance: object, owner: type[_M]) -> Query[_M]: ...
+
 
 class Query(Generic[_M]):
     """``Model.query`` / ``Model.objects``: entry point that builds QuerySets."""
 
-    def __init__(self, model: type[Model]) -> None:
+    def __init__(self, model: type[_M]) -> None:
         self.model = model
 
-    def _qs(self) -> QuerySet:
+    def _qs(self) -> QuerySet[_M]:
         return QuerySet(self.model)
 
     def _get_steps(self, conditions: tuple[Q, ...], db_key: str | None,
-                   kwargs: dict[str, Any]) -> Steps[Any]:
+                   kwargs: dict[str, Any]) -> Steps[_M | None]:
         meta = self.model._meta
         if db_key is None and not conditions and kwargs and set(kwargs) == set(
                 meta.key_field_names):
@@ -53,26 +60,26 @@ class Query(Generic[_M]):
         return obj
 
     def get(self, *conditions: Q, db_key: str | None = None, redis_key: str | None = None,
-            **kwargs: Any) -> Any:
+            **kwargs: Any) -> _M | None:
         """One instance by key fields, ``db_key``/``redis_key`` or any filter; None if absent."""
         return run(self._get_steps(conditions, db_key or redis_key, kwargs))
 
-    def filter(self, *conditions: Q, **kwargs: Any) -> QuerySet:
+    def filter(self, *conditions: Q, **kwargs: Any) -> QuerySet[_M]:
         return self._qs().filter(*conditions, **kwargs)
 
-    def exclude(self, *conditions: Q, **kwargs: Any) -> QuerySet:
+    def exclude(self, *conditions: Q, **kwargs: Any) -> QuerySet[_M]:
         return self._qs().exclude(*conditions, **kwargs)
 
-    def all(self, **kwargs: Any) -> QuerySet:
+    def all(self, **kwargs: Any) -> QuerySet[_M]:
         return self._qs().filter(**kwargs)
 
-    def order_by(self, field: str) -> QuerySet:
+    def order_by(self, field: str) -> QuerySet[_M]:
         return self._qs().order_by(field)
 
-    def limit(self, n: int) -> QuerySet:
+    def limit(self, n: int) -> QuerySet[_M]:
         return self._qs().limit(n)
 
-    def values(self, *fields: str) -> QuerySet:
+    def values(self, *fields: str) -> QuerySet[Any]:  # its results are dicts
         return self._qs().values(*fields)
 
     def count(self, *conditions: Q, **kwargs: Any) -> int:
@@ -88,28 +95,30 @@ class Query(Generic[_M]):
         (keys whose hash is gone are left out and removed from the indexes read)."""
         return self._qs().filter(*conditions, **kwargs).keys(clean=clean)
 
-    def first(self) -> Any:
+    def first(self) -> _M | None:
         return self._qs().first()
 
-    def last(self) -> Any:
+    def last(self) -> _M | None:
         return self._qs().last()
 
-    def no_track(self) -> QuerySet:
+    def no_track(self) -> QuerySet[_M]:
         return self._qs().no_track()
 
     def top_by_decay(self, field_name: str | None = None, n: int = 10,
                      decay_rate: float | None = None, base_score_field: str | None = None,
-                     as_of: Any = None, **partition: Any) -> list[Any]:
+                     as_of: Any = None, **partition: Any) -> list[_M]:
         """The ``n`` best instances by decayed score (see ``popoto.fields.decaying``)."""
         feature = self._feature("top_by_decay", "no DecayingSortedField")
-        return feature(self.model, field_name, n, decay_rate, base_score_field, as_of,  # type: ignore[no-any-return]
-                       **partition)
+        found: list[_M] = feature(self.model, field_name, n, decay_rate, base_score_field,
+                                  as_of, **partition)
+        return found
 
-    def priority(self, n: int = 10) -> list[Any]:
+    def priority(self, n: int = 10) -> list[_M]:
         """The ``n`` instances with the highest write-filter score (WriteFilterMixin)."""
         feature = self._feature("priority", "no WriteFilterMixin (priority() needs a model "
                                 "with WriteFilterMixin)")
-        return feature(self.model, n)  # type: ignore[no-any-return]
+        found: list[_M] = feature(self.model, n)
+        return found
 
     def _feature(self, name: str, lacking: str) -> Any:
         """A query method a field or behaviour registered in ``_meta.query_features``."""
@@ -120,13 +129,13 @@ class Query(Generic[_M]):
 
     # async reads (redis.asyncio): the same steps, awaited
     async def async_get(self, *conditions: Q, db_key: str | None = None,
-                        redis_key: str | None = None, **kwargs: Any) -> Any:
+                        redis_key: str | None = None, **kwargs: Any) -> _M | None:
         return await run_async(self._get_steps(conditions, db_key or redis_key, kwargs))
 
-    async def async_filter(self, *conditions: Q, **kwargs: Any) -> list[Any]:
+    async def async_filter(self, *conditions: Q, **kwargs: Any) -> list[_M]:
         return await self.filter(*conditions, **kwargs).async_list()
 
-    async def async_all(self, **kwargs: Any) -> list[Any]:
+    async def async_all(self, **kwargs: Any) -> list[_M]:
         return await self.all(**kwargs).async_list()
 
     async def async_count(self, *conditions: Q, **kwargs: Any) -> int:

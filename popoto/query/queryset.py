@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from popoto import keys
 from popoto.encoding import decode_field
@@ -35,6 +35,7 @@ from popoto.query.expressions import Q
 from popoto.query.results import ResultsMixin
 
 if TYPE_CHECKING:
+    from popoto.fields.sorted import SortedField
     from popoto.models.base import Model
 
 BATCH = 1000
@@ -48,10 +49,10 @@ Plans = list[tuple[str, "Source | None"]]  # (tag group, its source; None = the 
 _M = TypeVar("_M", bound="Model")
 
 
-class QuerySet(ResultsMixin, Generic[_M]):
+class QuerySet(ResultsMixin[_M], Generic[_M]):
     """A lazy query: nothing touches Redis until it is iterated, counted or sliced."""
 
-    def __init__(self, model: type[Model], where: Q | None = None) -> None:
+    def __init__(self, model: type[_M], where: Q | None = None) -> None:
         self.model = model
         self._where = where or Q()
         self._order: str | None = model._meta.order_by
@@ -62,8 +63,8 @@ class QuerySet(ResultsMixin, Generic[_M]):
         self._cache: list[Any] | None = None
 
     # --- building ------------------------------------------------------
-    def _clone(self, **changes: Any) -> QuerySet:
-        qs = QuerySet.__new__(QuerySet)
+    def _clone(self, **changes: Any) -> QuerySet[_M]:
+        qs: QuerySet[_M] = QuerySet.__new__(QuerySet)
         qs.__dict__.update(self.__dict__)
         qs._options = dict(self._options)
         qs._cache = None
@@ -71,7 +72,7 @@ class QuerySet(ResultsMixin, Generic[_M]):
             setattr(qs, k, v)
         return qs
 
-    def _split_kwargs(self, kwargs: dict[str, Any]) -> tuple[QuerySet, dict[str, Any]]:
+    def _split_kwargs(self, kwargs: dict[str, Any]) -> tuple[QuerySet[_M], dict[str, Any]]:
         qs = self
         if "order_by" in kwargs:
             qs = qs.order_by(kwargs.pop("order_by"))
@@ -92,7 +93,7 @@ class QuerySet(ResultsMixin, Generic[_M]):
                         kwargs.update(as_condition(name, qs._options[name], qs._options))
         return qs, kwargs
 
-    def filter(self, *conditions: Q, **kwargs: Any) -> QuerySet:
+    def filter(self, *conditions: Q, **kwargs: Any) -> QuerySet[_M]:
         """AND more conditions (keyword lookups or Q objects / expressions)."""
         qs, kwargs = self._clone()._split_kwargs(kwargs)
         new = [c for c in (*conditions, Q(**kwargs)) if c]
@@ -105,11 +106,11 @@ class QuerySet(ResultsMixin, Generic[_M]):
         compile_q(self.model, where, options=qs._options)
         return qs
 
-    def exclude(self, *conditions: Q, **kwargs: Any) -> QuerySet:
+    def exclude(self, *conditions: Q, **kwargs: Any) -> QuerySet[_M]:
         """AND NOT(conditions)."""
         return self.filter(~Q(*conditions, **kwargs))
 
-    def order_by(self, field: str | None) -> QuerySet:
+    def order_by(self, field: str | None) -> QuerySet[_M]:
         if field is not None:
             name = field.lstrip("-")
             if name not in self.model._meta.fields:
@@ -117,17 +118,17 @@ class QuerySet(ResultsMixin, Generic[_M]):
                                      f"{name!r} (fields: {', '.join(self.model._meta.fields)})")
         return self._clone(_order=field)
 
-    def limit(self, n: int | None) -> QuerySet:
+    def limit(self, n: int | None) -> QuerySet[_M]:
         if n is not None and (not isinstance(n, int) or n < 0):
             raise QueryException(f"limit must be a non-negative int, got {n!r}")
         return self._clone(_limit=n)
 
-    def offset(self, n: int) -> QuerySet:
+    def offset(self, n: int) -> QuerySet[_M]:
         if not isinstance(n, int) or n < 0:
             raise QueryException(f"offset must be a non-negative int, got {n!r}")
         return self._clone(_offset=n)
 
-    def values(self, *fields: str) -> QuerySet:
+    def values(self, *fields: str) -> QuerySet[Any]:
         """Return dicts of the named fields (all public fields when none named)."""
         names = fields or tuple(self.model._meta.explicit_fields)
         for name in names:
@@ -161,8 +162,9 @@ class QuerySet(ResultsMixin, Generic[_M]):
             source = keep_scores(source)
         if order is not None:
             field = self.model._meta.fields[order.lstrip("-")]
-            if field.is_sorted:
-                zkey = field.key_from_context({**compiled.exact, NS_CONTEXT: ns})
+            if field.is_sorted:  # a SortedField
+                zkey = cast("SortedField[Any]", field).key_from_context(
+                    {**compiled.exact, NS_CONTEXT: ns})
                 source = set_score_source(source, SetSource(zkey))
             elif (not field.is_key or len(self.model._meta.key_field_names) != 1
                   or (source is not None and source.scored)):
@@ -411,7 +413,7 @@ class QuerySet(ResultsMixin, Generic[_M]):
         _total, rows, _got = yield from self._page_steps(plans, self._offset, want)
         return [text(k) for k, _s in rows]
 
-    def _get_steps(self) -> Steps[Any]:
+    def _get_steps(self) -> Steps[_M | None]:
         found = yield from self.limit(2)._fetch_steps()
         if len(found) > 1:
             raise QueryException(f"{self.model.__name__}.get() matched more than one instance; "
@@ -422,7 +424,7 @@ class QuerySet(ResultsMixin, Generic[_M]):
         return run(self._fetch_steps())
 
     # --- public evaluation API -------------------------------------------
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[_M]:
         if self._cache is None:
             self._cache = self._fetch()
         return iter(self._cache)
@@ -437,7 +439,13 @@ class QuerySet(ResultsMixin, Generic[_M]):
             return bool(self._cache)
         return self.exists()
 
-    def __getitem__(self, item: int | slice) -> Any:
+    @overload
+    def __getitem__(self, item: int) -> _M: ...
+
+    @overload
+    def __getitem__(self, item: slice) -> list[_M]: ...
+
+    def __getitem__(self, item: int | slice) -> _M | list[_M]:
         if self._cache is not None:
             return self._cache[item]
         if isinstance(item, slice):
@@ -471,11 +479,11 @@ class QuerySet(ResultsMixin, Generic[_M]):
     def exists(self) -> bool:
         return bool(self.limit(1)._fetch())
 
-    def first(self) -> Any:
+    def first(self) -> _M | None:
         found = self.limit(1)._fetch()
         return found[0] if found else None
 
-    def last(self) -> Any:
+    def last(self) -> _M | None:
         order = self._order
         if order is None:
             name = self.model._meta.key_field_names[0]
@@ -492,21 +500,21 @@ class QuerySet(ResultsMixin, Generic[_M]):
         found = run(self._keys_steps())
         return self._drop_stale(found) if clean else found
 
-    def get(self, *conditions: Q, **kwargs: Any) -> Any:
+    def get(self, *conditions: Q, **kwargs: Any) -> _M | None:
         """The single match, None when there is none; QueryException when several match."""
         return run(self.filter(*conditions, **kwargs)._get_steps())
 
-    def all(self) -> QuerySet:
+    def all(self) -> QuerySet[_M]:
         return self._clone()
 
-    def no_track(self) -> QuerySet:
+    def no_track(self) -> QuerySet[_M]:
         """Do not record reads of these results as accesses (access-tracking models)."""
         qs = self._clone()
         qs._options["no_track"] = True
         return qs
 
     # --- async: the same steps on redis.asyncio ---------------------------
-    async def async_list(self) -> list[Any]:
+    async def async_list(self) -> list[_M]:
         if self._cache is None:
             self._cache = await run_async(self._fetch_steps())
         return list(self._cache)
@@ -517,5 +525,5 @@ class QuerySet(ResultsMixin, Generic[_M]):
     async def async_keys(self) -> list[str]:
         return await run_async(self._keys_steps())
 
-    async def async_get(self) -> Any:
+    async def async_get(self) -> _M | None:
         return await run_async(self._get_steps())

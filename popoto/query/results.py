@@ -11,8 +11,8 @@ QuerySet methods). ``Model.query.filter(...).top_by_decay(n=5)`` /
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from popoto.engine.io import execute
 from popoto.engine.sources import Program
@@ -24,14 +24,22 @@ from popoto.redis_db import get_client
 if TYPE_CHECKING:
     from popoto.models.base import Model
     from popoto.query.expressions import Q
+    from popoto.query.queryset import Plans
+
+#: the model class a queryset reads
+_M = TypeVar("_M", bound="Model")
 
 
-class ResultsMixin:
+class ResultsMixin(Generic[_M]):
     """List reads and feature queries of :class:`~popoto.query.queryset.QuerySet`."""
 
-    model: type[Model]
+    model: type[_M]
     _where: Q
     _options: dict[str, Any]
+
+    if TYPE_CHECKING:  # QuerySet's
+        def __iter__(self) -> Iterator[_M]: ...
+        def _plan(self) -> tuple[Plans, Any, bool]: ...
 
     # --- read as a list: == [], ==, +, index (evaluated once, then cached) --------
     def __eq__(self, other: object) -> bool:
@@ -44,13 +52,14 @@ class ResultsMixin:
     def __contains__(self, item: object) -> bool:
         return item in list(self)
 
-    def __reversed__(self) -> Iterator[Any]:
-        return reversed(list(self))
+    def __reversed__(self) -> Iterator[_M]:
+        backwards: Iterator[_M] = reversed(list(self))  # typeshed: reversed() is Any
+        return backwards
 
-    def __add__(self, other: Any) -> list[Any]:
+    def __add__(self, other: Iterable[Any]) -> list[Any]:
         return list(self) + list(other)
 
-    def __radd__(self, other: Any) -> list[Any]:
+    def __radd__(self, other: Iterable[Any]) -> list[Any]:
         return list(other) + list(self)
 
     def index(self, value: Any) -> int:
@@ -67,18 +76,20 @@ class ResultsMixin:
 
     def top_by_decay(self, field_name: str | None = None, n: int = 10,
                      decay_rate: float | None = None, base_score_field: str | None = None,
-                     as_of: Any = None, **partition: Any) -> list[Any]:
+                     as_of: Any = None, **partition: Any) -> list[_M]:
         """The ``n`` best matches of this filter by decayed score (partition values the
         filter fixes with exact conditions need not be repeated)."""
         feature = self._feature("top_by_decay", "no DecayingSortedField")
-        return feature(field_name, n, decay_rate, base_score_field, as_of,  # type: ignore[no-any-return]
-                       **partition)
+        found: list[_M] = feature(field_name, n, decay_rate, base_score_field, as_of,
+                                  **partition)
+        return found
 
-    def priority(self, n: int = 10) -> list[Any]:
+    def priority(self, n: int = 10) -> list[_M]:
         """The ``n`` matches of this filter with the highest write-filter score."""
         feature = self._feature("priority", "no WriteFilterMixin (priority() needs a model "
                                 "with WriteFilterMixin)")
-        return feature(n)  # type: ignore[no-any-return]
+        found: list[_M] = feature(n)
+        return found
 
     # --- keys(clean=True) -----------------------------------------------------------
     def _drop_stale(self, found: list[str]) -> list[str]:
@@ -96,7 +107,7 @@ class ResultsMixin:
     def _read_index_keys(self) -> list[str]:
         """The index keys (class sets included) the query's plan reads."""
         out: list[str] = []
-        for ns, source in self._plan()[0]:  # type: ignore[attr-defined]
+        for ns, source in self._plan()[0]:
             if source is None:
                 out.append(class_set_key(ns))
                 continue

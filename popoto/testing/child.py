@@ -27,7 +27,7 @@ def _same_process_group(pid: int) -> bool:
         return False
 
 
-def _restore_mask(mask: set[signal.Signals]) -> None:
+def _restore_mask(mask: set[int | signal.Signals]) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 

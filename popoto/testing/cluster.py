@@ -106,7 +106,7 @@ class EmbeddedCluster(ClusterFormation, ClusterFailover):
         """Running nodes that currently are replicas."""
         return [node for node, port in self._live() if not self._myself(port).is_master]
 
-    def client(self, **kwargs: Any) -> RedisCluster:
+    def client(self, **kwargs: Any) -> RedisCluster[Any]:
         """A new ``redis.cluster.RedisCluster`` seeded with every running node."""
         nodes = [ClusterNode(host, port) for host, port in self.startup_nodes]
         return RedisCluster(startup_nodes=nodes, **kwargs)

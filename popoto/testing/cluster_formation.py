@@ -8,7 +8,7 @@ to the first node, ``CLUSTER REPLICATE`` for replicas.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from popoto.testing.binary import find_redis_server
 from popoto.testing.cluster_ports import _pick_cluster_port
@@ -18,6 +18,13 @@ from popoto.testing.embedded import EmbeddedRedis
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    class _RawPipeline(Protocol):
+        """A redis-py pipeline queueing raw commands (its stubs leave them untyped)."""
+
+        def execute_command(self, *args: Any) -> Any: ...
+
+        def execute(self) -> list[Any]: ...
 
 __all__ = ["ClusterFormation", "ClusterUnavailable"]
 
@@ -110,7 +117,7 @@ class ClusterFormation(ClusterState):
         admins = [self._admin(port) for port in ports]
         self._ids = [str(admin.execute_command("CLUSTER", "MYID")) for admin in admins]
         for admin, (start, end) in zip(admins, _slot_ranges(self.master_count)):
-            pipe = admin.pipeline(transaction=False)
+            pipe: _RawPipeline = admin.pipeline(transaction=False)
             for chunk in range(start, end + 1, _ADDSLOTS_CHUNK):
                 pipe.execute_command(
                     "CLUSTER", "ADDSLOTS", *range(chunk, min(chunk + _ADDSLOTS_CHUNK, end + 1))

@@ -63,7 +63,7 @@ class ClusterState(Started):
         self._nodes: list[EmbeddedRedis] = []
         self._ports: list[int] = []  # parallel to _nodes; kept after a node is stopped
         self._ids: list[str] = []
-        self._admins: dict[int, redis.Redis] = {}
+        self._admins: dict[int, redis.Redis[str]] = {}
         self._stopped_master_slots: dict[int, tuple[tuple[int, int], ...]] = {}
 
     # ----------------------------------------------------------------- internals
@@ -83,7 +83,7 @@ class ClusterState(Started):
                 return node
         return None
 
-    def _admin(self, port: int) -> redis.Redis:
+    def _admin(self, port: int) -> redis.Redis[str]:
         client = self._admins.get(port)
         if client is None:
             client = redis.Redis(

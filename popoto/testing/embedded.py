@@ -180,7 +180,7 @@ class EmbeddedRedis(Started):
         """True while the server process is alive."""
         return self._process is not None and self._process.poll() is None
 
-    def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
+    def client(self, db: int = 0, **kwargs: Any) -> redis.Redis[Any]:
         """A new redis-py client connected to this server."""
         if self.password:
             kwargs.setdefault("password", self.password)
@@ -295,7 +295,7 @@ class EmbeddedRedis(Started):
             self._version, self.executable, process.pid, self._public_url(),
         )
 
-    def _probe_client(self, port: int) -> redis.Redis:
+    def _probe_client(self, port: int) -> redis.Redis[bytes]:
         """A client that fails fast: no retries (redis-py >= 6 retries by default)."""
         return redis.Redis(
             host=self.host,

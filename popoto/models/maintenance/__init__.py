@@ -89,8 +89,6 @@ class MaintenanceMixin(KeyspaceMixin, ReindexMixin, CleanMixin, PartialWritesMix
     (``_meta.groups``) of a sharded model, so each group can be worked on alone.
     """
 
-    _meta: Any
-
     @classmethod
     def rebuild_indexes(cls, batch_size: int = 1000) -> int:
         """Repair every index of the model in place; returns the number of instances rewritten.

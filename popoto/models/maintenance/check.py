@@ -8,11 +8,10 @@ must have; the ``@idx:<owner>`` records of the hash must list exactly those.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
-import redis
 
 from popoto import keys
 from popoto.engine.claims import LEASE_MARGIN_MS, parse_claim
@@ -29,10 +28,12 @@ from popoto.engine.write import (
 )
 from popoto.engine.io import chunks
 from popoto.models.maintenance.keyspace import (
+    _Host,
     _ns,
     _scan_step,
     class_set_size,
     group_client,
+    key_type,
     server_time_ms,
 )
 from popoto.models.maintenance.partial import missing_key_fields
@@ -40,7 +41,13 @@ from popoto.protocol import text as _s
 from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
-    from popoto.models.base import Model
+    from popoto.models.maintenance.keyspace import MaintenanceHost
+    from popoto.redis_db import Client
+
+    class _GeoQueue(Protocol):
+        """A pipeline's GEOPOS (redis-py's stubs leave it untyped)."""
+
+        def geopos(self, name: str, *values: str) -> object: ...
 
 KINDS_BY_TYPE = {"set": SET, "zset": ZSET + GEO, "hash": CLAIM}
 
@@ -82,9 +89,9 @@ def _record_problems(raw: dict[Any, bytes], batch: WriteBatch) -> list[str]:
         if record is not None and rows and record == pack_record(rows, batch.key, base):
             continue  # byte-identical to what the write path writes: the usual case
         want = {(k, rk, m) for k, rk, m, _score in rows}
-        stored = (_stored_records({IDX_PREFIX + owner: record}, batch.key, batch.bases)
-                  if record else {})
-        if record is None or stored.get(owner) != want:
+        records = (_stored_records({IDX_PREFIX + owner: record}, batch.key, batch.bases)
+                   if record else {})
+        if record is None or records.get(owner) != want:
             problems.append(owner)
     return problems
 
@@ -110,7 +117,7 @@ class _Report:
                "relationship_fields", "composite_indexes", "other_indexes")
     PROBLEMS = ("orphans", "missing", "wrong", "owner_records")
 
-    def __init__(self, model: type[Model]) -> None:
+    def __init__(self, model: type[MaintenanceHost]) -> None:
         self.meta = model._meta
         self.class_set = 0
         self.buckets: dict[str, dict[str, int]] = {b: {} for b in self.BUCKETS}
@@ -170,10 +177,8 @@ class _Report:
 
 
 
-class CheckMixin:
+class CheckMixin(_Host):
     """Index health reports (part of MaintenanceMixin)."""
-
-    _meta: Any
 
     @classmethod
     def check_indexes(cls, batch_size: int = 1000, group: str | None = None, *,
@@ -201,7 +206,7 @@ class CheckMixin:
         hashes (its total is the class set's size until the keyspace scan is over,
         then the number of hashes it found).
         """
-        report = _Report(cls)  # type: ignore[arg-type]
+        report = _Report(cls)
         client = get_client()
         index_keys = cls.index_keys(batch_size, group=group)
         if progress is not None:
@@ -210,7 +215,7 @@ class CheckMixin:
             cls._check_index_key(client, index_key, report, batch_size)
             if progress is not None:
                 progress("indexes", done, len(index_keys))
-        total = class_set_size(cls) if progress is not None else 0  # type: ignore[arg-type]
+        total = class_set_size(cls) if progress is not None else 0
         cursor, seen = 0, 0
         if progress is not None:
             progress("instances", 0, total)
@@ -226,12 +231,12 @@ class CheckMixin:
         return report.as_dict()
 
     @classmethod
-    def _check_index_key(cls, client: redis.Redis, index_key: str, report: _Report,
+    def _check_index_key(cls, client: Client, index_key: str, report: _Report,
                          batch_size: int) -> None:
         """Index side: every entry must point at a live instance that produces it."""
         meta = cls._meta
         owner = cls._index_owner(index_key)
-        typ = _s(client.type(index_key))
+        typ = key_type(client, index_key)
         if owner is None or typ not in KINDS_BY_TYPE or (owner == "" and typ != "set"):
             return
         kinds = KINDS_BY_TYPE[typ]
@@ -278,7 +283,7 @@ class CheckMixin:
                 break
 
     @classmethod
-    def _check_instances(cls, client: redis.Redis, part: list[str], report: _Report) -> None:
+    def _check_instances(cls, client: Client, part: Sequence[str], report: _Report) -> None:
         """Instance side: every entry an instance produces must exist, with the right score."""
         pipe = client.pipeline(transaction=False)
         for key in part:
@@ -310,7 +315,8 @@ class CheckMixin:
                     elif kind == ZSET:
                         pipe.zscore(rkey, member)
                     elif kind == GEO:
-                        pipe.geopos(rkey, member)
+                        geo: _GeoQueue = pipe
+                        geo.geopos(rkey, member)
                     elif kind == CLAIM:
                         pipe.hget(rkey, member)
                     else:

@@ -9,18 +9,26 @@ release_stale_steps`); claims pending inside their lease are left alone.
 
 from __future__ import annotations
 
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING
 
 from popoto.engine import claims, io, scripts
 from popoto.engine.claims import LEASE_MARGIN_MS, parse_claim
 from popoto.engine.write import Claim
 from popoto.exceptions import ModelException
-from popoto.models.maintenance.keyspace import _ns, _scan_step, group_client, server_time_ms
+from popoto.models.maintenance.keyspace import (
+    _Host,
+    _ns,
+    _scan_step,
+    group_client,
+    key_type,
+    server_time_ms,
+)
 from popoto.protocol import KIND_CLAIM, KIND_SET, KIND_ZSET
 from popoto.protocol import text as _s
 from popoto.redis_db import get_client
+
+if TYPE_CHECKING:
+    from popoto.redis_db import Client
 
 _MODE_BY_TYPE = {"set": KIND_SET, "zset": KIND_ZSET, "hash": KIND_CLAIM}
 
@@ -30,10 +38,8 @@ CLEAN = scripts.LuaScript("clean_index")
 
 
 
-class CleanMixin:
+class CleanMixin(_Host):
     """Removal of unowned index entries (part of MaintenanceMixin)."""
-
-    _meta: Any
 
     @classmethod
     def clean_index_chunk(cls, index_key: str, cursor: int = 0,
@@ -55,12 +61,12 @@ class CleanMixin:
                                  f"index key of {cls.__name__}")
         client = get_client()
         group = cls._index_group(index_key)
-        typ = _s(client.type(index_key))
+        typ = key_type(client, index_key)
         if owner == "":
             if typ != "set":
                 return 0, 0
-            cursor, found = client.sscan(index_key, cursor, count=count)
-            members = [_s(m) for m in found]
+            cursor, raw_members = client.sscan(index_key, cursor, count=count)
+            members = [_s(m) for m in raw_members]
             own = [m for m in members if cls._is_instance_key(m) and _ns(m) == group]
             own_set = set(own)
             foreign = [m for m in members if m not in own_set]
@@ -73,8 +79,8 @@ class CleanMixin:
             return 0, 0
         if mode == "C" and cls._meta.sharded:
             return cls._clean_claims_step(client, index_key, owner, cursor, count)
-        cursor, members = _scan_step(client, index_key, typ, cursor, count)
-        found = [m for m, _v in members]
+        cursor, rows = _scan_step(client, index_key, typ, cursor, count)
+        found = [m for m, _v in rows]
         removed = 0
         if cls._meta.sharded:  # a member of another group is another slot: never owned here
             foreign = [m for m in found if _ns(m) != group]
@@ -87,7 +93,7 @@ class CleanMixin:
         return int(cursor), removed
 
     @classmethod
-    def _clean_claims_step(cls, client: redis.Redis, index_key: str, owner: str, cursor: int,
+    def _clean_claims_step(cls, client: Client, index_key: str, owner: str, cursor: int,
                            count: int) -> tuple[int, int]:
         """One HSCAN step over a sharded model's claim hash, removing stale claims.
 
@@ -103,8 +109,8 @@ class CleanMixin:
         now = server_time_ms(group_client(cls._index_group(index_key)))
         settled = [(f, v) for f, v in rows
                    if (deadline := parse_claim(v)[1]) is None or deadline + LEASE_MARGIN_MS <= now]
-        rows = [(Claim(owner, index_key, f, f), v) for f, v in settled]
-        removed = io.run_inline(claims.release_stale_steps(rows, cls._is_instance_key, cls))
+        held = [(Claim(owner, index_key, f, f), v) for f, v in settled]
+        removed = io.run_inline(claims.release_stale_steps(held, cls._is_instance_key, cls))
         return int(cursor), removed
 
     @classmethod
@@ -119,7 +125,7 @@ class CleanMixin:
         """
         removed = sum(cls.clean_index_key(index_key, batch_size)
                       for index_key in cls.index_keys(batch_size, group=group))
-        return removed + cls.clean_partial_writes(batch_size, group)  # type: ignore[attr-defined]
+        return removed + cls.clean_partial_writes(batch_size, group)
 
     @classmethod
     def clean_index_key(cls, index_key: str, batch_size: int = 1000) -> int:

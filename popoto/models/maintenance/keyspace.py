@@ -9,8 +9,8 @@ a SCAN of one tag group goes to the node owning its slot (:func:`group_client`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import redis
 import redis.cluster
@@ -22,12 +22,68 @@ from popoto.protocol import text as _s
 from popoto.redis_db import get_client
 
 if TYPE_CHECKING:
+    from redis.cluster import ClusterNode
+
     from popoto.models.base import Model
+    from popoto.models.options import ModelOptions
+    from popoto.redis_db import Client
+
+    class MaintenanceHost:
+        """What the maintenance mixins use of one another and of Model, which mixes them
+        all in (type checking only: each mixin derives from it, from ``object`` at run time).
+        """
+
+        _meta: ClassVar[ModelOptions]
+
+        @classmethod
+        def from_redis(cls, redis_key: str, raw: dict[bytes | str, bytes]) -> Model: ...
+
+        # KeyspaceMixin
+        @classmethod
+        def _is_instance_key(cls, key: str) -> bool: ...
+
+        @classmethod
+        def _index_owner(cls, index_key: str) -> str | None: ...
+
+        @staticmethod
+        def _index_group(index_key: str) -> str: ...
+
+        @classmethod
+        def index_keys(cls, count: int = 1000, group: str | None = None) -> list[str]: ...
+
+        @classmethod
+        def scan_instance_keys(cls, cursor: int = 0, count: int = 1000,
+                               group: str | None = None) -> tuple[int, list[str]]: ...
+
+        @classmethod
+        def _expected_batch(cls, key: str, raw: dict[Any, bytes],
+                            fields: Iterable[str] | None = None) -> WriteBatch | None: ...
+
+        @classmethod
+        def _reindex_batch(cls, key: str, raw: dict[Any, bytes]) -> WriteBatch | None: ...
+
+        # ReindexMixin
+        @classmethod
+        def reindex_keys(cls, keys: Iterable[str]) -> int: ...
+
+        # PartialWritesMixin
+        @classmethod
+        def clean_partial_writes(cls, batch_size: int = 1000, group: str | None = None
+                                 ) -> int: ...
+
+    _Host = MaintenanceHost
+
+    class _KeyTypes(Protocol):
+        """The TYPE command of a client (redis-py's stubs leave it untyped)."""
+
+        def type(self, name: str) -> bytes | str: ...
+else:
+    _Host = object
 
 logger = logging.getLogger("popoto.maintenance")
 
 
-def group_client(ns: str) -> redis.Redis:
+def group_client(ns: str) -> Client:
     """The client for SCANs of tag group ``ns``: the node owning its slot in cluster mode.
 
     Key-addressed commands go through :func:`~popoto.redis_db.get_client` (the
@@ -36,17 +92,25 @@ def group_client(ns: str) -> redis.Redis:
     """
     client = get_client()
     if isinstance(client, redis.cluster.RedisCluster):
-        return client.get_redis_connection(client.get_node_from_key(keys.class_set_key(ns)))
+        # the primary of the slot (None only when asking for a missing replica)
+        node = cast("ClusterNode", client.get_node_from_key(keys.class_set_key(ns)))
+        return client.get_redis_connection(node)
     return client
 
 
-def server_time_ms(client: redis.Redis) -> int:
+def server_time_ms(client: Client) -> int:
     """The server's clock in milliseconds (the clock claim leases are written in)."""
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-def class_set_size(model: type[Model]) -> int:
+def key_type(client: Client, key: str) -> str:
+    """The type of ``key`` (``"none"`` when it does not exist)."""
+    typed: _KeyTypes = client
+    return _s(typed.type(key))
+
+
+def class_set_size(model: type[MaintenanceHost]) -> int:
     """Members of a model's class set, summed over its tag groups (one round trip)."""
     class_sets = model._meta.class_set_keys()
     client = get_client()
@@ -76,24 +140,22 @@ def _ns(redis_key: str) -> str:
     return keys.ns_of(redis_key)
 
 
-def _scan_step(client: redis.Redis, key: str, typ: str, cursor: int,
+def _scan_step(client: Client, key: str, typ: str, cursor: int,
                count: int) -> tuple[int, list[tuple[str, str]]]:
     """One SSCAN/ZSCAN/HSCAN step: ``(next_cursor, [(member, holder instance key)])``."""
     if typ == "set":
-        cursor, found = client.sscan(key, cursor, count=count)
-        return int(cursor), [(_s(m), _s(m)) for m in found]
+        cursor, members = client.sscan(key, cursor, count=count)
+        return int(cursor), [(_s(m), _s(m)) for m in members]
     if typ == "zset":
-        cursor, found = client.zscan(key, cursor, count=count)
-        return int(cursor), [(_s(m), _s(m)) for m, _score in found]
-    cursor, found = client.hscan(key, cursor, count=count)
-    return int(cursor), [(_s(f), _s(v)) for f, v in found.items()]
+        cursor, scored = client.zscan(key, cursor, count=count)
+        return int(cursor), [(_s(m), _s(m)) for m, _score in scored]
+    cursor, fields = client.hscan(key, cursor, count=count)
+    return int(cursor), [(_s(f), _s(v)) for f, v in fields.items()]
 
 
 
-class KeyspaceMixin:
+class KeyspaceMixin(_Host):
     """Which keys belong to the model, found with cursors (part of MaintenanceMixin)."""
-
-    _meta: Any
 
     @classmethod
     def _group_index(cls, ns: str) -> int | None:
@@ -178,7 +240,7 @@ class KeyspaceMixin:
 
     @classmethod
     def _walk_groups(cls, cursor: int, group: str | None,
-                     step: Any) -> tuple[int, list[str]]:
+                     step: Callable[[str, int], tuple[int, list[str]]]) -> tuple[int, list[str]]:
         """Run ``step(ns, inner_cursor)`` for one group, or walk all groups with one cursor.
 
         The combined cursor is ``inner * n_groups + group index``; it is the
@@ -246,7 +308,7 @@ class KeyspaceMixin:
         ``fields`` limits the work to the owners depending on them. None (and
         a warning) when the hash cannot be turned back into a valid instance.
         """
-        instance = cls.from_redis(key, raw)  # type: ignore[attr-defined]
+        instance = cls.from_redis(key, raw)
         try:
             return instance.build_save(update_fields=fields, skip_auto_now=True)
         except ModelException as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -25,25 +25,27 @@ from popoto import keys
 from popoto.engine import claims, io, scripts
 from popoto.engine.write import IDX_PREFIX, WriteBatch
 from popoto.models.maintenance.clean import CLEAN, _MODE_BY_TYPE
-from popoto.models.maintenance.keyspace import _ns
+from popoto.models.maintenance.keyspace import _Host, _ns, key_type
 from popoto.protocol import text as _s
 from popoto.redis_db import get_client
+
+if TYPE_CHECKING:
+    from popoto.models.options import ModelOptions
+    from popoto.redis_db import Client
 
 logger = logging.getLogger("popoto.maintenance")
 
 _NIL = b"\xc0"  # msgpack nil
 
 
-def missing_key_fields(meta: Any, raw: dict[Any, Any]) -> list[str]:
+def missing_key_fields(meta: ModelOptions, raw: dict[Any, Any]) -> list[str]:
     """The key fields a stored hash has no value for (empty: a complete instance)."""
     values = {_s(k): v for k, v in raw.items()}
     return [n for n in meta.key_field_names if values.get(n) in (None, _NIL, "\xc0")]
 
 
-class PartialWritesMixin:
+class PartialWritesMixin(_Host):
     """Finding and removing partial writes and stale keys (part of MaintenanceMixin)."""
-
-    _meta: Any
 
     @classmethod
     def clean_partial_writes(cls, batch_size: int = 1000, group: str | None = None) -> int:
@@ -53,8 +55,7 @@ class PartialWritesMixin:
         removed, cursor = 0, 0
         names = cls._meta.key_field_names
         while True:
-            cursor, found = cls.scan_instance_keys(cursor, batch_size,  # type: ignore[attr-defined]
-                                                   group=group)
+            cursor, found = cls.scan_instance_keys(cursor, batch_size, group=group)
             if found:
                 pipe = client.pipeline(transaction=False)
                 for key in found:
@@ -67,13 +68,14 @@ class PartialWritesMixin:
                 return removed
 
     @classmethod
-    def _drop_partial(cls, client: redis.Redis, key: str) -> int:
+    def _drop_partial(cls, client: Client, key: str) -> int:
         """Delete one partial write and the entries its records list, if it still is one."""
         meta = cls._meta
         try:
             with client.pipeline(transaction=True) as tx:
                 tx.watch(key)
-                raw = tx.hgetall(key)
+                # WATCHed: the pipeline runs commands at once until multi()
+                raw = cast("dict[bytes, bytes]", tx.hgetall(key))
                 if not raw or not missing_key_fields(meta, raw):
                     return 0
                 ns = _ns(key)
@@ -101,19 +103,19 @@ class PartialWritesMixin:
         sorted sets and ``index_keys`` (e.g. the indexes a query read); returns how many
         entries went. Each removal is checked in Redis (a key saved again stays)."""
         client = get_client()
-        stale = [k for k in dict.fromkeys(stale) if cls._is_instance_key(k)]  # type: ignore[attr-defined]
+        stale = [k for k in dict.fromkeys(stale) if cls._is_instance_key(k)]
         if not stale:
             return 0
-        cls.reindex_keys(stale)  # type: ignore[attr-defined]  # class set + fixed zsets
+        cls.reindex_keys(stale)  # class set + fixed zsets
         removed = 0
         for index_key in dict.fromkeys(index_keys):
-            owner = cls._index_owner(index_key)  # type: ignore[attr-defined]
+            owner = cls._index_owner(index_key)
             if owner is None:
                 continue
-            members = [k for k in stale if _ns(k) == cls._index_group(index_key)]  # type: ignore[attr-defined]
-            mode = "class" if owner == "" else _MODE_BY_TYPE.get(_s(client.type(index_key)))
+            members = [k for k in stale if _ns(k) == cls._index_group(index_key)]
+            mode = "class" if owner == "" else _MODE_BY_TYPE.get(key_type(client, index_key))
             if members and mode in ("class", "S", "Z"):
-                base = "" if owner == "" else cls._meta.record_bases(  # type: ignore[attr-defined]
-                    cls._index_group(index_key)).get(owner, "")  # type: ignore[attr-defined]
+                base = "" if owner == "" else cls._meta.record_bases(
+                    cls._index_group(index_key)).get(owner, "")
                 removed += CLEAN(client, [index_key], [mode, owner, base, *members])
         return removed

@@ -12,7 +12,8 @@ and settled or rolled back after it.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import redis
 
@@ -20,10 +21,19 @@ from popoto import keys
 from popoto.engine import claims, io, scripts
 from popoto.engine.io import chunks
 from popoto.engine.write import Claim, WriteBatch
-from popoto.models.maintenance.keyspace import _ns
+from popoto.models.maintenance.keyspace import _Host, _ns
 from popoto.protocol import ERR_LEASE, ERR_MISSING, ERR_UNIQUE, error_tag
 from popoto.protocol import text as _s
 from popoto.redis_db import get_client
+
+if TYPE_CHECKING:
+    from popoto.redis_db import Client
+
+    class _SortedIndex(Protocol):
+        """A SortedField (``is_sorted``): the key of its sorted set."""
+
+        def sorted_key(self, partition_values: tuple[Any, ...] = (), ns: str | None = None
+                       ) -> str: ...
 
 logger = logging.getLogger("popoto.maintenance")
 
@@ -31,13 +41,11 @@ MAX_REINDEX_TRIES = 5
 
 
 
-class ReindexMixin:
+class ReindexMixin(_Host):
     """In-place index repair of given instances (part of MaintenanceMixin)."""
 
-    _meta: Any
-
     @classmethod
-    def reindex_keys(cls, keys: list[str]) -> int:
+    def reindex_keys(cls, keys: Iterable[str]) -> int:
         """Rewrite the index entries of these instances from their stored hashes.
 
         Each instance goes through the SAVE script with no field value written
@@ -60,6 +68,7 @@ class ReindexMixin:
         work = [part for members in by_group.values() for part in chunks(members, 1000)]
         while work:
             part = work.pop()
+            retry: Sequence[str]
             try:
                 done, retry = cls._reindex_tx(client, part, dropped)
             except redis.exceptions.WatchError:
@@ -80,7 +89,7 @@ class ReindexMixin:
         return rewritten
 
     @classmethod
-    def _reindex_tx(cls, client: redis.Redis, part: list[str],
+    def _reindex_tx(cls, client: Client, part: Sequence[str],
                     dropped: dict[str, set[Claim]]) -> tuple[int, list[str]]:
         """One optimistic transaction over ``part`` (keys of ONE tag group).
 
@@ -92,7 +101,7 @@ class ReindexMixin:
         meta = cls._meta
         ns = _ns(part[0])
         class_set = keys.class_set_key(ns)
-        fixed_zsets = [f.sorted_key((), ns) for f in meta.fields.values()
+        fixed_zsets = [cast("_SortedIndex", f).sorted_key((), ns) for f in meta.fields.values()
                        if f.is_sorted and not f.partition_by]
         with client.pipeline(transaction=True) as tx:
             tx.watch(*part)
@@ -143,7 +152,7 @@ class ReindexMixin:
         return done, retry
 
     @classmethod
-    def _read_for_reindex(cls, client: redis.Redis, part: list[str],
+    def _read_for_reindex(cls, client: Client, part: Sequence[str],
                           dropped: dict[str, set[Claim]]
                           ) -> tuple[list[str], list[tuple[str, WriteBatch]]]:
         """Read the (WATCHed) hashes: ``(keys whose hash is gone, [(key, rewrite)])``."""
