@@ -52,12 +52,12 @@ import redis.cluster
 import structlog
 
 from popoto.protocol import text as _text
-from popoto.redis_db import get_client
+from popoto.redis_db import Client, get_client
 
 from .events import Event, MalformedEntry
 from .registry import HandlerRegistry
 from .registry import registry as default_registry
-from .streams import Client, dead_letter, stream_keys, trim_acknowledged
+from .streams import dead_letter, stream_keys, trim_acknowledged
 
 log = structlog.stdlib.get_logger("popoto.workers")
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from popoto.engine.scripts import LuaScript
 
 if TYPE_CHECKING:
-    from .streams import Client
+    from popoto.redis_db import Client
 
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
 

@@ -16,16 +16,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any
 
-import redis
 import structlog
 
 from popoto.behaviours import EventStreamMixin
 from popoto.engine.scripts import LuaScript
 from popoto.keys import SEP, escape
 from popoto.protocol import text as _text
-from popoto.redis_db import is_cluster
+from popoto.redis_db import Client, is_cluster
 from popoto.registry import all_models
 
 from .events import DEAD_LETTER_FIELDS, ORIGIN_FIELD
@@ -34,10 +33,6 @@ STREAM_PREFIX = "stream:"
 DEAD_PREFIX = "dead:"
 #: Lag is counted exactly up to this many entries, then reported as "at least".
 LAG_LIMIT = 10_000
-
-#: the data client as ``popoto.redis_db.get_client()`` declares it (bytes replies; in
-#: cluster mode a ``redis.cluster.RedisCluster`` with the same command API)
-Client: TypeAlias = "redis.Redis[bytes]"
 
 
 def stream_key(name: str, partition: Any = None) -> str:

@@ -21,7 +21,7 @@ import binascii
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -29,7 +29,6 @@ import redis
 from redis.cluster import RedisCluster
 
 import popoto
-from popoto import Model
 from popoto.engine.scripts import SAVE
 from popoto.redis_db import get_client
 
@@ -271,7 +270,7 @@ class ClusterBench:
                 self.use(layout)
             return prepare
 
-        def pop(layout: str) -> Callable[[], Sequence[Model]]:
+        def pop(layout: str) -> Callable[[], list[BenchItem]]:
             model = self.model(layout)
             return lambda: model.bulk_create([model(**r.kwargs()) for r in rows])
 

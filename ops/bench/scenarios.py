@@ -12,13 +12,12 @@ reads the other's bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 import popoto
-from popoto import Model
 
 from . import popoto1
 from .peers import load_peers
@@ -307,7 +306,7 @@ class Bench:
             def floor_bulk(f: Plain, rs: list[Row] = rows) -> Callable[[], None]:
                 return lambda: f.bulk_create(rs)
 
-            def popoto_bulk(rs: list[Row] = rows) -> Sequence[Model]:
+            def popoto_bulk(rs: list[Row] = rows) -> list[BenchItem]:
                 return BenchItem.bulk_create([BenchItem(**r.kwargs()) for r in rs])
 
             impls = self.floors(floor_bulk, n, lambda f: self.clean)

@@ -63,10 +63,10 @@ class BenchItem(Model):
     sku = KeyField()
     score = SortedField(type=float)
     color = IndexedField()
-    name: Field[str | None] = Field(type=str)
-    qty: Field[int | None] = Field(type=int)
-    price: Field[float | None] = Field(type=float)
-    created: Field[_dt.datetime | None] = Field(type=_dt.datetime)
+    name = Field(type=str)
+    qty = Field(type=int)
+    price = Field(type=float)
+    created = Field(type=_dt.datetime)
 
 
 read_all = attrgetter(*FIELDS)

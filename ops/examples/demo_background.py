@@ -18,16 +18,14 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
 import popoto
+from popoto.redis_db import Client
 from popoto.tasks.config import default_broker_url
 from popoto.tasks.testing import Process, spawn_beat, spawn_consumer, spawn_worker, wait_until
-
-if TYPE_CHECKING:
-    from popoto.workers.streams import Client
 
 
 def section(title: str) -> None:

@@ -22,7 +22,7 @@ class Parcel(Model):
     code = KeyField()
     weight = SortedField(type=int)
     depot = IndexedField()
-    tracking: Field[str | None] = Field(unique=True, null=True)
+    tracking = Field(unique=True, null=True)
 
     class Meta:
         shards = 16
@@ -66,11 +66,13 @@ def run(cluster: EmbeddedCluster) -> None:
     print(f"count(weight >= 900) = {Parcel.query.filter(weight__gte=900).count()}")
 
     first = Parcel.query.get(code="p00001")
+    assert first is not None  # saved above
     first.tracking = "TRK-1"
     first.save()
     other = next(f"p{i:05d}" for i in range(2, n) if keys.ns_of(
         Parcel._meta.instance_key([f"p{i:05d}"])) != keys.ns_of(first.pk))
     clash = Parcel.query.get(code=other)
+    assert clash is not None  # saved above
     clash.tracking = "TRK-1"
     try:
         clash.save()
@@ -86,6 +88,7 @@ def run(cluster: EmbeddedCluster) -> None:
     for _attempt in range(100):
         try:
             first = Parcel.query.get(code="p00001")
+            assert first is not None  # saved above
             first.weight = 5000
             first.save()
             break
