@@ -78,7 +78,7 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any],
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())  # the ASGI spec's
+    headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())  # ASGI: byte pairs
     for key, value in headers:
         if key.lower() == name:
             return value.decode("latin-1")
