@@ -37,7 +37,8 @@ def _changed_fields(raw: str | None) -> list[Any] | dict[str, Any] | None:
     if not raw:
         return None
     if raw[0] in "[{":
-        return json.loads(raw)  # type: ignore[no-any-return]
+        decoded: list[Any] | dict[str, Any] = json.loads(raw)  # JSON of "[" or "{"
+        return decoded
     return raw.split(",")
 
 
