@@ -122,3 +122,44 @@ def test_nothing_imports_the_folders_as_top_level_packages(folder: str) -> None:
              for name in _absolute_imports(path)
              if name.split(".")[0] in ("tasks", "workers", "ops")]
     assert found == []
+
+
+USER_MODULE = '''
+from typing_extensions import assert_type
+
+import popoto
+from popoto.query.queryset import QuerySet
+
+
+class Book(popoto.Model):
+    isbn = popoto.KeyField()
+    title = popoto.StringField(null=False)
+    rating = popoto.FloatField(null=True)
+
+
+b = Book.create(isbn="1", title="t")
+assert_type(b, Book)
+assert_type(b.title, str)
+assert_type(b.rating, float | None)
+assert_type(Book.query.filter(isbn="1"), QuerySet[Book])
+assert_type(Book.query.get(isbn="1"), Book | None)
+'''
+
+
+def test_a_user_project_type_checks_against_the_installed_wheel(
+        installed: Path, tmp_path: Path) -> None:
+    """``py.typed`` ships: a user's mypy, pointed at the install (not this checkout), sees
+    the typed models; a wrong assignment is an error."""
+    (tmp_path / "app.py").write_text(USER_MODULE)
+    (tmp_path / "bad.py").write_text(USER_MODULE + 'b.rating = "x"\n')
+    argv = [sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+            "--python-executable", str(installed / "python")]
+    good = subprocess.run([*argv, "app.py"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert good.returncode == 0 and "Success" in good.stdout, good.stdout + good.stderr
+    bad = subprocess.run([*argv, "bad.py"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    line = USER_MODULE.count("\n") + 1
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f'bad.py:{line}: error: Incompatible types in assignment (expression has type "str", ' \
+        'variable has type "float | None")' in bad.stdout, bad.stdout
