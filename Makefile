@@ -41,7 +41,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP) lint-lua
 	$(BIN)/ruff check popoto tasks workers ops tests conftest.py
-	$(BIN)/mypy popoto
+	$(BIN)/mypy --strict popoto
 	$(BIN)/lint-imports --no-cache
 
 # the server-side scripts (popoto/lua), configured by .luacheckrc
