@@ -28,9 +28,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(out), str(REPO)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    # with build isolation, as `pip install .` does (the backend comes from pyproject.toml)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                           "-w", str(out), str(REPO)],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode:
+        pytest.fail(f"pip wheel failed:\n{proc.stdout}\n{proc.stderr}")
     (path,) = out.glob("popoto_redis-*.whl")
     return path
 
