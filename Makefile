@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 CLUSTER_TESTS := tests/models tests/query tests/fields tests/behaviours tests/test_keys.py \
 	tests/test_encoding.py
 
-.PHONY: venv demo test test-fast lint lint-lua bench run clean
+.PHONY: venv demo test test-fast test-oldest lint lint-lua bench run clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,20 @@ test: $(STAMP) $(POPOTO1_STAMP)
 # multi-process races, fault injection); `make test` still runs everything
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# the oldest Python of requires-python (3.10): its own virtualenv, the standalone run
+# without the slow tests. CI runs it; on a machine without Python 3.10 it says so and stops.
+OLDEST_PYTHON ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 \
+	  /usr/bin/python3.10; do "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' \
+	  2>/dev/null && { echo "$$p"; break; }; done)
+OLDEST_VENV := .venv-py310
+test-oldest: $(POPOTO1_STAMP)
+	@[ -n "$(OLDEST_PYTHON)" ] || { echo "WARNING: no Python 3.10 found: the Python 3.10 run did not happen"; exit 0; }; \
+	  [ -f $(OLDEST_VENV)/.installed ] || { $(OLDEST_PYTHON) -m venv $(OLDEST_VENV) && \
+	    $(OLDEST_VENV)/bin/pip install -q --upgrade pip && \
+	    $(OLDEST_VENV)/bin/pip install -q -e '.[dev]' && touch $(OLDEST_VENV)/.installed; } && \
+	  $(OLDEST_VENV)/bin/python --version && \
+	  $(OLDEST_VENV)/bin/python -m pytest -m "not slow" -p no:cacheprovider -q $(PYTEST_ARGS)
 
 lint: $(STAMP) lint-lua
 	$(BIN)/ruff check popoto tasks workers ops tests conftest.py
@@ -73,5 +87,5 @@ run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(SERVER) $(BIN)/honcho start
 
 clean:
-	rm -rf $(VENV) $(POPOTO1_VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
+	rm -rf $(VENV) $(POPOTO1_VENV) $(OLDEST_VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
