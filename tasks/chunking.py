@@ -216,12 +216,16 @@ def _enqueue_chunks(task: Any, job: Job, phase: str, chunks: list[Any],
         _requeue_missing(job, phase, chunks, send)
     if _already_scanned(job, phase):
         return
-    _cursor, step = job.position(phase)
+    read_cursor, step = job.position(phase)
+    since = (read_cursor, step)
     deadline = time.monotonic() + settings.job_step_seconds
     while step < len(chunks):
         send(step, chunks[step], f"{job.id}-{phase}-{step}")
         step += 1
-        job.advance(phase, step, step, len(chunks[step - 1]))
+        if not job.advance(phase, step, step, len(chunks[step - 1]), since=since):
+            _another_copy_ahead(job, phase, step - 1)
+            return
+        since = (str(step), step)
         if step < len(chunks) and time.monotonic() > deadline:
             _continue(task, args, kwargs, f"{job.id}-{phase}-scan-{step}")
             return
@@ -229,6 +233,13 @@ def _enqueue_chunks(task: Any, job: Job, phase: str, chunks: list[Any],
     log.info("scan finished", job_id=job.id, model=job.model, phase=phase, chunks=len(chunks),
              **scan_info)
     _settle(job, result)
+
+
+def _another_copy_ahead(job: Job, phase: str, step: int) -> None:
+    """A copy of this coordinator moved past ``step`` first: it goes on, this one stops
+    (the chunk this one just sent repeats one the other sent: same task id, counted once)."""
+    log.info("coordinator stops: another copy went on first", job_id=job.id, phase=phase,
+             step=step)
 
 
 def _requeue_missing(job: Job, phase: str, chunks: list[Any],

@@ -86,6 +86,9 @@ _RELEASE = LuaScript("tasks_lock_release")
 # popoto/lua/tasks_job_complete.lua: count a chunk done and settle the job's phase
 _COMPLETE = LuaScript("tasks_job_complete")
 
+# popoto/lua/tasks_job_advance.lua: move a coordinator's position (compare-and-set)
+_ADVANCE = LuaScript("tasks_job_advance")
+
 
 _INT_FIELDS = frozenset({"total", "done", "chunks", "chunks_done", "removed", "scan_done",
                          "enqueued", "problems", "epoch"})
@@ -182,15 +185,19 @@ class Job:
         cursor, step = get_client().hmget(self.key, f"{phase}:cursor", f"{phase}:step")
         return (cursor.decode() if cursor else "0"), int(step or 0)
 
-    def advance(self, phase: str, cursor: Any, step: int, enqueued: int = 0) -> None:
-        """Record the coordinator's position and, atomically, the chunk it just enqueued."""
-        pipe = get_client().pipeline(transaction=True)
-        pipe.hset(self.key, mapping={f"{phase}:cursor": str(cursor), f"{phase}:step": step,
-                                     "updated": time.time()})
-        if enqueued:
-            pipe.hincrby(self.key, "chunks", 1)
-            pipe.hincrby(self.key, "enqueued", enqueued)
-        pipe.execute()
+    def advance(self, phase: str, cursor: Any, step: int, enqueued: int = 0,
+                since: tuple[str, int] | None = None) -> bool:
+        """Record the coordinator's position and, atomically, the chunk it just enqueued.
+
+        ``since``: the position this coordinator read (:meth:`position`, or its own last
+        advance). When another copy of the coordinator moved on from there first (the
+        same message delivered twice), nothing is written and False comes back: this copy
+        must stop, or its chunks would be counted twice and the job never finish.
+        """
+        read_cursor, read_step = ("", "") if since is None else (since[0], str(since[1]))
+        return bool(_ADVANCE(get_client(), [self.key],
+                             [phase, read_cursor, read_step, str(cursor), step, enqueued,
+                              time.time()]))
 
     def complete_chunk(self, chunk_id: str, done: int, removed: int = 0,
                        epoch: int | None = None) -> ChunkResult:

@@ -19,6 +19,7 @@ from .base import popoto_task, settings
 from .chunking import (
     PHASE_COORDINATORS,
     _already_scanned,
+    _another_copy_ahead,
     _continue,
     _finish_scan,
     _groups,
@@ -66,6 +67,7 @@ def rebuild_indexes(self: Any, label: str, job_id: str | None = None,
         _fan_out_groups(job, label, len(groups), size)
         return job.id
     raw_cursor, step = job.position("reindex")
+    since = (raw_cursor, step)
     cursor, epoch = int(raw_cursor), job.epoch()
     server = _scan_server(job, "reindex")
     deadline = time.monotonic() + settings.job_step_seconds
@@ -74,12 +76,16 @@ def rebuild_indexes(self: Any, label: str, job_id: str | None = None,
         if _server_id() != server:
             server = _restart_scan(job, "reindex")
             epoch, cursor, step = job.restart_scan("reindex"), 0, 0
+            since = ("0", 0)
             continue
         if keys:
             rebuild_chunk.apply_async((label, job.id, step, keys, epoch),
                                       task_id=f"{job.id}-reindex-{epoch}-{step}")
             step += 1
-        job.advance("reindex", cursor, step, len(keys))
+        if not job.advance("reindex", cursor, step, len(keys), since=since):
+            _another_copy_ahead(job, "reindex", step)
+            return job.id
+        since = (str(cursor), step)
         if cursor == 0:
             break
         if time.monotonic() > deadline:

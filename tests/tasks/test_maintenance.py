@@ -131,6 +131,37 @@ def test_coordinator_continues_in_short_steps(monkeypatch: pytest.MonkeyPatch) -
     assert MaintGadget.check_indexes()["total"] == 0
 
 
+def test_two_copies_of_a_coordinator_count_each_chunk_once() -> None:
+    """The same coordinator message delivered twice (two settles of one phase's end both
+    enqueue it): copy B read the position, then copy A cut every chunk. B's advance must
+    write nothing and B stop; counted twice, ``chunks`` would stay above ``chunks_done``
+    and the job would never finish (seen once in CI as a 120 s timeout)."""
+    job, _ = jobs.Job.start("clean", LABEL, 600, ("clean",))
+    assert job is not None
+    job.set(**{"clean:begun": 1})  # as _open_job does: the phase's coordinator started
+    chunks = [[f"k{i}"] for i in range(4)]
+    sent: list[tuple[str, str]] = []
+
+    def send_a(_i: int, _chunk: list[str], task_id: str) -> None:
+        sent.append(("A", task_id))
+
+    def send_b(_i: int, _chunk: list[str], task_id: str) -> None:
+        sent.append(("B", task_id))
+        if len(sent) == 1:  # B sent chunk 0 and has not advanced yet: A runs whole
+            popoto.tasks.chunking._enqueue_chunks(None, job, "clean", chunks, send_a, False,
+                                                  (), {})
+
+    popoto.tasks.chunking._enqueue_chunks(None, job, "clean", chunks, send_b, False, (), {})
+    assert sent == [("B", f"{job.id}-clean-0"), *[("A", f"{job.id}-clean-{i}") for i in range(4)]]
+    state = jobs.get(job.id)
+    assert state is not None
+    assert (state["chunks"], state["enqueued"], state["scan_done"]) == (4, 4, 1)
+    results = [job.complete_chunk(f"clean:{i}", 1) for i in range(4)]
+    assert [r.finished for r in results] == [False, False, False, True]
+    final = jobs.get(job.id)
+    assert final is not None and final["status"] == "done"
+
+
 def test_clean_job_removes_orphans_and_counts_them(r: redis.Redis) -> None:
     """Hashes deleted behind the ORM's back leave orphans that a clean job removes."""
     make_gadgets(400)
