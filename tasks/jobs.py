@@ -186,18 +186,21 @@ class Job:
         return (cursor.decode() if cursor else "0"), int(step or 0)
 
     def advance(self, phase: str, cursor: Any, step: int, enqueued: int = 0,
-                since: tuple[str, int] | None = None) -> bool:
+                since: tuple[str, int] | None = None, epoch: int | None = None) -> bool:
         """Record the coordinator's position and, atomically, the chunk it just enqueued.
 
+        ``phase``: the position's field prefix (a phase, or one group's ``reindex:g3``).
         ``since``: the position this coordinator read (:meth:`position`, or its own last
         advance). When another copy of the coordinator moved on from there first (the
         same message delivered twice), nothing is written and False comes back: this copy
         must stop, or its chunks would be counted twice and the job never finish.
+        ``epoch``: the scan epoch of the caller; False (nothing written) once the job
+        moved to another one.
         """
         read_cursor, read_step = ("", "") if since is None else (since[0], str(since[1]))
         return bool(_ADVANCE(get_client(), [self.key],
                              [phase, read_cursor, read_step, str(cursor), step, enqueued,
-                              time.time()]))
+                              time.time(), "" if epoch is None else epoch]))
 
     def complete_chunk(self, chunk_id: str, done: int, removed: int = 0,
                        epoch: int | None = None) -> ChunkResult:

@@ -131,10 +131,6 @@ _GROUP_SCANNED = LuaScript("tasks_job_group_scanned")
 # popoto/lua/tasks_job_restart_from.lua: Job.restart_scan, once per epoch seen
 _RESTART_FROM = LuaScript("tasks_job_restart_from")
 
-# popoto/lua/tasks_job_group_advance.lua: Job.advance for one group's scan, in the current
-# epoch only
-_GROUP_ADVANCE = LuaScript("tasks_job_group_advance")
-
 _GROUP_FIELDS = ("cursor", "step", "scanned", "server")
 
 
@@ -208,8 +204,7 @@ def rebuild_group(self: Any, label: str, job_id: str, group: int, epoch: int,
                                           task_id=f"{job.id}-reindex-{epoch}-g{group}-{step}")
                 step += 1
                 sent += 1
-            if not _GROUP_ADVANCE(get_client(), [job.key], [
-                    prefix, cursor, step, len(keys) if keys else 0, epoch, time.time()]):
+            if not job.advance(prefix, cursor, step, len(keys) if keys else 0, epoch=epoch):
                 return sent  # the phase restarted meanwhile (its chunk is not counted)
             if cursor == 0 or time.monotonic() > deadline:
                 break
