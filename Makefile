@@ -21,11 +21,16 @@ CLUSTER_TESTS := tests/models tests/query tests/fields tests/behaviours tests/te
 
 venv: $(STAMP)
 
+# $(call dev_venv,PYTHON,DIR): a virtualenv at DIR with this checkout and its dev extra
+define dev_venv
+	$(1) -m venv $(2)
+	$(2)/bin/pip install -q --upgrade pip
+	$(2)/bin/pip install -q -e '.[dev]'
+	touch $(2)/.installed
+endef
+
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $@
+	$(call dev_venv,$(PYTHON),$(VENV))
 
 demo: $(STAMP)
 	$(SERVER) sh -c '$(BIN)/python -m popoto.ops.examples.demo && $(BIN)/python -m popoto.ops.examples.demo_background && $(BIN)/python -m popoto.ops.examples.demo_cluster'
@@ -41,17 +46,24 @@ test-fast: $(STAMP)
 
 # the oldest Python of requires-python (3.10): its own virtualenv, the standalone run
 # without the slow tests. CI runs it; on a machine without Python 3.10 it says so and stops.
-OLDEST_PYTHON ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 \
+ifndef OLDEST_PYTHON
+OLDEST_PYTHON := $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 \
 	  /usr/bin/python3.10; do "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' \
 	  2>/dev/null && { echo "$$p"; break; }; done)
+endif
 OLDEST_VENV := .venv-py310
-test-oldest: $(POPOTO1_STAMP)
-	@[ -n "$(OLDEST_PYTHON)" ] || { echo "WARNING: no Python 3.10 found: the Python 3.10 run did not happen"; exit 0; }; \
-	  [ -f $(OLDEST_VENV)/.installed ] || { $(OLDEST_PYTHON) -m venv $(OLDEST_VENV) && \
-	    $(OLDEST_VENV)/bin/pip install -q --upgrade pip && \
-	    $(OLDEST_VENV)/bin/pip install -q -e '.[dev]' && touch $(OLDEST_VENV)/.installed; } && \
-	  $(OLDEST_VENV)/bin/python --version && \
-	  $(OLDEST_VENV)/bin/python -m pytest -m "not slow" -p no:cacheprovider -q $(PYTEST_ARGS)
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
+ifeq ($(OLDEST_PYTHON),)
+test-oldest:
+	@echo "WARNING: no Python 3.10 found: the Python 3.10 run did not happen"
+else
+$(OLDEST_STAMP): pyproject.toml
+	$(call dev_venv,$(OLDEST_PYTHON),$(OLDEST_VENV))
+
+test-oldest: $(OLDEST_STAMP) $(POPOTO1_STAMP)
+	$(OLDEST_VENV)/bin/python --version
+	$(OLDEST_VENV)/bin/python -m pytest -m "not slow" -p no:cacheprovider -q $(PYTEST_ARGS)
+endif
 
 lint: $(STAMP) lint-lua
 	$(BIN)/ruff check popoto tasks workers ops tests conftest.py
