@@ -95,6 +95,12 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def lenient_text(value: Any) -> str:
+    """As :func:`text`, with bytes that are not UTF-8 replaced (data written by others,
+    shown or dead-lettered rather than refused)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def error_tag(error: Any) -> tuple[str, str] | None:
     """``(tag, detail)`` of a script's tagged error reply, or None for any other error."""
     message = text(error)

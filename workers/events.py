@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from popoto.protocol import lenient_text
+
 #: Fields every mutation entry has (``old_pk`` only after a key migration); anything else
 #: is metadata: field values the model copies into its entries, as JSON.
 CORE_FIELDS = ("model", "pk", "op", "ts", "changed_fields", "old_pk")
@@ -20,11 +22,7 @@ class MalformedEntry(ValueError):
     """A stream entry lacks the fields of a mutation event (it is dead-lettered at once)."""
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _json_or_text(value: str) -> Any:
+def _json_orlenient_text(value: str) -> Any:
     try:
         return json.loads(value)
     except ValueError:
@@ -75,7 +73,7 @@ class Event:
     def from_entry(cls, stream: str, entry_id: str, fields: dict[Any, Any],
                    deliveries: int = 1) -> Event:
         """Decode an XREADGROUP entry; raises MalformedEntry naming what is wrong."""
-        data = {_text(k): _text(v) for k, v in fields.items()}
+        data = {lenient_text(k): lenient_text(v) for k, v in fields.items()}
         missing = [name for name in ("model", "pk", "op") if not data.get(name)]
         if missing:
             raise MalformedEntry(f"entry {entry_id} of {stream} has no {', '.join(missing)} "
@@ -91,7 +89,7 @@ class Event:
         except json.JSONDecodeError as exc:
             raise MalformedEntry(f"entry {entry_id} of {stream}: changed_fields is not JSON "
                                  f"({exc})") from None
-        metadata = {k: _json_or_text(v) for k, v in data.items() if k not in CORE_FIELDS}
+        metadata = {k: _json_orlenient_text(v) for k, v in data.items() if k not in CORE_FIELDS}
         if ORIGIN_FIELD in data:
             metadata[ORIGIN_FIELD] = data[ORIGIN_FIELD]
         return cls(stream=stream, entry_id=entry_id, model=data["model"], pk=data["pk"],

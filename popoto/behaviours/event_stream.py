@@ -57,10 +57,11 @@ import itertools
 import json
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 from popoto import keys
 from popoto.engine.io import Steps, run
+from popoto.engine.scripts import CommandQueue
 from popoto.exceptions import ModelException
 from popoto.protocol import text as _s
 from popoto.redis_db import get_client
@@ -72,14 +73,8 @@ if TYPE_CHECKING:
 #: Entry fields every event has (metadata field names must differ from these).
 STANDARD_FIELDS = ("model", "pk", "op", "ts", "changed_fields", "old_pk")
 
-
-class _CommandQueue(Protocol):
-    """What ``_xadd_event`` can queue its XADD on (a redis pipeline)."""
-
-    def execute_command(self, *args: Any, **options: Any) -> Any: ...
-
-
-_Q = TypeVar("_Q", bound=_CommandQueue)
+#: what ``_xadd_event`` can queue its XADD on (a redis pipeline)
+_Q = TypeVar("_Q", bound=CommandQueue)
 
 
 def split_changed_fields(value: str) -> list[str]:

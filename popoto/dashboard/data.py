@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from popoto.models.base import Model
 from popoto.models.maintenance import class_set_size
+from popoto.models.maintenance.keyspace import key_type
+from popoto.protocol import lenient_text
 from popoto.redis_db import get_client
 from popoto.registry import all_models, label_of
 from popoto.tasks import health, jobs, stats
@@ -26,10 +27,6 @@ from popoto.workers.streams import StreamInfo, dead_letter_key, iter_streams, st
 MAX_CELL = 200
 #: job statuses that no longer change
 FINAL = ("done", "failed", "skipped")
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def cell(value: Any) -> str:
@@ -99,7 +96,7 @@ def sample_keys(model: type[Model], limit: int) -> list[str]:
         cursor, steps = 0, 0
         while len(keys) < limit and steps < 100:
             cursor, found = client.sscan(class_set, cursor, count=limit)
-            keys.extend(_text(k) for k in found)
+            keys.extend(lenient_text(k) for k in found)
             steps += 1
             if int(cursor) == 0:
                 break
@@ -203,9 +200,7 @@ def stream(key: str) -> StreamInfo | None:
     client = get_client()
     if not key.startswith("stream:"):
         return None
-    # types-redis leaves Redis.type() unannotated; TYPE replies a simple string
-    key_type: Callable[[str], bytes | str] = client.type
-    kind = _text(key_type(key))
+    kind = key_type(client, key)
     if kind != "stream" and not (kind == "none" and client.exists(dead_letter_key(key))):
         return None
     return stream_info(client, key)
@@ -216,13 +211,13 @@ def dead_letters(key: str, limit: int = 50) -> list[DeadLetter]:
     rows = get_client().xrevrange(dead_letter_key(key), count=limit)
     letters = []
     for entry_id, raw in rows:
-        data = {_text(k): _text(v) for k, v in raw.items()}
+        data = {lenient_text(k): lenient_text(v) for k, v in raw.items()}
         try:
             at = float(data.get("dl_ts", ""))
         except ValueError:
             at = None
         letters.append(DeadLetter(
-            id=_text(entry_id), error=cell(data.get("dl_error", "")),
+            id=lenient_text(entry_id), error=cell(data.get("dl_error", "")),
             group=data.get("dl_group", ""), deliveries=data.get("dl_deliveries", ""), at=at,
             fields=[(k, cell(v)) for k, v in sorted(data.items()) if not k.startswith("dl_")]))
     return letters
